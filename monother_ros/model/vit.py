@@ -1,0 +1,254 @@
+"""DINOv2 vision transformer (ViT/14) as used by Depth Anything v1 and v2.
+
+Reference: Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision"
+(arXiv 2304.07193); the Depth Anything releases build it with LayerScale (init 1.0), no register
+tokens, no block chunking, LayerNorm eps 1e-6, fused-qkv attention with biases, a GELU MLP, and a
+position embedding learnt on a 37x37 grid that is resampled bicubically for other input sizes.
+
+Parameter names follow the official module tree exactly (``cls_token``, ``pos_embed``,
+``mask_token``, ``patch_embed.proj``, ``blocks.N.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,
+mlp.fc2,ls2.gamma}``, ``norm``) so that an official ``pretrained.*`` state dict loads with the
+identity key mapping.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PatchEmbed", "Attention", "LayerScale", "Mlp", "Block", "DinoVisionTransformer",
+           "interpolate_pos_embed"]
+
+_logger = logging.getLogger(__name__)
+
+LAYERNORM_EPS = 1e-6  # DINOv2 norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, C_in, H, W) -> (B, H/p * W/p, C) tokens, row-major."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)  # (B, C, H/p, W/p)
+        return x.flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (bias on qkv and proj)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        # qkv features are laid out as (3, heads, head_dim), as in the official checkpoints.
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        # softmax(q k^T / sqrt(d)) v; the fused kernel equals the explicit formula to float rounding.
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale ``x * gamma`` (CaiT LayerScale)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact, erf) -> fc2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, layerscale_init: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
+        self.attn = Attention(dim, num_heads)
+        self.ls1 = LayerScale(dim, layerscale_init)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.ls2 = LayerScale(dim, layerscale_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def interpolate_pos_embed(
+    pos_embed: Tensor, grid_h: int, grid_w: int, offset: float = 0.1
+) -> Tensor:
+    """Resample a square learnt position embedding to a ``grid_h x grid_w`` token grid, as DINOv2.
+
+    DINOv2 reshapes the patch part to (1, C, G, G) and calls bicubic ``F.interpolate`` with
+    ``scale_factor = ((grid_h + offset) / G, (grid_w + offset) / G)`` (rows first), no antialias,
+    ``align_corners=False``. Passing the scale factor (not the output size) matters: PyTorch then
+    maps coordinates with ``1 / scale`` instead of ``G / grid``, which changes the values at any
+    grid other than G x G (the output size is ``floor(G * scale) = grid``). The class-token
+    embedding is kept as is. The computation runs in float32 and returns ``pos_embed``'s dtype.
+
+    Args:
+        pos_embed: (1, 1 + G*G, C) learnt embedding (class token first).
+        grid_h: token rows of the input (H / patch).
+        grid_w: token columns (W / patch).
+        offset: DINOv2's ``interpolate_offset`` (0.1 in every Depth Anything model).
+
+    Returns:
+        (1, 1 + grid_h * grid_w, C) embedding.
+
+    Raises:
+        ValueError: ``pos_embed`` does not hold a square grid.
+    """
+    n = pos_embed.shape[1] - 1
+    g = int(math.isqrt(n))
+    if g * g != n:
+        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    if grid_h == g and grid_w == g:
+        return pos_embed
+    dtype = pos_embed.dtype
+    pos = pos_embed.float()
+    dim = pos.shape[-1]
+    patch = pos[:, 1:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    patch = F.interpolate(
+        patch,
+        scale_factor=((grid_h + offset) / g, (grid_w + offset) / g),
+        mode="bicubic",
+        align_corners=False,
+        antialias=False,
+    )
+    if patch.shape[-2:] != (grid_h, grid_w):  # would mean a float-rounding surprise, never silent
+        raise ValueError(f"pos-embed resize gave {tuple(patch.shape[-2:])}, wanted {(grid_h, grid_w)}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
+    return torch.cat((pos[:, :1], patch), dim=1).to(dtype)
+
+
+class DinoVisionTransformer(nn.Module):
+    """DINOv2 ViT encoder returning normalised intermediate tokens for a DPT decoder.
+
+    Args:
+        patch_size: patch side in pixels (14).
+        in_chans: input channels (3; thermal is replicated to 3 channels).
+        embed_dim: token width C.
+        depth: number of blocks.
+        num_heads: attention heads (embed_dim must divide evenly).
+        mlp_ratio: MLP hidden width / embed_dim.
+        layerscale_init: initial LayerScale gamma.
+        pos_embed_grid: side G of the learnt position grid (37 for 518-pixel pretraining).
+        interpolate_offset: DINOv2 pos-embed resize offset (0.1).
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 14,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        layerscale_init: float = 1.0,
+        pos_embed_grid: int = 37,
+        interpolate_offset: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} not divisible by num_heads {num_heads}")
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.n_blocks = depth
+        self.interpolate_offset = interpolate_offset
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pos_embed_grid * pos_embed_grid, embed_dim))
+        hidden = int(embed_dim * mlp_ratio)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, hidden, layerscale_init) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=LAYERNORM_EPS)
+        # Used only by DINOv2's masked pretraining; kept so official state dicts load strictly.
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DINOv2 initialisation (used when training from scratch; imports overwrite it)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def prepare_tokens(self, x: Tensor) -> Tensor:
+        """Patch tokens with class token prepended and position embedding added.
+
+        Args:
+            x: (B, in_chans, H, W) normalised image, H and W multiples of ``patch_size``.
+
+        Returns:
+            (B, 1 + H/p * W/p, C) tokens.
+        """
+        _, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"input {h}x{w} is not a multiple of the patch size {p}")
+        tokens = self.patch_embed(x)
+        tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
+        return tokens + interpolate_pos_embed(self.pos_embed, h // p, w // p, self.interpolate_offset)
+
+    def get_intermediate_layers(
+        self, x: Tensor, n: int | Sequence[int], *, norm: bool = True
+    ) -> tuple[tuple[Tensor, Tensor], ...]:
+        """Tokens after the chosen blocks, as ``DinoVisionTransformer.get_intermediate_layers``.
+
+        Blocks after the last requested one are not run (their output would be unused).
+
+        Args:
+            x: (B, in_chans, H, W) normalised image, H and W multiples of ``patch_size``.
+            n: block indices, or an int k for the last k blocks (Depth Anything v1 uses 4).
+            norm: apply the final LayerNorm to each output (Depth Anything does).
+
+        Returns:
+            One ``(patch_tokens (B, H/p * W/p, C), class_token (B, C))`` pair per requested block,
+            in block order (the DINOv2 ``return_class_token=True`` form).
+
+        Raises:
+            ValueError: block indices out of range or input not a multiple of the patch size.
+        """
+        take = list(range(self.n_blocks - n, self.n_blocks)) if isinstance(n, int) else list(n)
+        if not take or any(i < 0 or i >= self.n_blocks for i in take):
+            raise ValueError(f"block indices {take} out of range for {self.n_blocks} blocks")
+        wanted = set(take)
+        tokens = self.prepare_tokens(x)
+        outputs: dict[int, Tensor] = {}
+        for i, blk in enumerate(self.blocks[: max(take) + 1]):
+            tokens = blk(tokens)
+            if i in wanted:
+                outputs[i] = self.norm(tokens) if norm else tokens
+        return tuple((outputs[i][:, 1:], outputs[i][:, 0]) for i in sorted(wanted))
