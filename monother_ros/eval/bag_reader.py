@@ -1,0 +1,320 @@
+"""Read rosbag2 bags (mcap or sqlite3) with ``rosbags`` only, no rclpy.
+
+``BagReader`` lists topics and iterates decoded messages in time order; the module-level helpers turn
+messages into numpy / package types: ``image_to_numpy`` (sensor_msgs/Image), ``camera_info_to_pinhole``
+(sensor_msgs/CameraInfo), ``StaticTransforms`` (/tf_static -> 4x4 extrinsics between any two frames of
+the tree), ``pointcloud2_to_array`` (sensor_msgs/PointCloud2 -> (N, k)).
+
+Every failure to read a bag (missing path, not a bag, truncated or corrupt storage, undecodable message,
+missing topic) raises ``BagError`` with the path and the reason.
+
+Example::
+
+    with BagReader("run.mcap") as bag:
+        print(bag.topics)
+        for m in bag.messages(["/thermal/image_raw"]):
+            image = image_to_numpy(m.msg)      # (H, W) uint16 for mono16
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from monother_ros.core import se3
+from monother_ros.core.camera import PinholeCamera
+from monother_ros.core.image_codec import ImageDecodeError, decode_image_buffer
+from monother_ros.errors import BagError, CalibrationError
+
+LOG = logging.getLogger(__name__)
+
+# sensor_msgs/PointField datatype -> numpy dtype letters.
+POINTFIELD_DTYPES: dict[int, str] = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """One topic of a bag: name, ROS type (``sensor_msgs/msg/Image``) and message count."""
+
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    """A decoded message.
+
+    Attributes:
+        topic: topic name.
+        msgtype: ROS type name.
+        log_time_ns: time the recorder stored it (bag timestamp), nanoseconds.
+        stamp_ns: ``header.stamp`` in nanoseconds when the message has a header, else ``log_time_ns``.
+        msg: the rosbags message object (attribute access like rclpy messages).
+    """
+
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    stamp_ns: int
+    msg: Any
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.LATEST)
+
+
+class BagReader:
+    """An open rosbag2 bag (directory with metadata.yaml, or a single .mcap / .db3 file).
+
+    Args:
+        path: bag directory or storage file.
+
+    Raises:
+        BagError: the path does not exist or is not a readable bag.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f"bag {self.path} does not exist")
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as exc:  # rosbags raises ReaderError, sqlite3/mcap errors, yaml errors, ...
+            raise BagError(f"cannot open bag {self.path}: {type(exc).__name__}: {exc}") from exc
+        self._typestore = _typestore()
+        self._register_bag_types()
+
+    def _register_bag_types(self) -> None:
+        """Add message definitions stored in the bag for types the default type store lacks."""
+        from rosbags.typesys import get_types_from_msg
+
+        for connection in self._reader.connections:
+            if connection.msgtype in self._typestore.types:
+                continue
+            msgdef = getattr(connection, "msgdef", None)
+            text = getattr(msgdef, "data", msgdef)
+            if not text:
+                continue
+            try:
+                self._typestore.register(get_types_from_msg(text, connection.msgtype))
+            except Exception as exc:  # an unparsable definition only matters if the topic is read
+                LOG.warning("bag %s: cannot register type %s: %s", self.path, connection.msgtype, exc)
+
+    def __enter__(self) -> "BagReader":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        except Exception:  # closing a half-broken storage must not mask the original error
+            pass
+
+    @property
+    def topics(self) -> dict[str, TopicInfo]:
+        """Topic name -> ``TopicInfo`` (counts from the bag's metadata)."""
+        out: dict[str, TopicInfo] = {}
+        for connection in self._reader.connections:
+            previous = out.get(connection.topic)
+            count = connection.msgcount + (previous.count if previous else 0)
+            out[connection.topic] = TopicInfo(connection.topic, connection.msgtype, count)
+        return out
+
+    @property
+    def start_time_ns(self) -> int:
+        return int(self._reader.start_time)
+
+    @property
+    def end_time_ns(self) -> int:
+        return int(self._reader.end_time)
+
+    def require_topics(self, *names: str) -> None:
+        """Raise ``BagError`` naming every topic of ``names`` the bag lacks (and the ones it has)."""
+        have = self.topics
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise BagError(f"bag {self.path} lacks topic(s) {', '.join(missing)}; it has {', '.join(sorted(have)) or 'none'}")
+
+    def messages(self, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
+        """Decoded messages of ``topics`` (all when None) in bag time order.
+
+        Raises:
+            BagError: a requested topic is missing, or the storage is truncated / corrupt / undecodable.
+        """
+        if topics is not None:
+            self.require_topics(*topics)
+            connections = [c for c in self._reader.connections if c.topic in set(topics)]
+        else:
+            connections = list(self._reader.connections)
+        iterator = self._reader.messages(connections=connections)
+        while True:
+            try:
+                connection, log_time, raw = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise BagError(f"bag {self.path} is truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+            try:
+                msg = self._typestore.deserialize_cdr(raw, connection.msgtype)
+            except Exception as exc:
+                raise BagError(
+                    f"bag {self.path}: cannot decode a {connection.msgtype} message on {connection.topic} "
+                    f"at {log_time} ns: {type(exc).__name__}: {exc}"
+                ) from exc
+            header = getattr(msg, "header", None)
+            stamp = stamp_to_ns(header.stamp) if header is not None and hasattr(header, "stamp") else int(log_time)
+            yield BagMessage(connection.topic, connection.msgtype, int(log_time), stamp, msg)
+
+    def first_message(self, topic: str) -> BagMessage:
+        """The first message on ``topic``; ``BagError`` when the topic is missing or empty."""
+        for message in self.messages([topic]):
+            return message
+        raise BagError(f"bag {self.path}: topic {topic} has no messages")
+
+    def static_transforms(self, topic: str = "/tf_static") -> "StaticTransforms":
+        """All transforms published on ``topic`` (later messages override earlier ones per child frame)."""
+        tree = StaticTransforms()
+        for message in self.messages([topic]):
+            tree.add_message(message.msg)
+        return tree
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """Decoded sensor_msgs/Image: (H, W) or (H, W, C), dtype from the encoding (see ``core.image_codec``).
+
+    Raises:
+        BagError: the encoding is unsupported or the payload does not fit its header.
+    """
+    try:
+        return decode_image_buffer(
+            msg.data, height=msg.height, width=msg.width, step=msg.step, encoding=msg.encoding, is_bigendian=msg.is_bigendian
+        )
+    except ImageDecodeError as exc:
+        raise BagError(f"malformed Image message: {exc}") from exc
+
+
+def camera_info_to_pinhole(msg: Any) -> PinholeCamera:
+    """sensor_msgs/CameraInfo -> ``PinholeCamera`` (uses K; distortion is assumed already removed).
+
+    Raises:
+        CalibrationError: K is degenerate (zero focal length, NaN) or the size is zero.
+    """
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    distortion = np.asarray(getattr(msg, "d", ()), dtype=np.float64)
+    if distortion.size and np.any(np.abs(distortion) > 1e-9):
+        LOG.warning("camera_info %s has non-zero distortion; it is ignored (images must be rectified)", msg.header.frame_id)
+    return PinholeCamera.from_matrix(K, int(msg.width), int(msg.height))
+
+
+class StaticTransforms:
+    """A tree of static transforms (tf2 semantics: ``T_parent_child`` maps child-frame points to parent)."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, tuple[str, np.ndarray]] = {}
+
+    def add(self, parent: str, child: str, T_parent_child: np.ndarray) -> None:
+        self._parent[child.lstrip("/")] = (parent.lstrip("/"), np.asarray(T_parent_child, dtype=np.float64))
+
+    def add_message(self, msg: Any) -> None:
+        """Add every TransformStamped of a tf2_msgs/TFMessage."""
+        for ts in msg.transforms:
+            r, t = ts.transform.rotation, ts.transform.translation
+            q = se3.validate_quaternion(np.array([r.x, r.y, r.z, r.w]))
+            self.add(ts.header.frame_id, ts.child_frame_id, se3.make_transform(q, [t.x, t.y, t.z]))
+
+    @property
+    def frames(self) -> set[str]:
+        return set(self._parent) | {p for p, _ in self._parent.values()}
+
+    def _to_root(self, frame: str) -> tuple[str, np.ndarray]:
+        T = np.eye(4)
+        seen = set()
+        while frame in self._parent:
+            if frame in seen:
+                raise CalibrationError(f"TF tree has a cycle through {frame}")
+            seen.add(frame)
+            parent, T_parent_child = self._parent[frame]
+            T = T_parent_child @ T
+            frame = parent
+        return frame, T
+
+    def lookup(self, target: str, source: str) -> np.ndarray:
+        """4x4 ``T_target_source``: maps points expressed in ``source`` into ``target``.
+
+        Raises:
+            BagError: either frame is unknown or the two are not connected.
+        """
+        target, source = target.lstrip("/"), source.lstrip("/")
+        for frame in (target, source):
+            if frame not in self.frames:
+                raise BagError(f"frame {frame!r} is not in the static TF tree (frames: {', '.join(sorted(self.frames))})")
+        root_t, T_root_target = self._to_root(target)
+        root_s, T_root_source = self._to_root(source)
+        if root_t != root_s:
+            raise BagError(f"frames {target!r} and {source!r} are not connected in the static TF tree")
+        return se3.invert(T_root_target) @ T_root_source
+
+
+def pointcloud2_to_array(msg: Any, fields: Sequence[str] = ("x", "y", "z"), *, drop_nan: bool = True) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> (N, len(fields)) float32 (N = width * height, NaN rows dropped).
+
+    Raises:
+        BagError: a requested field is missing or the payload is shorter than its header says.
+    """
+    by_name = {f.name: f for f in msg.fields}
+    missing = [name for name in fields if name not in by_name]
+    if missing:
+        raise BagError(f"PointCloud2 lacks field(s) {missing}; it has {list(by_name)}")
+    count = int(msg.width) * int(msg.height)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data.view(np.uint8)
+    if data.size < row_step * int(msg.height) or point_step * int(msg.width) > row_step:
+        raise BagError(f"PointCloud2 payload of {data.size} bytes does not fit {msg.width}x{msg.height} step {point_step}/{row_step}")
+    order = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for name in fields:
+        field = by_name[name]
+        if field.datatype not in POINTFIELD_DTYPES:
+            raise BagError(f"PointCloud2 field {name} has unknown datatype {field.datatype}")
+        names.append(name)
+        formats.append(order + POINTFIELD_DTYPES[field.datatype])
+        offsets.append(int(field.offset))
+    record = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
+    rows = data[: row_step * int(msg.height)].reshape(int(msg.height), row_step)[:, : point_step * int(msg.width)]
+    points = np.ascontiguousarray(rows).view(record).reshape(count)
+    out = np.stack([points[name].astype(np.float32) for name in names], axis=1) if count else np.zeros((0, len(names)), np.float32)
+    if drop_nan and out.size:
+        out = out[np.all(np.isfinite(out), axis=1)]
+    return out
+
+
+def list_topics(path: str | Path) -> list[TopicInfo]:
+    """Topics of the bag at ``path`` sorted by name (convenience for CLIs)."""
+    with BagReader(path) as bag:
+        return sorted(bag.topics.values(), key=lambda t: t.name)
+
+
+def read_all(path: str | Path, topics: Iterable[str]) -> dict[str, list[BagMessage]]:
+    """Every message of ``topics`` grouped by topic, each list in time order."""
+    topics = list(topics)
+    out: dict[str, list[BagMessage]] = {t: [] for t in topics}
+    with BagReader(path) as bag:
+        for message in bag.messages(topics):
+            out[message.topic].append(message)
+    return out
