@@ -135,6 +135,8 @@ class ConfidenceUNet(nn.Module):
         in_channels: metadata channels (8 in MonoTher-Depth).
     """
 
+    checkpoint_kind = "confidence_unet"  # model kind in our saved model directories
+
     def __init__(self, in_channels: int = CONFIDENCE_IN_CHANNELS) -> None:
         super().__init__()
         if in_channels <= 0:

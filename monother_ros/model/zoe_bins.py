@@ -335,8 +335,9 @@ class LogBinomial(nn.Module):
         # without mixed int/float ops in exported graphs.
         k = self.k_idx.to(p.dtype)
         k_max = self.K_minus_1.to(p.dtype)
-        one_minus_p = torch.clamp(1 - p, eps, 1)
-        p = torch.clamp(p, eps, 1)
+        # Float bounds (the reference passes an int 1; same values) keep torch.export/ONNX happy.
+        one_minus_p = torch.clamp(1 - p, min=eps, max=1.0)
+        p = torch.clamp(p, min=eps, max=1.0)
         logits = (log_binom_stirling(k_max, k) + k * torch.log(p)
                   + (self.n_classes - 1 - k) * torch.log(one_minus_p))
         return torch.softmax(logits / t, dim=1)
