@@ -1,0 +1,309 @@
+"""TensorRT backend: engine built from the exported ONNX, cached per TensorRT version / GPU / shape /
+precision / model hash, run asynchronously on a CUDA stream with torch CUDA tensors as buffers.
+
+Choices (see also ``runtime/cache.py`` for the cache files):
+
+* Buffers: torch CUDA tensors (torch is already a dependency, also on a Jetson; pycuda would be a
+  second CUDA wrapper). Host input and outputs are pinned torch tensors seen as numpy arrays, copied
+  with ``non_blocking`` on the engine's own stream, then one ``stream.synchronize()`` per frame.
+* API versions: TensorRT >= 8.5 has named I/O tensors (``set_tensor_address`` + ``execute_async_v3``),
+  TensorRT 10 only has those; older engines use ``execute_async_v2`` with a bindings list. The path is
+  chosen by attribute, not by version number.
+* fp16: the builder gets ``BuilderFlag.FP16`` and the normalisation (LayerNorm) and softmax layers are
+  pinned to fp32 with per-layer precision + ``OBEY_PRECISION_CONSTRAINTS``. The known failure of ViT
+  engines in fp16 is LayerNorm's variance overflowing fp16 range (wrong or zero depth); the exporter
+  emits ``LayerNormalization`` (opset >= 17) which the ONNX parser maps to one normalisation layer, so
+  these constraints cover it without rewriting the graph. (A strongly typed network would need fp16
+  casts baked into the ONNX, i.e. a second export per precision; not worth it here.)
+* Input/outputs stay fp32 (as in the ONNX) whatever the precision.
+* Timing cache: one file per TensorRT version + GPU in the cache folder, reused across builds.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from monother_ros.errors import BackendUnavailableError, ConfigError, EngineFileError, MonotherError
+from monother_ros.runtime.cache import (
+    EngineCacheKey,
+    atomic_write_bytes,
+    default_cache_dir,
+    engine_paths,
+    load_or_build,
+)
+from monother_ros.runtime.engine import EngineBase, EngineInfo, Precision, thresholds_for
+from monother_ros.runtime.export import INPUT_NAME, OUTPUT_CONFIDENCE, OUTPUT_DEPTH, OnnxModelInfo, read_onnx_info
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TensorRTEngine", "build_serialized_engine", "DEFAULT_WORKSPACE_BYTES"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB: enough for ViT-L tactics, modest on an 8 GB Jetson
+
+
+def _trt_logger() -> Any:
+    import tensorrt as trt
+
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def _keep_fp32(network: Any, trt: Any) -> int:
+    """Pin normalisation and softmax layers (and their outputs) to fp32; returns how many."""
+    kinds = {getattr(trt.LayerType, n) for n in ("NORMALIZATION", "SOFTMAX") if hasattr(trt.LayerType, n)}
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            count += 1
+    return count
+
+
+def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, *,
+                            workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                            timing_cache: str | os.PathLike | None = None) -> bytes:
+    """Build a TensorRT engine from an exported ONNX file.
+
+    Args:
+        onnx_path: exported model (static shape).
+        precision: ``fp16`` (normalisation/softmax kept fp32) or ``fp32``.
+        workspace_bytes: builder workspace limit.
+        timing_cache: file to read/update the builder timing cache (created if missing).
+
+    Returns:
+        The serialized engine.
+
+    Raises:
+        MonotherError: the parser or builder failed (parser errors are listed).
+    """
+    import tensorrt as trt
+
+    logger = _trt_logger()
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required < 10, deprecated no-op in 10
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise MonotherError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        pinned = _keep_fp32(network, trt)
+        if pinned:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        _logger.info("fp16 build: %d normalisation/softmax layers kept in fp32", pinned)
+    elif precision != "fp32":
+        raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
+    cache_file = Path(timing_cache) if timing_cache is not None else None
+    cache_bytes = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
+    trt_cache = config.create_timing_cache(cache_bytes)
+    # ignore_mismatch: a cache from another device/version is dropped instead of failing the build.
+    config.set_timing_cache(trt_cache, True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise MonotherError(f"TensorRT failed to build an engine from {onnx_path} ({precision}); see its log")
+    if cache_file is not None:
+        atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> "torch.dtype":
+    import torch
+
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int8: torch.int8, trt.bool: torch.bool}
+    try:
+        return table[dtype]
+    except KeyError:
+        raise EngineFileError(f"engine tensor has unsupported dtype {dtype}") from None
+
+
+class TensorRTEngine(EngineBase):
+    """Run a deserialized TensorRT engine; build it with :meth:`from_onnx`.
+
+    Args:
+        engine: ``tensorrt.ICudaEngine`` built from ``meta``'s ONNX file.
+        runtime: the ``tensorrt.Runtime`` that deserialised it (kept alive with the engine).
+        meta: the ONNX metadata (input size, names, mean/std, hash).
+        precision: precision it was built with.
+        device: CUDA device of the engine.
+        min_depth_m, max_depth_m, min_confidence: masking thresholds.
+    """
+
+    def __init__(self, engine: Any, runtime: Any, meta: OnnxModelInfo, *, precision: Precision,
+                 device: "torch.device", min_depth_m: float | None = None, max_depth_m: float | None = None,
+                 min_confidence: float = 0.0) -> None:
+        import tensorrt as trt
+        import torch
+
+        info = EngineInfo(
+            input_hw=meta.input_hw, precision=precision, backend="tensorrt", model_hash=meta.model_hash,
+            model_name=meta.model_name, has_confidence=meta.has_confidence, mean=meta.mean, std=meta.std,
+            min_depth_m=meta.min_depth_m, max_depth_m=meta.max_depth_m,
+        )
+        super().__init__(info, thresholds_for(info, min_depth_m, max_depth_m, min_confidence))
+        self._device = device
+        self._runtime = runtime
+        self._engine = engine
+        with torch.cuda.device(device):
+            self._stream = torch.cuda.Stream(device=device)
+            self._context = engine.create_execution_context()
+            if self._context is None:
+                raise EngineFileError("TensorRT could not create an execution context (out of GPU memory?)")
+            io = self._io_tensors(trt)
+            expected_out = [OUTPUT_DEPTH, OUTPUT_CONFIDENCE] if meta.has_confidence else [OUTPUT_DEPTH]
+            inputs = [n for n, (is_in, _, _) in io.items() if is_in]
+            outputs = [n for n, (is_in, _, _) in io.items() if not is_in]
+            if inputs != [INPUT_NAME] or sorted(outputs) != sorted(expected_out):
+                raise EngineFileError(f"engine has inputs {inputs} / outputs {outputs}, expected "
+                                      f"[{INPUT_NAME!r}] / {expected_out}")
+            h, w = meta.input_hw
+            for name, (is_in, shape, _) in io.items():
+                want = (1, 3, h, w) if is_in else (1, 1, h, w)
+                if shape != want:
+                    raise EngineFileError(f"engine tensor {name!r} has shape {shape}, expected {want}")
+            # Device buffers, one per I/O tensor, in the engine's own dtypes.
+            self._dev = {n: torch.empty(shape, dtype=dt, device=device) for n, (_, shape, dt) in io.items()}
+            # Pinned host buffers so that the copies are truly asynchronous; the numpy views are what
+            # EngineBase fills (input) and reads (outputs).
+            self._host_in = torch.empty((1, 3, h, w), dtype=torch.float32, pin_memory=True)
+            self._input = self._host_in.numpy()
+            self._host_out = {n: torch.empty((1, 1, h, w), dtype=torch.float32, pin_memory=True) for n in outputs}
+            self._use_v3 = hasattr(self._context, "execute_async_v3") and hasattr(engine, "num_io_tensors")
+            if self._use_v3:
+                for name, tensor in self._dev.items():
+                    if not self._context.set_tensor_address(name, tensor.data_ptr()):
+                        raise EngineFileError(f"TensorRT refused the address of tensor {name!r}")
+                self._bindings: list[int] = []
+            else:
+                self._bindings = [0] * engine.num_bindings
+                for name, tensor in self._dev.items():
+                    self._bindings[engine.get_binding_index(name)] = tensor.data_ptr()
+
+    def _io_tensors(self, trt: Any) -> dict[str, tuple[bool, tuple[int, ...], "torch.dtype"]]:
+        """name -> (is_input, shape, torch dtype), via the named-tensor API or the bindings API."""
+        engine = self._engine
+        out: dict[str, tuple[bool, tuple[int, ...], Any]] = {}
+        if hasattr(engine, "num_io_tensors"):
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                is_in = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                out[name] = (is_in, tuple(engine.get_tensor_shape(name)),
+                             _torch_dtype(trt, engine.get_tensor_dtype(name)))
+        else:
+            for i in range(engine.num_bindings):
+                name = engine.get_binding_name(i)
+                out[name] = (bool(engine.binding_is_input(i)), tuple(engine.get_binding_shape(i)),
+                             _torch_dtype(trt, engine.get_binding_dtype(i)))
+        return out
+
+    @classmethod
+    def from_onnx(cls, onnx_path: str | os.PathLike, *, precision: Precision = "fp16", device: str | None = None,
+                  cache_dir: str | os.PathLike | None = None, rebuild: bool = True,
+                  workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, min_depth_m: float | None = None,
+                  max_depth_m: float | None = None, min_confidence: float = 0.0) -> "TensorRTEngine":
+        """Load the cached engine for this ONNX file, GPU and precision, or build and cache it.
+
+        Args:
+            onnx_path: exported model (``runtime/export.py``; its metadata gives shape and hash).
+            precision: ``fp16`` (default) or ``fp32``.
+            device: ``cuda`` / ``cuda:N`` (default ``cuda:0``).
+            cache_dir: engine cache folder (default ``engines/cache``).
+            rebuild: rebuild a corrupt/mismatched cached engine (True) or raise ``EngineFileError``.
+            workspace_bytes: builder workspace limit.
+            min_depth_m, max_depth_m, min_confidence: masking thresholds.
+
+        Raises:
+            BackendUnavailableError: tensorrt or CUDA missing.
+            EngineFileError: unusable cached engine with ``rebuild=False``.
+            MonotherError: the build failed.
+        """
+        try:
+            import tensorrt as trt
+            import torch
+        except ImportError as exc:
+            raise BackendUnavailableError(f"TensorRT backend needs tensorrt and torch: {exc}") from exc
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError("TensorRT backend needs a CUDA GPU (torch.cuda.is_available() is False)")
+        if precision not in ("fp16", "fp32"):
+            raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
+        dev = torch.device(device or "cuda:0")
+        if dev.type != "cuda":
+            raise ConfigError(f"TensorRT runs on a CUDA device, not {device!r}")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        meta = read_onnx_info(onnx_path)
+        key = EngineCacheKey(
+            tensorrt_version=str(trt.__version__),
+            gpu_name=torch.cuda.get_device_name(dev),
+            compute_capability=torch.cuda.get_device_capability(dev),
+            input_shape=(1, 3, *meta.input_hw),
+            precision=precision,
+            model_hash=meta.model_hash,
+        )
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        engine_file, sidecar_file = engine_paths(cache, meta.model_name, key)
+        device_tag = hashlib.sha256(f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}".encode())
+        timing_cache = cache / f"timing-{device_tag.hexdigest()[:16]}.cache"
+
+        with torch.cuda.device(dev):
+            torch.cuda.init()  # TensorRT uses the current CUDA context: make sure torch created it
+            runtime = trt.Runtime(_trt_logger())
+
+            def build() -> bytes:
+                _logger.info("building TensorRT %s engine for %s at %dx%d (minutes on a Jetson)", precision,
+                             meta.model_name, *meta.input_hw)
+                return build_serialized_engine(onnx_path, precision, workspace_bytes=workspace_bytes,
+                                               timing_cache=timing_cache)
+
+            engine, built = load_or_build(engine_file, sidecar_file, key, deserialize=runtime.deserialize_cuda_engine,
+                                          build=build, rebuild=rebuild)
+        instance = cls(engine, runtime, meta, precision=precision, device=dev, min_depth_m=min_depth_m,
+                       max_depth_m=max_depth_m, min_confidence=min_confidence)
+        instance.engine_file = engine_file
+        instance.built = built
+        _logger.info("TensorRT engine %s (%s)", engine_file, "built" if built else "from cache")
+        return instance
+
+    def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        import torch
+
+        if x is not self._input:
+            np.copyto(self._input, x)
+        stream = self._stream
+        with torch.cuda.device(self._device), torch.cuda.stream(stream):
+            self._dev[INPUT_NAME].copy_(self._host_in, non_blocking=True)
+            if self._use_v3:
+                ok = self._context.execute_async_v3(stream.cuda_stream)
+            else:
+                ok = self._context.execute_async_v2(self._bindings, stream.cuda_stream)
+            if not ok:
+                raise MonotherError("TensorRT execution failed (see the TensorRT log)")
+            for name, host in self._host_out.items():
+                host.copy_(self._dev[name], non_blocking=True)  # casts fp16 outputs, if any, to fp32
+        stream.synchronize()
+        depth = self._host_out[OUTPUT_DEPTH].numpy()
+        conf = self._host_out[OUTPUT_CONFIDENCE].numpy() if OUTPUT_CONFIDENCE in self._host_out else None
+        return depth, conf
+
+    def close(self) -> None:
+        with self._lock:
+            if getattr(self, "_stream", None) is not None:
+                self._stream.synchronize()
+            self._context = None
+            self._engine = None
+            self._dev = {}
