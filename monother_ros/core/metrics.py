@@ -1,0 +1,199 @@
+"""The MonoTher-Depth / ZoeDepth depth metric set (reference ``compute_errors`` / ``compute_metrics``).
+
+For one frame: the prediction is resized to the ground truth (bilinear, ``align_corners=True``) when
+the sizes differ; predictions are clamped to [min, max] (inf -> max, NaN -> min); pixels with ground
+truth strictly inside (min, max) are evaluated (NaN ground truth is never valid). Then over those N
+pixels, with d = gt - pred and e = log(pred) - log(gt):
+
+* ``a1``, ``a2``, ``a3``: fraction with max(gt/pred, pred/gt) < 1.25, 1.25^2, 1.25^3;
+* ``abs_rel`` = mean(|d| / gt); ``sq_rel`` = mean(d^2 / gt); ``rmse`` = sqrt(mean(d^2));
+* ``rmse_log`` = sqrt(mean(e^2)); ``log_10`` = mean(|log10 gt - log10 pred|);
+* ``silog`` = sqrt(mean(e^2) - mean(e)^2) * 100 (population variance of e, in percent units).
+
+The reference averages these per frame over a test set (``RunningAverageDict``);
+:class:`MetricAccumulator` does that by default and can also pool all pixels of all frames.
+Default range (MS2): (1e-3, 80) metres.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import numpy as np
+
+from monother_ros.core.preprocess import resize_depth
+
+__all__ = ["METRIC_KEYS", "compute_errors", "compute_metrics", "MetricAccumulator"]
+
+_logger = logging.getLogger(__name__)
+
+METRIC_KEYS: tuple[str, ...] = ("a1", "a2", "a3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log_10", "silog")
+
+
+def _sums(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per-pixel sums that every metric is a function of (float64)."""
+    gt = gt.astype(np.float64)
+    pred = pred.astype(np.float64)
+    thresh = np.maximum(gt / pred, pred / gt)
+    d = gt - pred
+    e = np.log(pred) - np.log(gt)
+    return np.array(
+        [
+            gt.size,
+            np.count_nonzero(thresh < 1.25),
+            np.count_nonzero(thresh < 1.25**2),
+            np.count_nonzero(thresh < 1.25**3),
+            np.sum(np.abs(d) / gt),
+            np.sum(d * d / gt),
+            np.sum(d * d),
+            np.sum(e * e),
+            np.sum(np.abs(np.log10(gt) - np.log10(pred))),
+            np.sum(e),
+        ],
+        dtype=np.float64,
+    )
+
+
+def _from_sums(s: np.ndarray) -> dict[str, float]:
+    n = s[0]
+    mean_e2 = s[7] / n
+    mean_e = s[9] / n
+    return {
+        "a1": s[1] / n,
+        "a2": s[2] / n,
+        "a3": s[3] / n,
+        "abs_rel": s[4] / n,
+        "sq_rel": s[5] / n,
+        "rmse": math.sqrt(s[6] / n),
+        "rmse_log": math.sqrt(mean_e2),
+        "log_10": s[8] / n,
+        # max(., 0): E[e^2] - E[e]^2 can round to a tiny negative for a constant error.
+        "silog": math.sqrt(max(mean_e2 - mean_e * mean_e, 0.0)) * 100.0,
+    }
+
+
+def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Metrics of matched valid samples (reference ``compute_errors``).
+
+    Args:
+        gt, pred: same-shape arrays of positive depths (metres), already masked and clamped.
+
+    Returns:
+        dict with :data:`METRIC_KEYS` (floats).
+    """
+    gt = np.asarray(gt)
+    pred = np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt shape {gt.shape} != pred shape {pred.shape}")
+    if gt.size == 0:
+        raise ValueError("no samples")
+    return _from_sums(_sums(gt.ravel(), pred.ravel()))
+
+
+def _valid_pairs(
+    gt: np.ndarray, pred: np.ndarray, min_depth: float, max_depth: float, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    gt = np.asarray(gt, dtype=np.float32)
+    pred = np.asarray(pred, dtype=np.float32)
+    # Accept (1, 1, H, W) / (1, H, W) like the reference's squeeze, but keep (1, W) images 2-D.
+    while gt.ndim > 2 and gt.shape[0] == 1:
+        gt = gt[0]
+    while pred.ndim > 2 and pred.shape[0] == 1:
+        pred = pred[0]
+    if gt.ndim != 2 or pred.ndim != 2:
+        raise ValueError(f"expected (H, W) depth maps, got gt {gt.shape}, pred {pred.shape}")
+    if pred.shape != gt.shape:
+        pred = resize_depth(pred, gt.shape)
+    pred = pred.copy()
+    # Reference clamping order: below min, above max, +/-inf -> max, NaN -> min.
+    with np.errstate(invalid="ignore"):
+        pred[pred < min_depth] = min_depth
+        pred[pred > max_depth] = max_depth
+    pred[np.isinf(pred)] = max_depth
+    pred[np.isnan(pred)] = min_depth
+    with np.errstate(invalid="ignore"):
+        valid = (gt > min_depth) & (gt < max_depth)
+    if mask is not None:
+        if np.shape(mask) != gt.shape:
+            raise ValueError(f"mask shape {np.shape(mask)} != gt shape {gt.shape}")
+        valid &= np.asarray(mask, dtype=bool)
+    return gt[valid], pred[valid]
+
+
+def compute_metrics(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    *,
+    min_depth: float = 1e-3,
+    max_depth: float = 80.0,
+    mask: np.ndarray | None = None,
+) -> dict[str, float] | None:
+    """Metrics of one frame (reference ``compute_metrics`` without dataset crops).
+
+    Args:
+        gt: (H, W) ground-truth depth, metres; 0, NaN or out-of-range = no ground truth.
+        pred: (h, w) predicted depth, metres (resized to (H, W) when different).
+        min_depth, max_depth: evaluation range (exclusive for ground truth, clamp for predictions).
+        mask: optional (H, W) bool, extra pixels to keep (e.g. an evaluation crop).
+
+    Returns:
+        dict with :data:`METRIC_KEYS`, or None when the frame has no valid ground truth.
+    """
+    g, p = _valid_pairs(gt, pred, min_depth, max_depth, mask)
+    if g.size == 0:
+        return None
+    return compute_errors(g, p)
+
+
+class MetricAccumulator:
+    """Averages metrics over frames.
+
+    Args:
+        mode: ``per_frame`` (the reference: metrics per frame, then the mean over frames) or
+            ``pixel_pooled`` (every valid pixel of every frame in one population).
+        min_depth, max_depth: evaluation range.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["per_frame", "pixel_pooled"] = "per_frame",
+        *,
+        min_depth: float = 1e-3,
+        max_depth: float = 80.0,
+    ) -> None:
+        if mode not in ("per_frame", "pixel_pooled"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.frames = 0  # frames with valid ground truth
+        self.skipped = 0  # frames without
+        self._frame_sum = np.zeros(len(METRIC_KEYS))
+        self._pixel_sums = np.zeros(10)
+
+    def update(self, gt: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float] | None:
+        """Add one frame; returns its own metrics (None when it has no valid ground truth)."""
+        g, p = _valid_pairs(gt, pred, self.min_depth, self.max_depth, mask)
+        if g.size == 0:
+            self.skipped += 1
+            return None
+        sums = _sums(g, p)
+        metrics = _from_sums(sums)
+        self.frames += 1
+        self._frame_sum += np.array([metrics[k] for k in METRIC_KEYS])
+        self._pixel_sums += sums
+        return metrics
+
+    @property
+    def pixels(self) -> int:
+        """Number of valid pixels seen so far."""
+        return int(self._pixel_sums[0])
+
+    def result(self) -> dict[str, float]:
+        """Averaged metrics (:data:`METRIC_KEYS`); raises ``ValueError`` before any valid frame."""
+        if self.frames == 0:
+            raise ValueError("no frame with valid ground truth was added")
+        if self.mode == "per_frame":
+            return {k: float(v) for k, v in zip(METRIC_KEYS, self._frame_sum / self.frames)}
+        return _from_sums(self._pixel_sums)
