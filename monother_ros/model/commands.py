@@ -27,8 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--preset", required=True,
                    help="model preset, e.g. dav2-metric-vits, dav2-vitl, dav1-vits, monother-ms2-vitl")
     p.add_argument("--out", required=True, type=Path, help="output model directory")
-    p.add_argument("--branch", choices=("thermal", "rgb", "confidence"), default=None,
-                   help="part of a MonoTher dual checkpoint to import (default: thermal)")
+    p.add_argument("--branch", choices=("thermal", "rgb", "confidence", "dual"), default=None,
+                   help="part of a MonoTher dual checkpoint to import: thermal student (default), "
+                   "rgb teacher, confidence network, or the whole dual model")
     p.add_argument("--max-depth", type=float, default=None, dest="max_depth",
                    help="override max_depth_m (e.g. 20 for the indoor DAv2 metric models)")
     p.set_defaults(handler=_import_checkpoint)
