@@ -155,6 +155,11 @@ def test_generic_import_checkpoint_dispatches_to_monother(official, tmp_path):
     loaded, _ = load_model(out)
     assert isinstance(loaded, ConfidenceUNet)
     _assert_same(loaded, conf)
+    m, c = import_checkpoint(path, cfg, branch="dual")
+    out = save_model(m, c, tmp_path / "dual_model", kind=m.checkpoint_kind)
+    loaded, c2 = load_model(out)
+    assert isinstance(loaded, MonotherDual) and c2 == cfg
+    _assert_same(loaded, m)
 
 
 def test_single_branch_zoedepth_file_imports_as_thermal(official):
