@@ -1,0 +1,321 @@
+"""Analytic ray casting against the scene's primitives, vectorised with numpy (float32).
+
+Rays share one origin and come as a 2-D grid of directions (a camera image or a LiDAR sweep). Each
+primitive is only intersected with the block of rays that can reach it (screen-space bounding box for
+pinhole cameras, azimuth interval for the spinning LiDAR), objects are visited nearest first, and one
+whose nearest possible depth lies behind everything already in its block is skipped (occlusion culling).
+
+The ray parameter ``t`` is such that the hit point is ``origin + t * direction``: with camera rays of
+optical z = 1, ``t`` IS the optical z-depth; with unit directions it is the range.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from monother_ros.core.camera import PinholeCamera
+from monother_ros.sim.scene import (
+    BOX, COL_COS, COL_CX, COL_CY, COL_HX, COL_HY, COL_SIN, COL_Z0, COL_Z1, CYLINDER, FIRST_OBJECT,
+    GROUND_ID, SKY_ID, Primitives,
+)
+
+NEAR_PLANE_M = 0.05
+# The 12 edges of a box given as pairs of corner indices (corner order of Primitives.bounding_corners).
+_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
+
+
+@dataclass
+class RayGrid:
+    """Rays sharing one origin.
+
+    Attributes:
+        origin: (3,) float64 world position of the ray origin, metres.
+        dx, dy, dz: (H, W) float32 world direction components (not necessarily unit length).
+        norm: (H, W) float32 length of the directions (distance = t * norm).
+    """
+
+    origin: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    dz: np.ndarray
+    norm: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.dx.shape  # type: ignore[return-value]
+
+
+@dataclass
+class Region:
+    """The block of rays a primitive can reach: rows r0:r1, columns c0:c1; tmin = nearest possible t."""
+
+    index: int
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    tmin: float
+
+
+def pinhole_rays(camera: PinholeCamera, T_world_cam: np.ndarray) -> RayGrid:
+    """World rays through every pixel centre, scaled so that their optical z is 1 (t = z-depth)."""
+    x = ((np.arange(camera.width) - camera.cx) / camera.fx).astype(np.float32)
+    y = ((np.arange(camera.height) - camera.cy) / camera.fy).astype(np.float32)
+    R = T_world_cam[:3, :3]
+    # d = R @ (x, y, 1): each component is separable in (row, column), so one broadcast add per component.
+    comps = []
+    for i in range(3):
+        comps.append(np.float32(R[i, 0]) * x[None, :] + (np.float32(R[i, 1]) * y + np.float32(R[i, 2]))[:, None])
+    norm = np.sqrt(x[None, :] ** 2 + (y**2 + 1.0)[:, None]).astype(np.float32)
+    return RayGrid(np.asarray(T_world_cam[:3, 3], dtype=np.float64), comps[0], comps[1], comps[2], norm)
+
+
+def pinhole_regions(prims: Primitives, camera: PinholeCamera, T_world_cam: np.ndarray,
+                    max_depth: float) -> list[Region]:
+    """Screen-space bounding boxes of the primitives, with near-plane clipping; nearest first."""
+    if len(prims) == 0:
+        return []
+    T_cam_world = np.linalg.inv(T_world_cam)
+    corners = prims.bounding_corners() @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]  # (N, 8, 3)
+    z = corners[..., 2]
+    front = z > NEAR_PLANE_M
+    # Points where box edges cross the near plane: with the front corners they span the clipped hull.
+    pa, pb = corners[:, _EDGES[:, 0]], corners[:, _EDGES[:, 1]]
+    za, zb = pa[..., 2], pb[..., 2]
+    crossing = (za > NEAR_PLANE_M) != (zb > NEAR_PLANE_M)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(crossing, (NEAR_PLANE_M - za) / (zb - za), 0.0)
+    pc = pa + f[..., None] * (pb - pa)
+    pts = np.concatenate((corners, pc), axis=1)  # (N, 20, 3)
+    valid = np.concatenate((front, crossing), axis=1)
+    zs = np.where(valid, np.maximum(pts[..., 2], NEAR_PLANE_M), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = camera.fx * pts[..., 0] / zs + camera.cx
+        v = camera.fy * pts[..., 1] / zs + camera.cy
+    any_valid = valid.any(axis=1)
+    inf = np.inf
+    umin = np.min(np.where(valid, u, inf), axis=1)
+    umax = np.max(np.where(valid, u, -inf), axis=1)
+    vmin = np.min(np.where(valid, v, inf), axis=1)
+    vmax = np.max(np.where(valid, v, -inf), axis=1)
+    zmin = np.min(np.where(valid, zs, inf), axis=1)
+    keep = any_valid & (umax >= -1) & (umin <= camera.width) & (vmax >= -1) & (vmin <= camera.height)
+    keep &= zmin < max_depth
+    regions = []
+    for k in np.flatnonzero(keep):
+        c0 = max(0, int(math.floor(umin[k])))
+        c1 = min(camera.width, int(math.ceil(umax[k])) + 1)
+        r0 = max(0, int(math.floor(vmin[k])))
+        r1 = min(camera.height, int(math.ceil(vmax[k])) + 1)
+        if c1 > c0 and r1 > r0:
+            regions.append(Region(int(k), r0, r1, c0, c1, float(zmin[k])))
+    regions.sort(key=lambda r: r.tmin)
+    return regions
+
+
+def azimuth_regions(prims: Primitives, T_world_sensor: np.ndarray, azimuths: np.ndarray, n_rows: int,
+                    max_range: float) -> list[Region]:
+    """Column intervals of a spinning sensor's sweep that can reach each primitive (bounding spheres).
+
+    ``azimuths`` (W,) are the column azimuths in radians, increasing, spaced evenly over 2 pi, in the
+    sensor frame (x forward, y left). Intervals that wrap around give two regions.
+    """
+    if len(prims) == 0:
+        return []
+    centre, radius = prims.bounding_spheres()
+    T_sensor_world = np.linalg.inv(T_world_sensor)
+    c = centre @ T_sensor_world[:3, :3].T + T_sensor_world[:3, 3]
+    dist = np.linalg.norm(c, axis=1)
+    dxy = np.hypot(c[:, 0], c[:, 1])
+    width = azimuths.shape[0]
+    step = 2.0 * math.pi / width
+    regions = []
+    for k in np.flatnonzero(dist - radius < max_range):
+        tmin = max(float(dist[k] - radius[k]), 0.0)
+        if dxy[k] <= radius[k] * 1.001:
+            regions.append(Region(int(k), 0, n_rows, 0, width, 0.0))
+            continue
+        half = math.asin(min(1.0, radius[k] / dxy[k])) + step
+        centre_az = math.atan2(c[k, 1], c[k, 0])
+        span = int(math.ceil(2 * half / step)) + 2
+        if span >= width:
+            regions.append(Region(int(k), 0, n_rows, 0, width, tmin))
+            continue
+        lo = int(math.floor((centre_az - half - azimuths[0]) / step)) % width
+        hi = lo + span
+        if hi <= width:
+            regions.append(Region(int(k), 0, n_rows, lo, hi, tmin))
+        else:
+            regions.append(Region(int(k), 0, n_rows, lo, width, tmin))
+            regions.append(Region(int(k), 0, n_rows, 0, hi - width, tmin))
+    regions.sort(key=lambda r: r.tmin)
+    return regions
+
+
+def _box_t(o: tuple[float, float, float], dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
+           row: list[float]) -> np.ndarray:
+    """Entry parameter t of the rays into a yawed box (inf where missed)."""
+    cx, cy, c, s, hx, hy, z0, z1 = row
+    ox, oy, oz = o
+    rx, ry = ox - cx, oy - cy
+    lox, loy = c * rx + s * ry, -s * rx + c * ry
+    if s == 0.0 and c == 1.0:
+        ldx, ldy = dx, dy
+    else:
+        ldx = c * dx + s * dy
+        ldy = c * dy - s * dx
+    ix, iy, iz = 1.0 / ldx, 1.0 / ldy, 1.0 / dz
+    t1, t2 = (-hx - lox) * ix, (hx - lox) * ix
+    tn, tf = np.fmin(t1, t2), np.fmax(t1, t2)
+    t1, t2 = (-hy - loy) * iy, (hy - loy) * iy
+    np.fmax(tn, np.fmin(t1, t2), out=tn)
+    np.fmin(tf, np.fmax(t1, t2), out=tf)
+    t1, t2 = (z0 - oz) * iz, (z1 - oz) * iz
+    np.fmax(tn, np.fmin(t1, t2), out=tn)
+    np.fmin(tf, np.fmax(t1, t2), out=tf)
+    miss = (tn > tf) | (tn <= 0)
+    tn[miss] = np.inf
+    return tn
+
+
+def _cylinder_t(o: tuple[float, float, float], dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
+                axy: np.ndarray, row: list[float]) -> np.ndarray:
+    """Entry parameter t of the rays into a vertical cylinder (side or cap; inf where missed)."""
+    cx, cy, _, _, r, _, z0, z1 = row
+    ox, oy, oz = o
+    lx, ly = ox - cx, oy - cy
+    half_b = lx * dx + ly * dy
+    c = lx * lx + ly * ly - r * r
+    disc = half_b * half_b - axy * c
+    t = (-half_b - np.sqrt(np.maximum(disc, 0.0))) / axy
+    z = oz + t * dz
+    t[(disc < 0) | (t <= 0) | (z < z0) | (z > z1)] = np.inf
+    if oz > z1 or oz < z0:  # a cap faces the origin
+        zc = z1 if oz > z1 else z0
+        tc = (zc - oz) / dz
+        px, py = lx + tc * dx, ly + tc * dy
+        cap = (tc > 0) & (px * px + py * py <= r * r)
+        np.copyto(t, np.fmin(t, tc), where=cap)
+    return t
+
+
+def trace(rays: RayGrid, prims: Primitives, regions: list[Region], *, max_distance: float,
+          ground: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit of every ray.
+
+    Args:
+        rays: the ray grid.
+        prims: the primitives that ``regions`` index.
+        regions: blocks of rays per primitive, nearest first (from ``pinhole_regions`` etc.).
+        max_distance: rays hit nothing beyond this distance (metres along the ray).
+        ground: intersect the ground plane z = 0.
+
+    Returns:
+        t: (H, W) float32 ray parameter of the hit, inf where nothing is hit.
+        prim: (H, W) int32 ``GROUND_ID``, ``SKY_ID`` or ``FIRST_OBJECT + index`` into ``prims``.
+    """
+    shape = rays.shape
+    t = np.full(shape, np.inf, dtype=np.float32)
+    prim = np.full(shape, SKY_ID, dtype=np.int32)
+    o = (float(rays.origin[0]), float(rays.origin[1]), float(rays.origin[2]))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t_max = np.float32(max_distance) / rays.norm
+        if ground:
+            tg = -o[2] / rays.dz
+            hit = (tg > 0) & (tg < t_max)
+            np.copyto(t, tg, where=hit)
+            prim[hit] = GROUND_ID
+        axy = None
+        cols = [COL_CX, COL_CY, COL_COS, COL_SIN, COL_HX, COL_HY, COL_Z0, COL_Z1]
+        table = prims.params[:, cols].tolist()
+        kinds = prims.kind.tolist()
+        for reg in regions:
+            sl = (slice(reg.r0, reg.r1), slice(reg.c0, reg.c1))
+            tv = t[sl]
+            if reg.tmin >= float(tv.max()):
+                continue  # everything in this block is already nearer than the object can be
+            dx, dy, dz = rays.dx[sl], rays.dy[sl], rays.dz[sl]
+            if kinds[reg.index] == BOX:
+                tk = _box_t(o, dx, dy, dz, table[reg.index])
+            else:
+                if axy is None:
+                    axy = rays.dx * rays.dx + rays.dy * rays.dy
+                tk = _cylinder_t(o, dx, dy, dz, axy[sl], table[reg.index])
+            closer = tk < np.minimum(tv, t_max[sl])
+            np.copyto(tv, tk, where=closer)
+            np.copyto(prim[sl], reg.index + FIRST_OBJECT, where=closer)
+    return t, prim
+
+
+@dataclass
+class Surface:
+    """Geometry at hit points (all arrays share the shape of the ``prim`` they came from).
+
+    Attributes:
+        rows: (..., N_COLS) float32 parameter rows of the hit objects (zeros for ground and sky).
+        nx, ny, nz: float32 world unit normals (ground and sky: (0, 0, 1)).
+        lx, ly: float32 hit point in the object's yawed frame relative to its centre (ground: world x, y).
+        on_x, on_y: bool, hit on a box face normal to the object's local x (resp. y) axis.
+    """
+
+    rows: np.ndarray
+    nx: np.ndarray
+    ny: np.ndarray
+    nz: np.ndarray
+    lx: np.ndarray
+    ly: np.ndarray
+    on_x: np.ndarray
+    on_y: np.ndarray
+
+
+def surface_at(prims: Primitives, params32: np.ndarray, prim: np.ndarray, px: np.ndarray, py: np.ndarray,
+               pz: np.ndarray) -> Surface:
+    """Normals and object-local coordinates at hit points.
+
+    Args:
+        prims: the primitives ``prim`` indexes (offset by ``FIRST_OBJECT``).
+        params32: ``prims.params`` as float32 with two zero rows prepended (ground, sky), so that it is
+            indexed by ``prim`` directly.
+        prim: (...) int32 primitive ids (ground and sky included).
+        px, py, pz: (...) float32 world hit points.
+    """
+    rows = params32[prim]
+    is_obj = prim >= FIRST_OBJECT
+    kinds = np.concatenate((np.array([BOX, BOX], np.int8), prims.kind))
+    is_cyl = kinds[prim] == CYLINDER
+    cx, cy, c, s = rows[..., COL_CX], rows[..., COL_CY], rows[..., COL_COS], rows[..., COL_SIN]
+    hx, hy, z0, z1 = rows[..., COL_HX], rows[..., COL_HY], rows[..., COL_Z0], rows[..., COL_Z1]
+    rx, ry = px - cx, py - cy
+    lx = c * rx + s * ry
+    ly = c * ry - s * rx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hz = 0.5 * (z1 - z0)
+        zc = pz - (z0 + hz)
+        ez = np.abs(zc) / hz
+        ex, ey = np.abs(lx) / hx, np.abs(ly) / hy
+        radial = np.sqrt(lx * lx + ly * ly)
+        er = radial / hx
+        # The face a point lies on is the one whose normalised coordinate is nearest to 1.
+        on_x = is_obj & ~is_cyl & (ex >= ey) & (ex >= ez)
+        on_y = is_obj & ~is_cyl & (ey > ex) & (ey >= ez)
+        on_z = is_obj & ~(on_x | on_y) & (~is_cyl | (ez >= er))
+        side = is_obj & is_cyl & ~on_z
+        inv_r = 1.0 / np.maximum(radial, np.float32(1e-6))
+    zero = np.float32(0.0)
+    nlx = np.where(side, lx * inv_r, np.where(on_x, np.sign(lx), zero))
+    nly = np.where(side, ly * inv_r, np.where(on_y, np.sign(ly), zero))
+    nz = np.where(on_z, np.sign(zc), np.where(is_obj, zero, np.float32(1.0)))
+    nx = c * nlx - s * nly
+    ny = s * nlx + c * nly
+    lx = np.where(is_obj, lx, px)
+    ly = np.where(is_obj, ly, py)
+    return Surface(rows, nx, ny, nz.astype(np.float32), lx, ly, on_x, on_y)
+
+
+def padded_params(prims: Primitives) -> np.ndarray:
+    """``prims.params`` as float32 with zero rows for the ground and sky ids prepended."""
+    out = np.zeros((len(prims) + FIRST_OBJECT, prims.params.shape[1]), dtype=np.float32)
+    out[FIRST_OBJECT:] = prims.params
+    return out
