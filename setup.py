@@ -20,7 +20,7 @@ def data_files_under(folder: str, *patterns: str) -> list[tuple[str, list[str]]]
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
+    packages=find_packages(include=[PACKAGE, PACKAGE + ".*", "training", "training.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),

@@ -132,7 +132,7 @@ def save_checkpoint(
         "rng": rng_state(),
         "config": dict(config),
         "extra": dict(extra or {}),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:

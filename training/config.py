@@ -105,6 +105,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
     threads: int = 0  # torch.set_num_threads per process; 0 = leave
+    stop_after_steps: int = 0  # stop (after a checkpoint) once this many optimiser steps are done; 0 = off
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -199,6 +200,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept any numeric text for float fields.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
