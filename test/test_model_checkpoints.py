@@ -53,14 +53,31 @@ def test_official_layout_imports_strictly(tmp_path, wrap):
     torch.testing.assert_close(_forward(model, x), _forward(ref, x), rtol=0, atol=0)
 
 
-def test_full_size_vits_layout_imports(tmp_path):
-    cfg = get_preset("dav2-metric-vits")
-    sd = {k: torch.zeros(s) for k, s in official_layout(
-        embed=384, depth=12, mlp_hidden=1536, features=64, out_channels=(48, 96, 192, 384)).items()}
+def test_depth_anything_v1_layout_imports(tmp_path):
+    cfg = get_preset("test-tiny").replace(generation="v1", head="relative", depth=5, taps=(1, 2, 3, 4),
+                                          confidence_head=False, head_features_2=32)
+    sd = random_official(cfg, seed=5)
+    torch.save(sd, tmp_path / "depth_anything_vits14.pth")
+    model, _ = ck.import_checkpoint(tmp_path / "depth_anything_vits14.pth", cfg)
+    out = model(torch.randn(1, 3, 28, 42), features=False)
+    assert (out.depth >= 0).all() and out.rel_depth is out.depth
+
+
+@pytest.mark.slow
+def test_full_size_vits_imports_and_runs_at_official_sizes(tmp_path):
+    # The one full-size test: a random dav2-metric-vits file in the official layout.
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    layout = official_layout(embed=384, depth=12, mlp_hidden=1536, features=64, out_channels=(48, 96, 192, 384))
+    sd = {k: torch.randn(s, generator=g) * 0.02 for k, s in layout.items()}
     path = tmp_path / "depth_anything_v2_metric_vkitti_vits.pth"
     torch.save(sd, path)
-    model, _ = ck.import_checkpoint(path, "dav2-metric-vits")
-    assert len(model.state_dict()) == 239
+    model, cfg = ck.import_checkpoint(path, "dav2-metric-vits")
+    assert len(model.state_dict()) == 239 and cfg.max_depth_m == 80.0
+    for h, w in ((518, 518), (252, 644)):
+        out = model(torch.randn(1, 3, h, w), features=False)
+        assert out.depth.shape == (1, 1, h, w)
+        assert ((out.depth > 0) & (out.depth < 80.0)).all()
 
 
 def _error_for(tmp_path, sd, cfg=TINY_V2) -> str:
