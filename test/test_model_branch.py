@@ -235,3 +235,19 @@ def test_default_student_builds_and_runs():
     assert out.depth.shape == (1, 1, *cfg.input_size) and out.confidence is not None
     n = sum(p.numel() for p in model.parameters())
     assert n < 3_000_000  # small enough for a CPU real-time budget (~28 ms ORT, 1 thread)
+
+
+def test_gradients_reach_encoder_but_confidence_loss_stays_in_its_head():
+    model = _tiny().train()
+    x = torch.randn(1, 3, 28, 42)
+    with torch.enable_grad():
+        out = model(x, features=False)
+        out.depth.mean().backward()
+        assert model.pretrained.pos_embed.grad is not None and model.pretrained.pos_embed.grad.abs().sum() > 0
+        assert model.pretrained.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+        model.zero_grad(set_to_none=True)
+        out = model(x, features=False)
+        out.confidence.mean().backward()
+        assert model.confidence_head.net[2].weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in model.pretrained.parameters())
+        assert all(p.grad is None for p in model.depth_head.parameters())
