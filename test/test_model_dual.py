@@ -15,8 +15,9 @@ H, W = 28, 42
 
 
 def _student_cfg(confidence_head: bool = False):
-    return get_preset("test-tiny").replace(name="tiny-student", head="zoe_bins", confidence_head=confidence_head,
-                                           modality="thermal", mean=(0.45,) * 3, std=(0.225,) * 3)
+    return get_preset("test-tiny").replace(name="tiny-student", head="zoe_bins",
+                                           confidence_head=confidence_head, modality="thermal",
+                                           mean=(0.45,) * 3, std=(0.225,) * 3)
 
 
 def _metadata(student: BranchOutput, teacher: BranchOutput) -> torch.Tensor:
@@ -80,7 +81,8 @@ def test_confidence_loss_sends_no_gradient_into_the_branches():
     model = MonotherDual(_student_cfg()).train()
 
     def live_metadata(s: BranchOutput, t: BranchOutput) -> torch.Tensor:  # deliberately not detached
-        return torch.cat([s.depth, t.depth, s.depth - t.depth, s.depth, t.depth, s.depth, t.depth, s.depth], 1)
+        d_s, d_t = s.depth, t.depth
+        return torch.cat([d_s, d_t, d_s - d_t, d_s, d_t, d_s, d_t, d_s], 1)
 
     out = model(torch.randn(2, 3, H, W), torch.randn(2, 3, H, W), need_confidence=True,
                 metadata_fn=live_metadata, features=False)

@@ -70,7 +70,8 @@ def official():
 
 def _write(tmp_path, sd, name="ZoeDepthDualv1_test.pt"):
     path = tmp_path / name
-    torch.save({"model": {"module." + k: v.clone() for k, v in sd.items()}, "optimizer": None, "epoch": 5}, path)
+    wrapped = {"module." + k: v.clone() for k, v in sd.items()}  # as saved from DataParallel
+    torch.save({"model": wrapped, "optimizer": None, "epoch": 5}, path)
     return path
 
 
@@ -89,7 +90,8 @@ def test_official_names_present_in_the_generated_layout(official):
         "conv2.weight", "conv2_extra.bias", "seed_bin_regressor._net.2.weight",
         "seed_bin_regressor_extra._net.0.weight", "seed_projector_extra._net.2.bias",
         "projectors.3._net.0.weight", "projectors_extra.0._net.2.weight", "attractors_extra.3._net.2.bias",
-        "conditional_log_binomial.mlp.0.weight", "conditional_log_binomial_extra.log_binomial_transform.k_idx",
+        "conditional_log_binomial.mlp.0.weight",
+        "conditional_log_binomial_extra.log_binomial_transform.k_idx",
         "conditional_log_binomial.log_binomial_transform.K_minus_1",
         "conf_net.inc.double_conv.0.weight", "conf_net.inc.double_conv.1.running_var",
         "conf_net.down4.maxpool_conv.1.double_conv.4.num_batches_tracked",

@@ -35,7 +35,8 @@ def _intermediates(gen: torch.Generator, b: int = 2, f: int = 16, hw: tuple[int,
                    scale: float = 1.0) -> dict[str, torch.Tensor]:
     h, w = hw[0] // 14, hw[1] // 14  # token grid as in the DPT
     r = lambda c, hh, ww: torch.randn(b, c, hh, ww, generator=gen) * scale  # noqa: E731
-    return dict(out_conv=torch.rand(b, 32, *hw, generator=gen) * scale, l4_rn=r(f, (h + 1) // 2, (w + 1) // 2),
+    return dict(out_conv=torch.rand(b, 32, *hw, generator=gen) * scale,
+                l4_rn=r(f, (h + 1) // 2, (w + 1) // 2),
                 r4=r(f, h, w), r3=r(f, 2 * h, 2 * w), r2=r(f, 4 * h, 4 * w), r1=r(f, 8 * h, 8 * w))
 
 
@@ -86,7 +87,8 @@ def _np_log_binomial(p: np.ndarray, t: np.ndarray, k_bins: int) -> np.ndarray:
     for k in range(k_bins):
         kk = k + eps_b
         log_c = n * math.log(n) - kk * math.log(kk) - (n - kk) * math.log(n - kk + eps_b)
-        out.append(log_c + k * np.log(np.clip(p, eps_c, 1)) + (k_bins - 1 - k) * np.log(np.clip(1 - p, eps_c, 1)))
+        out.append(log_c + k * np.log(np.clip(p, eps_c, 1))
+                   + (k_bins - 1 - k) * np.log(np.clip(1 - p, eps_c, 1)))
     y = np.stack(out, axis=1) / t[:, None]
     y = y - y.max(axis=1, keepdims=True)
     e = np.exp(y)
@@ -191,8 +193,8 @@ def _functional_head(sd: dict[str, torch.Tensor], rel: torch.Tensor, dpt: dict[s
         prev_emb = emb
     size = dpt["out_conv"].shape[-2:]
     feats = torch.cat([dpt["out_conv"], up(rel, size), up(emb, size)], 1)
-    h = F.gelu(F.conv2d(feats, sd["conditional_log_binomial.mlp.0.weight"], sd["conditional_log_binomial.mlp.0.bias"]))
-    pt = F.softplus(F.conv2d(h, sd["conditional_log_binomial.mlp.2.weight"], sd["conditional_log_binomial.mlp.2.bias"])) + 1e-4
+    h = F.gelu(conv(feats, "conditional_log_binomial.mlp.0"))
+    pt = F.softplus(conv(h, "conditional_log_binomial.mlp.2")) + 1e-4
     p = (pt[:, 0] / (pt[:, 0] + pt[:, 1]))[:, None]
     t = (50.0 - 0.0212) * (pt[:, 2] / (pt[:, 2] + pt[:, 3]))[:, None] + 0.0212
     k = torch.arange(64, dtype=torch.float64).view(1, -1, 1, 1)

@@ -271,7 +271,8 @@ def import_monother_checkpoint(
     return import_monother_state_dict(state_dict, config, part, source=str(path))
 
 
-def _importer(state_dict: dict[str, Tensor], config: ModelConfig, branch: str | None) -> tuple[nn.Module, ModelConfig]:
+def _importer(state_dict: dict[str, Tensor], config: ModelConfig,
+              branch: str | None) -> tuple[nn.Module, ModelConfig]:
     return import_monother_state_dict(state_dict, config, branch or "thermal")
 
 

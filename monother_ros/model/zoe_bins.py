@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from monother_ros.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from monother_ros.model.dpt import DptIntermediates
     from monother_ros.model.variants import ModelConfig
 
 __all__ = [
@@ -152,7 +153,9 @@ class ZoeBinsSpec:
         if self.bin_centers_type not in ("normed", "softplus", "hybrid1", "hybrid2"):
             raise ConfigError(f"zoe_bins: bin_centers_type {self.bin_centers_type!r} is unknown")
         if not 0 < self.min_depth < self.max_depth:
-            raise ConfigError(f"zoe_bins: need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+            raise ConfigError(
+                f"zoe_bins: need 0 < min_depth < max_depth, got {self.min_depth}, {self.max_depth}"
+            )
         if not 0 < self.min_temp < self.max_temp:
             raise ConfigError(f"zoe_bins: need 0 < min_temp < max_temp, got {self.min_temp}, {self.max_temp}")
 
@@ -272,7 +275,8 @@ class AttractorLayer(nn.Module):
             nn.ReLU() if normed else nn.Softplus(),
         )
 
-    def forward(self, x: Tensor, b_prev: Tensor, prev_b_embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, b_prev: Tensor,
+                prev_b_embedding: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Move the bin centres.
 
         Args:
@@ -385,7 +389,7 @@ class ConditionalLogBinomial(nn.Module):
 
 def _get(dpt: Any, name: str) -> Tensor:
     """Field of a DPT-intermediates object (attribute or mapping)."""
-    if isinstance(dpt, dict):
+    if isinstance(dpt, Mapping):
         return dpt[name]
     return getattr(dpt, name)
 
@@ -419,13 +423,14 @@ class ZoeBinsHead(nn.Module):
             spec.out_conv_channels + 1, emb, spec.n_bins, min_temp=spec.min_temp, max_temp=spec.max_temp
         )
 
-    def forward(self, rel_depth: Tensor, dpt: Any) -> tuple[Tensor, Tensor]:
+    def forward(self, rel_depth: Tensor,
+                dpt: "DptIntermediates | Mapping[str, Tensor]") -> tuple[Tensor, Tensor]:
         """Metric depth from the relative depth and the DPT intermediates.
 
         Args:
             rel_depth: (B, 1, H, W) relative depth (the DPT's ReLU output), any resolution: it is
                 resized (bilinear, align_corners) to ``out_conv``'s size as in the reference.
-            dpt: object (or dict) with ``out_conv`` (B, C_out, H, W), ``l4_rn`` (B, F, h0, w0) and
+            dpt: ``DptIntermediates`` (or a mapping) with ``out_conv`` (B, C_out, H, W), ``l4_rn`` (B, F, h0, w0) and
                 ``r4, r3, r2, r1`` (B, F, h_i, w_i).
 
         Returns:
