@@ -236,7 +236,7 @@ def export_onnx(
     t0 = time.perf_counter()
     try:
         # The exporter prints progress lines and FutureWarnings from its own internals; keep CLIs quiet.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet_exporter_logs():
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.onnx.export(
                 wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
@@ -269,6 +269,18 @@ def export_onnx(
                                     f"(> {rtol:.0e}) for {config.name} at {hw[0]}x{hw[1]}")
             _logger.debug("ONNX Runtime vs PyTorch %s: %.2e relative", name, err)
     return info
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Any:
+    """Silence the exporter's warnings about optional torchvision ops (irrelevant to these models)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    old = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registration.setLevel(old)
 
 
 def _check_graph_io(proto: "onnx.ModelProto", hw: tuple[int, int], output_names: list[str]) -> None:

@@ -1,0 +1,401 @@
+"""Engines: backend selection, torch == ONNX Runtime on the same weights, camera-size handling, NaN
+masking, metadata, corrupt files, and hot swapping while another thread infers."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monother_ros.core import preprocess as pp
+from monother_ros.errors import BackendUnavailableError, CheckpointError, ConfigError
+from monother_ros.model.branch import DepthBranch
+from monother_ros.model.checkpoints import save_model
+from monother_ros.model.variants import get_preset
+from monother_ros.runtime import engine as E
+from monother_ros.runtime.export import MODEL_ONNX_FILE, export_onnx, read_onnx_info, resolve_onnx
+from monother_ros.runtime.onnx_engine import OnnxEngine
+from monother_ros.runtime.torch_engine import TorchEngine
+
+RTOL = 1e-4
+
+
+def _rel(a, b):
+    return float(np.nanmax(np.abs(a - b)) / np.nanmax(np.abs(b)))
+
+
+def _thermal(hw, seed=0, dtype=np.uint16):
+    """Smooth gradient + noise, like a thermal frame (counts)."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 20000 + 8000 * (yy / h) + 3000 * np.sin(xx / 7.0)
+    img = base + rng.normal(0, 300, size=hw)
+    if dtype == np.uint8:
+        img = img / 256.0
+    return np.clip(img, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+def _onnx_variant(src, dst, *, perturb=False, **meta):
+    """Copy of an exported ONNX file with other weights (``perturb``) and/or other metadata values,
+    made without a second export (exports take seconds)."""
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    if perturb:
+        for init in proto.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.ndim >= 2:
+                init.CopyFrom(numpy_helper.from_array((arr * 0.9).astype(np.float32), init.name))
+    for entry in proto.metadata_props:
+        key = entry.key.removeprefix("monother.")
+        if key in meta:
+            value = meta[key]
+            entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved test-tiny model folder (random weights), its cache folder and both engines."""
+    root = tmp_path_factory.mktemp("engines")
+    config = get_preset("test-tiny")
+    torch.manual_seed(0)
+    model = DepthBranch(config).eval()
+    # Non-trivial confidence spread, so masking by confidence has something to mask.
+    model_dir = save_model(model, config, root / "tiny")
+    cache = root / "cache"
+    ort_engine = E.make_backend(model_dir, "onnxruntime", cache_dir=cache, num_threads=1)
+    torch_engine = E.make_backend(model_dir, "torch", num_threads=1)
+    yield {"dir": model_dir, "cache": cache, "config": config, "ort": ort_engine, "torch": torch_engine,
+           "root": root}
+    ort_engine.close()
+    torch_engine.close()
+
+
+# ---------------------------------------------------------------------- selection
+def test_auto_picks_onnxruntime_without_tensorrt(monkeypatch):
+    monkeypatch.setitem(E._PROBES, "tensorrt", lambda: (False, "no tensorrt here"))
+    assert E.resolve_backend("auto") == "onnxruntime"
+    with pytest.raises(BackendUnavailableError, match="backend tensorrt is unavailable: no tensorrt here"):
+        E.resolve_backend("tensorrt")
+
+
+def test_auto_picks_tensorrt_when_present(monkeypatch):
+    monkeypatch.setitem(E._PROBES, "tensorrt", lambda: (True, ""))
+    assert E.resolve_backend("auto") == "tensorrt"
+
+
+def test_selection_errors(monkeypatch, tiny):
+    with pytest.raises(ConfigError, match="unknown backend"):
+        E.resolve_backend("openvino")
+    monkeypatch.setitem(E._PROBES, "onnxruntime", lambda: (False, "onnxruntime missing"))
+    monkeypatch.setitem(E._PROBES, "tensorrt", lambda: (False, "no GPU"))
+    with pytest.raises(BackendUnavailableError, match="onnxruntime missing"):
+        E.make_backend(tiny["dir"], "auto")
+    with pytest.raises(ConfigError, match="precision"):
+        E.make_backend(tiny["dir"], "torch", precision="int8")
+
+
+def test_real_probe_here():
+    """This machine: tensorrt absent or no GPU -> auto is onnxruntime (the probe says why otherwise)."""
+    reasons = E.available_backends()
+    assert reasons["onnxruntime"] == "" and reasons["torch"] == ""
+    expected = "tensorrt" if reasons["tensorrt"] == "" else "onnxruntime"
+    assert E.resolve_backend("auto") == expected
+
+
+# ---------------------------------------------------------------------- metadata
+def test_info_is_read_from_onnx_and_config(tiny):
+    config = tiny["config"]
+    for name in ("ort", "torch"):
+        info = tiny[name].info
+        assert info.input_hw == tuple(config.input_size)
+        assert info.model_name == "test-tiny" and info.has_confidence
+        assert info.mean == pytest.approx(config.mean) and info.std == pytest.approx(config.std)
+        assert info.precision == "fp32"
+    assert tiny["ort"].info.backend == "onnxruntime" and tiny["torch"].info.backend == "torch"
+    assert tiny["ort"].info.model_hash == tiny["torch"].info.model_hash  # same weights, same key
+    assert isinstance(tiny["ort"], E.Engine) and isinstance(tiny["torch"], E.Engine)
+    assert tiny["ort"].thresholds == E.MaskThresholds(config.min_depth_m, config.max_depth_m, 0.0)
+
+
+# ---------------------------------------------------------------------- parity
+def test_torch_and_onnxruntime_agree_at_engine_resolution(tiny):
+    h, w = tiny["config"].input_size
+    x = np.random.default_rng(2).standard_normal((1, 3, h, w)).astype(np.float32)
+    d_ort, c_ort = tiny["ort"].infer_tensor(x)
+    d_t, c_t = tiny["torch"].infer_tensor(x)
+    assert d_ort.shape == d_t.shape == (1, 1, h, w) and c_ort.shape == (1, 1, h, w)
+    assert _rel(d_ort, d_t) < RTOL and _rel(c_ort, c_t) < RTOL
+    assert float(d_t.std()) > 0  # not a constant output
+    # results are copies: a second call does not change them
+    d_keep = d_ort.copy()
+    tiny["ort"].infer_tensor(np.zeros_like(x))
+    assert np.array_equal(d_keep, d_ort)
+
+
+@pytest.mark.parametrize("hw", [(56, 70), (61, 83), (37, 100), (120, 90)])
+def test_camera_sizes_round_trip_and_backends_agree(tiny, hw):
+    img = _thermal(hw, seed=hw[0])
+    r_ort = tiny["ort"].infer(img)
+    r_t = tiny["torch"].infer(img)
+    for r in (r_ort, r_t):
+        assert r.depth.shape == hw and r.depth.dtype == np.float32
+        assert r.confidence.shape == hw and r.confidence.dtype == np.float32
+        assert np.all((r.confidence >= 0) & (r.confidence <= 1))
+        assert set(r.timings) == {"preprocess_ms", "inference_ms", "postprocess_ms", "total_ms"}
+    assert np.array_equal(np.isnan(r_ort.depth), np.isnan(r_t.depth))
+    assert _rel(r_ort.depth, r_t.depth) < RTOL and _rel(r_ort.confidence, r_t.confidence) < RTOL
+
+
+def test_infer_equals_the_pipeline_done_by_hand(tiny):
+    """preprocess (core) -> network -> bilinear align_corners resize back -> mask, done independently."""
+    hw = (61, 83)
+    img = _thermal(hw, seed=9)
+    engine = tiny["torch"]
+    config = tiny["config"]
+    # ImageNet mean/std differ per channel: [0, 1] thermal, replicated, then per-channel affine
+    unit = pp.ThermalPreprocessor(hw, tuple(config.input_size), mean=0.0, std=1.0)(img).copy()
+    x = (unit - np.asarray(config.mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(config.std, np.float32).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(engine.preprocess(img), x, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        out = engine.model(torch.from_numpy(x), features=False)
+        depth = F.interpolate(out.depth, size=hw, mode="bilinear", align_corners=True)[0, 0].numpy()
+    result = engine.infer(img)
+    valid = (depth > config.min_depth_m) & (depth < config.max_depth_m)
+    assert np.array_equal(~np.isnan(result.depth), valid)
+    np.testing.assert_allclose(result.depth[valid], depth[valid], rtol=1e-5)
+
+
+def test_uint8_input_and_bad_inputs(tiny):
+    r = tiny["ort"].infer(_thermal((40, 50), dtype=np.uint8))
+    assert r.depth.shape == (40, 50) and np.isfinite(r.depth).any()
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        tiny["ort"].infer(np.zeros((40, 50), np.float32))
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        tiny["ort"].infer(np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        tiny["ort"].infer_tensor(np.zeros((1, 3, 14, 14), np.float32))
+
+
+# ---------------------------------------------------------------------- masking
+def test_nan_masking_by_depth_range_and_confidence(tiny):
+    engine = tiny["ort"]
+    img = _thermal((64, 80), seed=4)
+    try:
+        engine.set_thresholds(E.MaskThresholds(0.0, 1e9, 0.0))
+        raw = engine.infer(img)
+        assert not np.isnan(raw.depth).any()
+        lo, hi = np.percentile(raw.depth, [25, 75])
+        engine.set_thresholds(E.MaskThresholds(float(lo), float(hi), 0.0))
+        ranged = engine.infer(img)
+        expected = (raw.depth > lo) & (raw.depth < hi)
+        assert np.array_equal(~np.isnan(ranged.depth), expected)
+        assert 0.3 < expected.mean() < 0.7
+        np.testing.assert_array_equal(ranged.depth[expected], raw.depth[expected])
+        c_thr = float(np.median(raw.confidence))
+        engine.set_thresholds(E.MaskThresholds(0.0, 1e9, c_thr))
+        conf = engine.infer(img)
+        assert np.array_equal(~np.isnan(conf.depth), raw.confidence >= c_thr)
+        np.testing.assert_array_equal(conf.confidence, raw.confidence)  # confidence itself is not masked
+    finally:
+        engine.set_thresholds(E.MaskThresholds(1e-3, 80.0, 0.0))
+
+
+def test_threshold_validation():
+    with pytest.raises(ConfigError):
+        E.MaskThresholds(5.0, 1.0)
+    with pytest.raises(ConfigError):
+        E.MaskThresholds(0.0, float("inf"))
+    with pytest.raises(ConfigError):
+        E.MaskThresholds(0.0, 10.0, 1.5)
+
+
+def test_thresholds_from_make_backend(tiny):
+    engine = E.make_backend(tiny["dir"], "onnxruntime", cache_dir=tiny["cache"], num_threads=1,
+                            max_depth_m=20.0, min_confidence=0.25)
+    assert engine.thresholds == E.MaskThresholds(1e-3, 20.0, 0.25)
+
+
+# ---------------------------------------------------------------------- model files
+def test_onnx_cache_reuse_and_other_size(tiny):
+    path = resolve_onnx(tiny["dir"], None, tiny["cache"])
+    mtime = path.stat().st_mtime_ns
+    assert resolve_onnx(tiny["dir"], tuple(tiny["config"].input_size), tiny["cache"]) == path
+    assert path.stat().st_mtime_ns == mtime  # reused, not re-exported
+    assert path.name.startswith("tiny-") and path.name.endswith("-56x70.onnx")
+
+
+@pytest.mark.slow
+def test_other_input_size_is_exported_and_runs(tiny):
+    engine = E.make_backend(tiny["dir"], "onnxruntime", input_hw=(42, 84), cache_dir=tiny["cache"], num_threads=1)
+    t_engine = E.make_backend(tiny["dir"], "torch", input_hw=(42, 84), num_threads=1)
+    assert engine.info.input_hw == (42, 84)
+    img = _thermal((50, 90))
+    assert _rel(engine.infer(img).depth, t_engine.infer(img).depth) < RTOL
+    with pytest.raises(ConfigError, match="multiples"):
+        E.make_backend(tiny["dir"], "torch", input_hw=(40, 84))
+
+
+def test_onnx_file_given_directly(tiny):
+    path = resolve_onnx(tiny["dir"], None, tiny["cache"])
+    engine = E.make_backend(path, "onnxruntime", num_threads=1)
+    assert engine.info.model_hash == tiny["ort"].info.model_hash
+    with pytest.raises(ConfigError, match="exported for 56x70"):
+        E.make_backend(path, "onnxruntime", input_hw=(42, 84))
+    with pytest.raises(CheckpointError, match="checkpoint folder"):
+        E.make_backend(path, "torch")
+
+
+def test_folder_onnx_used_only_when_fresh(tiny, tmp_path):
+    import shutil
+
+    folder = tmp_path / "tiny"  # same folder name as the cached export, so the cache entry matches
+    shutil.copytree(tiny["dir"], folder)
+    onnx_file = resolve_onnx(tiny["dir"], None, tiny["cache"])
+    shutil.copy(onnx_file, folder / MODEL_ONNX_FILE)
+    assert resolve_onnx(folder, None, tiny["cache"]) == folder / MODEL_ONNX_FILE
+    # a stale model.onnx (exported from other weights) is not used: the cached export of the
+    # folder's current weights is
+    _onnx_variant(onnx_file, folder / MODEL_ONNX_FILE, model_hash="0" * 64)
+    assert resolve_onnx(folder, None, tiny["cache"]) == onnx_file
+    # a model.onnx of another size is not used for the default size either
+    _onnx_variant(onnx_file, folder / MODEL_ONNX_FILE, input_hw=[28, 28])
+    assert resolve_onnx(folder, (56, 70), tiny["cache"]) == onnx_file
+
+
+def test_corrupt_onnx_is_a_clear_error(tiny, tmp_path):
+    good = resolve_onnx(tiny["dir"], None, tiny["cache"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        OnnxEngine(bad)
+    with pytest.raises(CheckpointError):
+        E.make_backend(bad, "onnxruntime")
+    with pytest.raises(CheckpointError, match="not found"):
+        E.make_backend(tmp_path / "nothing", "onnxruntime")
+    # metadata promising a confidence output the graph does not have
+    lying = _onnx_variant(good, tmp_path / "lying.onnx", has_confidence=False)
+    with pytest.raises(CheckpointError, match="do not match its metadata"):
+        OnnxEngine(lying)
+
+
+@pytest.mark.slow
+def test_corrupt_cached_export_is_redone(tiny, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny["cache"], cache)
+    cache_file = resolve_onnx(tiny["dir"], None, cache)
+    assert cache_file.parent == cache
+    cache_file.write_bytes(b"garbage")
+    again = resolve_onnx(tiny["dir"], None, cache)
+    assert again == cache_file and read_onnx_info(again).model_hash == tiny["ort"].info.model_hash
+
+
+# ---------------------------------------------------------------------- hot swap
+def _run_while(engine, img, stop, results, errors):
+    while not stop.is_set():
+        try:
+            results.append(engine.infer(img).depth)
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            errors.append(exc)
+            return
+
+
+def test_torch_swap_weights_while_inferring(tiny):
+    config = tiny["config"]
+    engine = TorchEngine.from_model_dir(tiny["dir"], num_threads=1)
+    img = _thermal((50, 60), seed=11)
+    before = engine.infer(img).depth
+    torch.manual_seed(123)
+    new_state = DepthBranch(config).state_dict()
+    stop, results, errors = threading.Event(), [], []
+    worker = threading.Thread(target=_run_while, args=(engine, img, stop, results, errors))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(results) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        old_hash = engine.info.model_hash
+        info = engine.swap_weights(new_state)
+        n_at_swap = len(results)
+        while len(results) < n_at_swap + 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        worker.join(5)
+    assert not errors
+    after = engine.infer(img).depth
+    assert info.model_hash != old_hash
+    assert not np.allclose(np.nan_to_num(after), np.nan_to_num(before))
+    # every frame is entirely old or entirely new weights (never a mix)
+    for depth in results:
+        same_old = np.array_equal(depth, before, equal_nan=True)
+        same_new = np.array_equal(depth, after, equal_nan=True)
+        assert same_old or same_new
+    assert any(np.array_equal(d, after, equal_nan=True) for d in results)
+
+
+def test_torch_swap_rejects_bad_state_and_keeps_weights(tiny):
+    engine = TorchEngine.from_model_dir(tiny["dir"], num_threads=1)
+    img = _thermal((30, 40))
+    before = engine.infer(img).depth
+    state = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    key = next(iter(state))
+    broken = dict(state)
+    broken.pop(key)
+    with pytest.raises(CheckpointError, match="missing"):
+        engine.swap_weights(broken)
+    wrong = dict(state)
+    wrong[key] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError, match="wrong shapes"):
+        engine.swap_weights(wrong)
+    assert np.array_equal(engine.infer(img).depth, before, equal_nan=True)
+
+
+def test_onnx_swap_model_while_inferring(tiny, tmp_path):
+    current = resolve_onnx(tiny["dir"], None, tiny["cache"])
+    engine = OnnxEngine(current, num_threads=1)
+    img = _thermal((50, 60), seed=12)
+    before = engine.infer(img).depth
+    other = _onnx_variant(current, tmp_path / "other.onnx", perturb=True, model_hash="1" * 64)
+    stop, results, errors = threading.Event(), [], []
+    worker = threading.Thread(target=_run_while, args=(engine, img, stop, results, errors))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(results) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        info = engine.swap_model(other)
+        n_at_swap = len(results)
+        while len(results) < n_at_swap + 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        worker.join(5)
+    assert not errors and info.model_hash == "1" * 64 and engine.info.model_hash == "1" * 64
+    after = engine.infer(img).depth
+    assert not np.allclose(np.nan_to_num(after), np.nan_to_num(before))
+    for depth in results:
+        assert np.array_equal(depth, before, equal_nan=True) or np.array_equal(depth, after, equal_nan=True)
+    assert any(np.array_equal(d, after, equal_nan=True) for d in results)
+    # a model of another input size is refused, the engine keeps running
+    small = _onnx_variant(current, tmp_path / "small.onnx", input_hw=[28, 28])
+    with pytest.raises(ConfigError, match="cannot swap"):
+        engine.swap_model(small)
+    assert np.array_equal(engine.infer(img).depth, after, equal_nan=True)
+
+
+def test_num_threads_recorded(tiny):
+    assert tiny["ort"].num_threads == 1
+    assert os.cpu_count() is None or torch.get_num_threads() >= 1
