@@ -296,11 +296,13 @@ def point_cloud_from_xyz(
     stamp_ns: int = 0,
     frame_id: str = "",
     header: Optional[Header] = None,
+    is_dense: bool = False,
 ) -> PointCloud2:
     """Organised ``sensor_msgs/PointCloud2`` with float32 fields x, y, z and ``value_field``.
 
     The points are written straight into the message buffer (one strided write per field, no
-    intermediate array); invalid points stay NaN, so ``is_dense`` is false.
+    intermediate array); invalid points stay NaN, so ``is_dense`` is false unless the caller knows
+    every point is finite (e.g. a LiDAR sweep of returns only).
 
     Args:
         xyz: (H, W, 3) points in metres (any float dtype), or (H, W, 4) with the value as the 4th
@@ -329,7 +331,7 @@ def point_cloud_from_xyz(
     msg.is_bigendian = _NATIVE_BIG_ENDIAN
     msg.point_step = 16
     msg.row_step = 16 * width
-    msg.is_dense = False
+    msg.is_dense = bool(is_dense)
     stored = _attach_buffer(msg, _zeroed_bytes(16 * height * width))
     out = np.frombuffer(stored, dtype=np.float32).reshape(height, width, 4)
     if xyz.shape[2] == 4:
