@@ -162,6 +162,18 @@ def test_attractor_step_equals_inverse_attractor_formula_with_effective_alpha_30
     assert np.abs(delta_1000 - delta).max() > 1e-3
 
 
+def test_unbounded_attractor_step_has_no_sort_or_clip():
+    layer = AttractorLayer(2, 2, MIN_D, MAX_D, kind="sum", attractor_type="exp", normed=False)
+    layer._net = nn.Identity()  # attractor positions given directly (the Softplus output)
+    a = torch.tensor([0.5, 3.0]).view(1, 2, 1, 1)
+    c = torch.tensor([4.0, 0.1, 2.9]).view(1, 3, 1, 1)  # unsorted, unbounded centres
+    new, metric = layer(a, c)
+    dx = a.view(2, 1) - c.view(1, 3)
+    want = c.view(3) + (torch.exp(-REFERENCE_ATTRACTOR_ALPHA * dx.abs() ** 2) * dx).sum(0)
+    torch.testing.assert_close(new.view(3), want)
+    assert new is metric  # the same tensor is both outputs, unsorted
+
+
 # ----------------------------------------------------------------------------- whole head
 def _functional_head(sd: dict[str, torch.Tensor], rel: torch.Tensor, dpt: dict[str, torch.Tensor],
                      n_attractors=(16, 8, 4, 1), lo: float = MIN_D, hi: float = MAX_D) -> torch.Tensor:

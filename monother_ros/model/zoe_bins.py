@@ -34,6 +34,9 @@ Fidelity notes (behaviours of the reference code that this module reproduces on 
   buffers, so they appear in the official state dict under
   ``conditional_log_binomial.log_binomial_transform.{k_idx,K_minus_1}``.
 
+Not implemented: the reference's ``inverse_midas`` option (invert and min-max normalise the relative
+depth before conditioning), False in every released ZoeDepth / Depth Anything / MonoTher config.
+
 Parameter names equal the official ones (``conv2``, ``seed_bin_regressor._net.{0,2}``,
 ``seed_projector._net.{0,2}``, ``projectors.N._net.{0,2}``, ``attractors.N._net.{0,2}``,
 ``conditional_log_binomial.mlp.{0,2}``), so an official head state dict loads with identity keys.
