@@ -146,7 +146,8 @@ class TransformBuffer:
             return self._reject("self_transform", f"{label}: a frame cannot be its own parent")
         if t.shape != (3,) or q.shape != (4,) or not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
             return self._reject("nan", f"{label}: translation/rotation not finite: t={t.tolist()} q={q.tolist()}")
-        norm = float(np.linalg.norm(q))
+        with np.errstate(over="ignore"):  # |q| of 1e300-sized input is inf: rejected below
+            norm = float(np.linalg.norm(q))
         if abs(norm - 1.0) > self.quaternion_tolerance:
             return self._reject(
                 "non_unit_quaternion", f"{label}: quaternion is not unit length (|q| = {norm:.6f}): {q.tolist()}"
