@@ -95,10 +95,17 @@ def check_output_path(path: Path) -> Path:
     if path.exists():
         raise ConfigError(f"output {path} already exists; refusing to overwrite")
     parent = path.parent
-    if not parent.is_dir():
+    if not parent.exists():
         raise ConfigError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"output directory {parent} is not writable")
+    if not parent.is_dir():
+        raise ConfigError(f"output parent {parent} is not a directory")
+    # Probe by creating (and removing) a folder: os.access says yes to root even where mkdir fails.
+    probe = parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise ConfigError(f"output directory {parent} is not writable ({exc.strerror})") from None
     if preview_path_for(path).exists():
         raise ConfigError(f"preview {preview_path_for(path)} already exists; refusing to overwrite")
     return path

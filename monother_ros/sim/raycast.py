@@ -10,6 +10,7 @@ optical z = 1, ``t`` IS the optical z-depth; with unit directions it is the rang
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,16 +60,23 @@ class Region:
     tmin: float
 
 
-def pinhole_rays(camera: PinholeCamera, T_world_cam: np.ndarray) -> RayGrid:
-    """World rays through every pixel centre, scaled so that their optical z is 1 (t = z-depth)."""
+@functools.lru_cache(maxsize=8)
+def _camera_rays(camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x = ((np.arange(camera.width) - camera.cx) / camera.fx).astype(np.float32)
     y = ((np.arange(camera.height) - camera.cy) / camera.fy).astype(np.float32)
+    norm = np.sqrt(x[None, :] ** 2 + (y**2 + 1.0)[:, None]).astype(np.float32)
+    norm.flags.writeable = False
+    return x, y, norm
+
+
+def pinhole_rays(camera: PinholeCamera, T_world_cam: np.ndarray) -> RayGrid:
+    """World rays through every pixel centre, scaled so that their optical z is 1 (t = z-depth)."""
+    x, y, norm = _camera_rays(camera)
     R = T_world_cam[:3, :3]
     # d = R @ (x, y, 1): each component is separable in (row, column), so one broadcast add per component.
     comps = []
     for i in range(3):
         comps.append(np.float32(R[i, 0]) * x[None, :] + (np.float32(R[i, 1]) * y + np.float32(R[i, 2]))[:, None])
-    norm = np.sqrt(x[None, :] ** 2 + (y**2 + 1.0)[:, None]).astype(np.float32)
     return RayGrid(np.asarray(T_world_cam[:3, 3], dtype=np.float64), comps[0], comps[1], comps[2], norm)
 
 
@@ -217,17 +225,17 @@ def trace(rays: RayGrid, prims: Primitives, regions: list[Region], *, max_distan
         prim: (H, W) int32 ``GROUND_ID``, ``SKY_ID`` or ``FIRST_OBJECT + index`` into ``prims``.
     """
     shape = rays.shape
-    t = np.full(shape, np.inf, dtype=np.float32)
     prim = np.full(shape, SKY_ID, dtype=np.int32)
     o = (float(rays.origin[0]), float(rays.origin[1]), float(rays.origin[2]))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t_max = np.float32(max_distance) / rays.norm
+        # Start every ray at its maximum parameter: a hit only counts when nearer, which also bounds the
+        # range, and the occlusion test below works on blocks that contain sky.
+        t = np.float32(max_distance) / rays.norm
         if ground:
-            tg = -o[2] / rays.dz
-            hit = (tg > 0) & (tg < t_max)
+            tg = np.float32(-o[2]) / rays.dz
+            hit = (tg > 0) & (tg < t)
             np.copyto(t, tg, where=hit)
-            prim[hit] = GROUND_ID
-        axy = None
+            np.copyto(prim, GROUND_ID, where=hit)
         cols = [COL_CX, COL_CY, COL_COS, COL_SIN, COL_HX, COL_HY, COL_Z0, COL_Z1]
         table = prims.params[:, cols].tolist()
         kinds = prims.kind.tolist()
@@ -240,78 +248,90 @@ def trace(rays: RayGrid, prims: Primitives, regions: list[Region], *, max_distan
             if kinds[reg.index] == BOX:
                 tk = _box_t(o, dx, dy, dz, table[reg.index])
             else:
-                if axy is None:
-                    axy = rays.dx * rays.dx + rays.dy * rays.dy
-                tk = _cylinder_t(o, dx, dy, dz, axy[sl], table[reg.index])
-            closer = tk < np.minimum(tv, t_max[sl])
+                tk = _cylinder_t(o, dx, dy, dz, dx * dx + dy * dy, table[reg.index])
+            closer = tk < tv
             np.copyto(tv, tk, where=closer)
             np.copyto(prim[sl], reg.index + FIRST_OBJECT, where=closer)
+        t[prim == SKY_ID] = np.inf
     return t, prim
 
 
 @dataclass
 class Surface:
-    """Geometry at hit points (all arrays share the shape of the ``prim`` they came from).
+    """Geometry at a block of hit points.
 
-    Attributes:
-        rows: (..., N_COLS) float32 parameter rows of the hit objects (zeros for ground and sky).
-        nx, ny, nz: float32 world unit normals (ground and sky: (0, 0, 1)).
-        lx, ly: float32 hit point in the object's yawed frame relative to its centre (ground: world x, y).
-        on_x, on_y: bool, hit on a box face normal to the object's local x (resp. y) axis.
+    Full-block arrays (the shape of the ``prim`` block): nx, ny, nz float32 world unit normals (ground and
+    sky (0, 0, 1)); lx, ly float32 hit point in the object's yawed frame relative to its centre (ground
+    and sky: world x, y).
+    Object-pixel arrays (K = number of pixels that hit an object): idx (K,) flat indices into the block;
+    rows (K, N_COLS) float32 parameters of the hit objects; on_x / on_y (K,) bool, hit on a box face
+    normal to the local x / y axis; vertical (K,) bool, hit on a vertical face.
     """
 
-    rows: np.ndarray
     nx: np.ndarray
     ny: np.ndarray
     nz: np.ndarray
     lx: np.ndarray
     ly: np.ndarray
+    idx: np.ndarray
+    rows: np.ndarray
     on_x: np.ndarray
     on_y: np.ndarray
+    vertical: np.ndarray
 
 
-def surface_at(prims: Primitives, params32: np.ndarray, prim: np.ndarray, px: np.ndarray, py: np.ndarray,
+def surface_at(params32: np.ndarray, kinds: np.ndarray, prim: np.ndarray, px: np.ndarray, py: np.ndarray,
                pz: np.ndarray) -> Surface:
-    """Normals and object-local coordinates at hit points.
+    """Normals and object-local coordinates at hit points (only object pixels do real work).
 
     Args:
-        prims: the primitives ``prim`` indexes (offset by ``FIRST_OBJECT``).
-        params32: ``prims.params`` as float32 with two zero rows prepended (ground, sky), so that it is
-            indexed by ``prim`` directly.
-        prim: (...) int32 primitive ids (ground and sky included).
-        px, py, pz: (...) float32 world hit points.
+        params32: ``padded_params(prims)``, indexed by ``prim`` directly.
+        kinds: ``padded_kinds(prims)``.
+        prim: int32 primitive ids (ground and sky included), any shape, C-contiguous.
+        px, py, pz: float32 world hit points, same shape.
     """
-    rows = params32[prim]
-    is_obj = prim >= FIRST_OBJECT
-    kinds = np.concatenate((np.array([BOX, BOX], np.int8), prims.kind))
-    is_cyl = kinds[prim] == CYLINDER
-    cx, cy, c, s = rows[..., COL_CX], rows[..., COL_CY], rows[..., COL_COS], rows[..., COL_SIN]
-    hx, hy, z0, z1 = rows[..., COL_HX], rows[..., COL_HY], rows[..., COL_Z0], rows[..., COL_Z1]
-    rx, ry = px - cx, py - cy
+    shape = prim.shape
+    idx = np.flatnonzero(prim.ravel() >= FIRST_OBJECT)
+    nx = np.zeros(shape, np.float32)
+    ny = np.zeros(shape, np.float32)
+    nz = np.ones(shape, np.float32)
+    lx_full = np.array(px, dtype=np.float32, copy=True)
+    ly_full = np.array(py, dtype=np.float32, copy=True)
+    p = prim.ravel()[idx]
+    rows = params32[p]
+    is_cyl = kinds[p] == CYLINDER
+    x, y, z = px.ravel()[idx], py.ravel()[idx], pz.ravel()[idx]
+    cx, cy, c, s = rows[:, COL_CX], rows[:, COL_CY], rows[:, COL_COS], rows[:, COL_SIN]
+    hx, hy, z0, z1 = rows[:, COL_HX], rows[:, COL_HY], rows[:, COL_Z0], rows[:, COL_Z1]
+    rx, ry = x - cx, y - cy
     lx = c * rx + s * ry
     ly = c * ry - s * rx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        hz = 0.5 * (z1 - z0)
-        zc = pz - (z0 + hz)
-        ez = np.abs(zc) / hz
-        ex, ey = np.abs(lx) / hx, np.abs(ly) / hy
-        radial = np.sqrt(lx * lx + ly * ly)
-        er = radial / hx
-        # The face a point lies on is the one whose normalised coordinate is nearest to 1.
-        on_x = is_obj & ~is_cyl & (ex >= ey) & (ex >= ez)
-        on_y = is_obj & ~is_cyl & (ey > ex) & (ey >= ez)
-        on_z = is_obj & ~(on_x | on_y) & (~is_cyl | (ez >= er))
-        side = is_obj & is_cyl & ~on_z
-        inv_r = 1.0 / np.maximum(radial, np.float32(1e-6))
+    hz = np.float32(0.5) * (z1 - z0)
+    zc = z - (z0 + hz)
+    ez = np.abs(zc) / hz
+    ex, ey = np.abs(lx) / hx, np.abs(ly) / hy
+    radial = np.sqrt(lx * lx + ly * ly)
+    box = ~is_cyl
+    # The face a point lies on is the one whose normalised coordinate is nearest to 1.
+    on_x = box & (ex >= ey) & (ex >= ez)
+    on_y = box & (ey > ex) & (ey >= ez)
+    on_z = ~(on_x | on_y) & (box | (ez >= radial / hx))
+    side = is_cyl & ~on_z
+    inv_r = np.float32(1.0) / np.maximum(radial, np.float32(1e-6))
     zero = np.float32(0.0)
     nlx = np.where(side, lx * inv_r, np.where(on_x, np.sign(lx), zero))
     nly = np.where(side, ly * inv_r, np.where(on_y, np.sign(ly), zero))
-    nz = np.where(on_z, np.sign(zc), np.where(is_obj, zero, np.float32(1.0)))
-    nx = c * nlx - s * nly
-    ny = s * nlx + c * nly
-    lx = np.where(is_obj, lx, px)
-    ly = np.where(is_obj, ly, py)
-    return Surface(rows, nx, ny, nz.astype(np.float32), lx, ly, on_x, on_y)
+    nx.ravel()[idx] = c * nlx - s * nly
+    ny.ravel()[idx] = s * nlx + c * nly
+    nz.ravel()[idx] = np.where(on_z, np.sign(zc), zero)
+    lx_full.ravel()[idx] = lx
+    ly_full.ravel()[idx] = ly
+    return Surface(nx, ny, nz, lx_full, ly_full, idx, rows, on_x, on_y, ~on_z)
+
+
+def padded_kinds(prims: Primitives) -> np.ndarray:
+    """``prims.kind`` with entries for the ground and sky ids prepended."""
+    return np.concatenate((np.array([BOX, BOX], np.int8), prims.kind))
 
 
 def padded_params(prims: Primitives) -> np.ndarray:

@@ -168,9 +168,7 @@ class SimRig:
         regions = raycast.pinhole_regions(prims, camera, T_world_cam, DRAW_DISTANCE_M)
         t, prim = raycast.trace(rays, prims, regions, max_distance=DRAW_DISTANCE_M)
         depth = np.where(t <= MAX_DEPTH_M, t, np.float32(np.nan)).astype(np.float32)
-        params32 = raycast.padded_params(prims)
-        mat_of_prim = np.concatenate((np.array([Mat.ASPHALT, Mat.SKY], np.int16), prims.mat))
-        surf_fn = lambda p, x, y, z: raycast.surface_at(prims, params32, p, x, y, z)  # noqa: E731
+        tables = _tables(prims)
         lamp_regions = self._lamp_regions(prims, camera, T_world_cam) if (
             mode == "rgb" and self.params.lights_on) else []
         H, W = camera.height, camera.width
@@ -181,7 +179,7 @@ class SimRig:
             r1 = min(H, r0 + band)
             rs = slice(r0, r1)
             hits = shading.classify(prim[rs], t[rs], rays.dx[rs], rays.dy[rs], rays.dz[rs], rays.norm[rs],
-                                    rays.origin, focal, surf_fn, self.scene.ground_material, mat_of_prim, self._tile)
+                                    rays.origin, focal, tables, self.scene.ground_material, self._tile)
             if mode == "thermal":
                 out[0, rs] = shading.shade_thermal(hits, self.params)
             else:
@@ -291,13 +289,13 @@ class SimRig:
             valid &= rng.uniform(size=valid.shape) >= LIDAR_DROPOUT
         idx = np.nonzero(valid)
         r = rng_t[idx]
-        params32 = raycast.padded_params(prims)
+        tables = _tables(prims)
         o = T_world_lidar[:3, 3]
         px = np.float32(o[0]) + r * rays.dx[idx]
         py = np.float32(o[1]) + r * rays.dy[idx]
         pz = np.float32(o[2]) + r * rays.dz[idx]
-        surf = raycast.surface_at(prims, params32, prim[idx], px, py, pz)
-        mat = np.concatenate((np.array([Mat.ASPHALT, Mat.SKY], np.int16), prims.mat))[prim[idx]]
+        surf = raycast.surface_at(tables.params32, tables.kinds, prim[idx], px, py, pz)
+        mat = tables.mat[prim[idx]]
         ground = prim[idx] == GROUND_ID
         mat = np.where(ground, self.scene.ground_material(px, py), mat)
         cos_inc = np.abs(surf.nx * rays.dx[idx] + surf.ny * rays.dy[idx] + surf.nz * rays.dz[idx])
@@ -353,6 +351,11 @@ class SimRig:
         return events
 
 
+def _tables(prims: Primitives) -> shading.SceneTables:
+    return shading.SceneTables(raycast.padded_params(prims), raycast.padded_kinds(prims),
+                               np.concatenate((np.array([Mat.ASPHALT, Mat.SKY], np.int16), prims.mat)))
+
+
 def _glare(lin: np.ndarray) -> np.ndarray:
     """Veiling glare around over-exposed lights: the excess above white, blurred wide, at low gain."""
     from PIL import Image
@@ -360,7 +363,7 @@ def _glare(lin: np.ndarray) -> np.ndarray:
     _, H, W = lin.shape
     f = 8
     h, w = H // f, W // f
-    excess = np.maximum(lin[:, : h * f, : w * f] - np.float32(1.0), np.float32(0.0))
+    excess = np.maximum(lin[:, : h * f, : w * f] - np.float32(1.5), np.float32(0.0))
     small = excess.reshape(3, h, f, w, f).mean(axis=(2, 4))
     if not small.any():
         return np.zeros_like(lin)
@@ -370,7 +373,7 @@ def _glare(lin: np.ndarray) -> np.ndarray:
         for _ in range(2):  # two box blurs ~ a soft Gaussian halo
             blurred = _box_blur(blurred, 3)
         img = Image.fromarray(blurred.astype(np.float32), mode="F").resize((W, H), Image.BILINEAR)
-        out[ch] = np.asarray(img, dtype=np.float32) * np.float32(0.35)
+        out[ch] = np.asarray(img, dtype=np.float32) * np.float32(0.06)
     return out
 
 
@@ -387,5 +390,8 @@ _GAMMA_LUT = np.clip(np.round(255.0 * (np.linspace(0.0, 1.0, 4096) ** (1 / 2.2))
 
 def _tone_map(lin: np.ndarray) -> np.ndarray:
     """(3, H, W) linear -> (H, W, 3) uint8 through a 12-bit gamma lookup table."""
-    idx = np.clip(lin * np.float32(4095.0), 0.0, 4095.0).astype(np.int16)
+    scaled = lin * np.float32(4095.0)
+    np.maximum(scaled, np.float32(0.0), out=scaled)
+    np.minimum(scaled, np.float32(4095.0), out=scaled)
+    idx = scaled.astype(np.int16)
     return np.ascontiguousarray(np.moveaxis(_GAMMA_LUT[idx], 0, -1))
