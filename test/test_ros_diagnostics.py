@@ -198,3 +198,18 @@ def test_param_table_declares_on_a_node_and_refuses_invalid_overrides():
         with pytest.raises(ConfigError, match="scenario = 'rain'.*\n.*sync.slop_s = 5.0: must be <= 1.0"):
             TABLE.declare(bad)
         bad.destroy_node()
+
+
+@pytest.mark.ros
+def test_unknown_overrides_are_named_with_a_suggestion():
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from ros_harness import ros_context
+
+    with ros_context() as context:
+        node = Node("p_typo", context=context, parameter_overrides=[Parameter("rate_scal", value=2.0)])
+        values = TABLE.declare(node)  # a warning, not an error (overrides may target other nodes)
+        assert values["rate_scale"] == 1.0
+        assert TABLE._unknown_overrides(node) == ["rate_scal: unknown parameter (did you mean 'rate_scale'?)"]
+        node.destroy_node()

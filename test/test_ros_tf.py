@@ -226,3 +226,32 @@ def test_listener_receives_static_late_and_dynamic_and_rejects_bad(tmp_path):
             assert wait_for(lambda: buf.rejected.get("non_unit_quaternion") == 1, 10.0)
             np.testing.assert_allclose(buf.lookup_transform("odom", "cam", 5 * S)[:3, 3], [3, 0.5, 1], atol=1e-9)
         listener.unregister()
+
+
+@pytest.mark.ros
+def test_listener_clears_dynamic_transforms_when_sim_time_jumps_back():
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from monother_ros.ros import qos
+    from monother_ros.ros.convert import ns_to_stamp
+    from monother_ros.ros.tf import TransformListener
+    from ros_harness import Spinner, ros_context, wait_for, wait_for_subscribers
+
+    with ros_context() as context:
+        node = Node("tf_sim_time", context=context, parameter_overrides=[Parameter("use_sim_time", value=True)])
+        clock_node = Node("clock_talker", context=context)
+        clock_pub = clock_node.create_publisher(Clock, "/clock", qos.CLOCK)
+        buf = TransformBuffer()
+        listener = TransformListener(buf, node)
+        with Spinner(context, node, clock_node):
+            assert wait_for_subscribers(clock_node, "/clock")
+            clock_pub.publish(Clock(clock=ns_to_stamp(100 * S)))
+            assert wait_for(lambda: node.get_clock().now().nanoseconds == 100 * S)
+            buf.set_transform("odom", "base", 100 * S, (1, 0, 0), (0, 0, 0, 1))
+            assert buf.resets == 0
+            clock_pub.publish(Clock(clock=ns_to_stamp(40 * S)))  # bag loop
+            assert wait_for(lambda: buf.resets == 1)
+            assert not buf.can_transform("odom", "base")
+        listener.unregister()

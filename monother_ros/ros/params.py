@@ -218,11 +218,30 @@ class ParamTable:
                 errors.append(f"  {spec.name}: {exc}")
                 continue
             values[spec.name] = parameter.value
+        for line in self._unknown_overrides(node):
+            # A warning, not an error: `-p` and `/**:` overrides reach every node of a process.
+            node.get_logger().warning(f"ignored parameter override {line.strip()}")
         if errors:
             raise ConfigError(f"invalid parameters for {node.get_name()}:\n" + "\n".join(errors))
         validated = self.validate(values, node_name=node.get_name())
         node.add_on_set_parameters_callback(self._on_set_callback())
         return validated
+
+    def _unknown_overrides(self, node) -> list[str]:
+        """Overrides (params file, ``-p``) naming no parameter of this table: typos, silently ignored
+        by rclpy otherwise. Reads rclpy's ``_parameter_overrides`` (same name on Humble and Kilted);
+        rclpy's own parameters (``use_sim_time``, ``qos_overrides.*``, ...) are not ours to judge."""
+        import difflib
+
+        overrides = getattr(node, "_parameter_overrides", None) or {}
+        notes = []
+        for name in overrides:
+            if name in self.specs or name == "use_sim_time" or name.startswith(("qos_overrides.", "start_type_description_service")):
+                continue
+            close = difflib.get_close_matches(name, list(self.specs), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            notes.append(f"{name}: unknown parameter{hint}")
+        return notes
 
     def _on_set_callback(self):
         from rcl_interfaces.msg import SetParametersResult

@@ -344,7 +344,8 @@ def main(args: Optional[list[str]] = None) -> int:
     finally:
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        if rclpy.ok():
+            rclpy.shutdown()
     return 0
 
 
