@@ -18,8 +18,8 @@ topic                         type                         content
                                                            transient-local QoS)
 ============================  ===========================  ===============================================
 
-The same JSON fields are also in the bag's ``metadata.yaml`` ``custom_data`` (rosbag2 metadata v9; read
-with ``rosbags.rosbag2.Reader(...).metadata.custom``), key ``monother.rig`` holding the JSON text.
+The same JSON text is also in the bag's ``metadata.yaml`` under ``rosbag2_bagfile_information.custom_data``
+(rosbag2 metadata v9, as ``ros2 bag record --custom-data`` writes it), key ``monother.rig``.
 
 Atomicity: the bag is written to a hidden temporary sibling directory and renamed when complete; the
 preview mosaic ``<bag>_preview.png`` is written next to the bag the same way. A failing or interrupted
