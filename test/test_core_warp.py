@@ -86,22 +86,31 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def _same_surface_mask(
-    grid: torch.Tensor, id_src: np.ndarray, id_dst: np.ndarray, depth_src: np.ndarray, max_spread: float = 0.06
+    grid: torch.Tensor,
+    id_src: np.ndarray,
+    id_dst: np.ndarray,
+    depth_src: np.ndarray,
+    max_spread: float = 0.06,
+    planar_tol: float = 1e-4,
 ) -> np.ndarray:
-    """dst pixels whose four bilinear taps in src all see the dst pixel's plane (non-occluded, no edge).
+    """dst pixels whose bilinear taps in src lie on the dst pixel's surface, one plane, smoothly.
 
-    Bilinear interpolation of depth (the reference's sampling) is exact only where depth is affine
-    in the pixel coordinates; on a plane it is 1/affine, so the error grows like spread^2/8 where
-    spread is the relative depth change between taps (the ground near the horizon). Pixels with a
-    spread above ``max_spread`` (error bound ~4.5e-4) are left out of the comparison.
+    * the four taps see the primitive the dst pixel sees (non-occluded, not across an edge);
+    * inverse depth, which is affine in (u, v) on a plane, has second differences below
+      ``planar_tol`` (relative) in the 4x4 window around the taps: one plane, not a crease between
+      two faces of one primitive;
+    * bilinear interpolation of depth (the reference's sampling) is exact only where depth is affine
+      in the pixel coordinates; on a plane it is 1/affine, so the error grows like spread^2/8 where
+      spread is the relative depth change between taps (the ground near the horizon). Pixels with a
+      spread above ``max_spread`` (error bound ~4.5e-4) are left out.
     """
     hs, ws = id_src.shape
     g = grid[0].numpy()
     u = (g[..., 0] + 1) * (ws - 1) / 2
     v = (g[..., 1] + 1) * (hs - 1) / 2
-    inside = (u >= 0) & (u <= ws - 1) & (v >= 0) & (v <= hs - 1)
-    u0 = np.clip(np.floor(u), 0, ws - 2).astype(int)
-    v0 = np.clip(np.floor(v), 0, hs - 2).astype(int)
+    inside = (u >= 1) & (u <= ws - 3) & (v >= 1) & (v <= hs - 3)  # room for the 4x4 window
+    u0 = np.clip(np.floor(u), 1, ws - 3).astype(int)
+    v0 = np.clip(np.floor(v), 1, hs - 3).astype(int)
     ok = inside.copy()
     taps = []
     for dv in (0, 1):
@@ -109,7 +118,17 @@ def _same_surface_mask(
             ok &= id_src[v0 + dv, u0 + du] == id_dst
             taps.append(depth_src[v0 + dv, u0 + du])
     taps = np.stack(taps)
-    return ok & ((taps.max(0) - taps.min(0)) / taps.min(0) < max_spread)
+    ok &= (taps.max(0) - taps.min(0)) / taps.min(0) < max_spread
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / depth_src
+        centre = inv[v0, u0]
+        for k in (0, 1):
+            for j in (-1, 0, 1, 2):
+                # second differences along u (row v0 + j) and along v (column u0 + j)
+                d2u = inv[v0 + j, u0 + k - 1] - 2 * inv[v0 + j, u0 + k] + inv[v0 + j, u0 + k + 1]
+                d2v = inv[v0 + k - 1, u0 + j] - 2 * inv[v0 + k, u0 + j] + inv[v0 + k + 1, u0 + j]
+                ok &= (np.abs(d2u) < planar_tol * centre) & (np.abs(d2v) < planar_tol * centre)
+    return ok
 
 
 def test_thermal_depth_warped_to_rgb_reproduces_rgb_depth(scene):
@@ -249,3 +268,38 @@ def test_scale_intrinsics_modes():
     a = scale_intrinsics(K, (256, 640), (252, 644), mode="align_corners")
     assert a[0, 2].item() == pytest.approx(320 * 643 / 639)
     assert K[0, 0].item() == 100.0  # input untouched
+
+
+def _sim_ids(rig, camera, T_world_cam, t):
+    """Primitive id hit by every pixel (sim ray caster), and the hit's z-depth."""
+    h, w = camera.height, camera.width
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    rays = np.stack((u, v, np.ones_like(u)), -1) @ np.linalg.inv(camera.K).T
+    dirs = rays.reshape(-1, 3) @ T_world_cam[:3, :3].T
+    tt, prim = rig.cast_rays(t, T_world_cam[:3, 3], dirs)
+    return prim.reshape(h, w), tt.reshape(h, w)
+
+
+def test_simulated_rig_thermal_gt_warped_to_rgb_reproduces_rgb_gt():
+    from monother_ros.sim.rig import SimRig
+
+    rig = SimRig(3, "day", "urban")
+    t = 1.0
+    cam_t = rig.thermal_camera.resized(160, 128)
+    cam_r = rig.rgb_camera.resized(256, 144)
+    depth_t = rig.render_thermal(t, cam_t, noise=False).depth
+    depth_r = rig.render_rgb(t, cam_r, noise=False).depth
+    id_t, z_t = _sim_ids(rig, cam_t, rig.pose(t) @ rig.T_base_thermal, t)
+    id_r, _ = _sim_ids(rig, cam_r, rig.pose(t) @ rig.T_base_rgb, t)
+    finite = np.isfinite(depth_t)
+    np.testing.assert_allclose(z_t[finite], depth_t[finite], rtol=1e-3)  # ids belong to these depths
+    src = np.nan_to_num(depth_t, nan=0.0)
+    guide = np.nan_to_num(depth_r, nan=0.0)
+    res = warp_depth(_t(src), _t(guide), cam_t.K, cam_r.K, rig.T_rgb_thermal)
+    mask = _same_surface_mask(res.grid, np.where(finite, id_t, -1), id_r, np.where(finite, src, 1e9))
+    seen = np.isfinite(depth_r) & res.valid[0, 0].numpy()
+    mask &= seen
+    # The RGB view (70 deg) is wider than the thermal one (50 deg): compare where both see.
+    assert mask.sum() > 0.5 * seen.sum() and seen.mean() > 0.3
+    rel = np.abs(res.depth[0, 0].numpy() - depth_r) / depth_r
+    assert np.nanmax(rel[mask]) < 1e-3

@@ -165,9 +165,9 @@ def test_consistency_loss_empty_mask_and_no_confidence():
     assert zero.item() == 0.0
     zero.backward()
     mask[0, 0, 0, :2] = True
-    assert consistency_loss(None, diff, mask).item() == pytest.approx(float(diff[0, 0, 0, :2].mean()))
+    assert consistency_loss(None, diff, mask).item() == pytest.approx(diff[0, 0, 0, :2].mean().item())
     conf = torch.full_like(diff, 0.5)
-    assert consistency_loss(conf, diff, mask).item() == pytest.approx(0.5 * float(diff[0, 0, 0, :2].mean()))
+    assert consistency_loss(conf, diff, mask).item() == pytest.approx(0.5 * diff[0, 0, 0, :2].mean().item())
 
 
 @pytest.mark.parametrize("mode", ["none", "no_confidence", "full"])
