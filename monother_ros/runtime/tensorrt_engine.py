@@ -186,7 +186,8 @@ class TensorRTEngine(EngineBase):
             self._use_v3 = hasattr(self._context, "execute_async_v3") and hasattr(engine, "num_io_tensors")
             if self._use_v3:
                 for name, tensor in self._dev.items():
-                    if not self._context.set_tensor_address(name, tensor.data_ptr()):
+                    # bool in current releases; only an explicit False means refusal
+                    if self._context.set_tensor_address(name, tensor.data_ptr()) is False:
                         raise EngineFileError(f"TensorRT refused the address of tensor {name!r}")
                 self._bindings: list[int] = []
             else:
@@ -304,6 +305,8 @@ class TensorRTEngine(EngineBase):
         with self._lock:
             if getattr(self, "_stream", None) is not None:
                 self._stream.synchronize()
+            # Destroy in dependency order: context, engine, then runtime; buffers after the context.
             self._context = None
             self._engine = None
+            self._runtime = None
             self._dev = {}
