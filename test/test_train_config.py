@@ -19,18 +19,21 @@ def test_defaults_follow_the_monother_recipe():
     c = TrainConfig()
     assert (c.lr, c.encoder_lr_factor, c.weight_decay, c.pct_start, c.grad_clip) == (8.5e-5, 0.02, 0.01, 0.7, 0.1)
     assert (c.epochs, c.batch_size, c.freeze_batchnorm) == (5, 4, True)
-    assert (c.weights.consistency, c.weights.confidence_nll, c.weights.smoothness) == (0.2, 0.1, 0.01)
+    assert (c.weights.consistency, c.weights.nll, c.weights.smoothness, c.weights.student_nll) == (0.2, 0.1, 0.01, 0.1)
 
 
 def test_shipped_yaml_files_load_and_ablations_override_only_the_switch():
     base = load_config(REPO / "config/train/stage2_night_campus.yaml")
     no_conf = load_config(REPO / "config/train/stage2_night_campus_no_conf.yaml")
-    no_distill = load_config(REPO / "config/train/stage2_night_campus_no_distill.yaml")
     assert base.stage == "label_free" and base.distillation == "full" and base.weights.consistency == 2.0
-    assert no_conf.distillation == "no_confidence" and no_distill.distillation == "none"
+    assert no_conf.distillation == "no_confidence"
     assert no_conf.replace(distillation="full", out_dir=base.out_dir) == base
     s1 = load_config(REPO / "config/train/stage1_day_urban.yaml")
-    assert s1.stage == "supervised" and s1.weights.consistency == 0.2
+    s1_none = load_config(REPO / "config/train/stage1_day_urban_no_distill.yaml")
+    assert s1.stage == "supervised" and s1.weights.consistency == 0.2 and s1_none.distillation == "none"
+    assert s1_none.replace(distillation="full", out_dir=s1.out_dir) == s1
+    with pytest.raises(ConfigError, match="no label-free training signal"):
+        base.replace(distillation="none")
 
 
 def test_overrides_are_typed_and_validated(tmp_path):

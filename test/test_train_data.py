@@ -198,3 +198,12 @@ def test_dataset_samples_augmentation_and_collate(tmp_path):
     s1 = dict(plain[1])
     s1["gt_depth_rgb"] = None
     assert collate([s0, s1])["gt_depth_rgb"] is None
+
+
+def test_bag_rgb_ground_truth_is_thermal_gt_splatted(tmp_path):
+    bag = rig_bag(tmp_path / "bag", [0], [0])
+    (record,), _ = load_bag(bag, options())
+    # A fronto-parallel plane at 5 m seen by both cameras (parallel axes, 10 cm baseline): same z in RGB.
+    valid = record.gt_rgb > 0
+    assert valid.mean() > 0.5
+    np.testing.assert_allclose(record.gt_rgb[valid], 5.0, rtol=1e-5)

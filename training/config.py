@@ -30,15 +30,19 @@ GtSource = Literal["auto", "depth", "lidar", "none"]
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (FACTS.md §2, MS2 config); 0 switches a term off."""
+    """Weights of the loss terms (names as ``distill.losses.SupervisedWeights``); 0 switches a term off.
 
-    silog: float = 1.0  # SILog on the thermal student vs GT (stage 1)
-    silog_teacher: float = 1.0  # SILog on the RGB teacher vs GT (stage 1)
-    consistency: float = 0.2  # confidence-weighted |d_rgb - d_thermal->rgb| (2.0 in the label-free ViViD run)
-    confidence_nll: float = 0.1  # confidence network NLL vs GT residual (stage 1)
-    student_confidence_nll: float = 0.1  # student confidence head NLL (GT in stage 1, confident teacher in 2)
+    Defaults are the MS2 stage-1 weights (FACTS.md §2); the label-free stage uses ``consistency``,
+    ``smoothness`` and ``student_nll`` (the stage-2 YAML sets consistency 2, the ViViD label-free value).
+    """
+
+    silog_rgb: float = 1.0  # SILog of the RGB teacher vs GT (stage 1)
+    silog_thermal: float = 1.0  # SILog of the thermal student vs GT (stage 1)
+    consistency: float = 0.2  # confidence-weighted |d_rgb - d_thermal->rgb|
+    nll: float = 0.1  # confidence network NLL vs the teacher's GT residual (stage 1)
     smoothness: float = 0.01  # edge-aware smoothness of the RGB depth
     confidence_smoothness: float = 1e-4
+    student_nll: float = 0.1  # student confidence head NLL: vs GT (stage 1), vs confident teacher depth (stage 2)
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,12 @@ class TrainConfig:
     stage: Stage = "supervised"
     distillation: Distillation = "full"
     weights: LossWeights = field(default_factory=LossWeights)
+    student_nll_keep_fraction: float = 0.5  # stage 2: student NLL on the most confident teacher pixels
 
     # --- optimiser / schedule ---
     epochs: int = 5
     batch_size: int = 4  # global batch (split over the ranks)
+    micro_batch_size: int = 0  # > 0: gradient accumulation over micro-batches of this many samples per rank
     lr: float = 8.5e-5
     encoder_lr_factor: float = 0.02  # encoder (pretrained.*) and DPT head (depth_head.*) at lr * factor
     weight_decay: float = 0.01
@@ -133,8 +139,13 @@ class TrainConfig:
             raise ConfigError(f"gamma must be (low, high) with 0 < low <= high, got {self.gamma}")
         if self.pair_tolerance_s < 0 or self.frame_stride < 1:
             raise ConfigError("pair_tolerance_s must be >= 0 and frame_stride >= 1")
-        if self.stage == "label_free" and self.distillation == "none" and self.weights.smoothness == 0:
-            raise ConfigError("label_free stage with distillation=none and no smoothness has no loss to train on")
+        if self.stage == "label_free" and self.distillation == "none":
+            raise ConfigError(
+                "stage=label_free needs distillation no_confidence or full: without distillation there is no "
+                "label-free training signal (the no-distillation ablation is the stage-1 model itself)"
+            )
+        if not 0 < self.student_nll_keep_fraction <= 1:
+            raise ConfigError(f"student_nll_keep_fraction must be in (0, 1], got {self.student_nll_keep_fraction}")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

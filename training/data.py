@@ -13,7 +13,7 @@ Sample (``PairedFrames[i]``), all torch tensors unless noted:
 * ``K_thermal`` (3, 3), ``K_rgb`` (3, 3): float32 intrinsics at the network input sizes.
 * ``T_rgb_thermal``: (4, 4) float32, maps thermal optical-frame points into the RGB optical frame.
 * ``gt_depth_thermal``: (h, w) float32 metres, 0 = invalid, or None.
-* ``gt_depth_rgb``: (h', w') float32 metres, 0 = invalid, or None (MS2 has it; sim bags do not).
+* ``gt_depth_rgb``: (h', w') float32 metres, 0 = invalid, or None (MS2's own; bags: splatted thermal GT).
 * ``meta``: dict (source, frame index, thermal / RGB stamps in ns) - plain Python.
 
 Sources (strings, as in ``TrainConfig.train_data``): a bag (directory, ``.mcap`` or ``.db3``), or
@@ -23,7 +23,8 @@ one sequence under ``<root>/sync_data``.
 Bags: thermal and RGB frames are paired by nearest header stamp within ``pair_tolerance_s``; thermal
 frames without an RGB partner are skipped and counted (``PairingReport``). Ground truth comes from the
 depth topic (``/gt/depth``, matched to the thermal stamp) or, failing that, from the LiDAR cloud
-nearest in time projected into the thermal camera through /tf_static (nearest return per pixel).
+nearest in time projected into the thermal camera through /tf_static (nearest return per pixel); the
+teacher's ground truth ``gt_depth_rgb`` is that thermal GT splatted into the RGB camera (z-buffer).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from monother_ros.core import preprocess
 from monother_ros.core import se3
 from monother_ros.core.camera import PinholeCamera
 from monother_ros.core.image_codec import to_rgb
+from monother_ros.core.warp import splat_depth_np
 from monother_ros.errors import BagError, ConfigError
 
 LOG = logging.getLogger(__name__)
@@ -306,13 +308,18 @@ def load_bag(path: str | Path, options: DataOptions) -> tuple[list[FrameRecord],
             if cloud_frame not in T_cache:
                 T_cache[cloud_frame] = tf.lookup(frame_t, cloud_frame)
             gt_t = project_points_nearest(points, K_t, T_cache[cloud_frame])
+        gt_r: np.ndarray | None = None
         if gt_t is not None:
             gt_t = np.where(gt_t <= options.max_depth_m, gt_t, 0.0).astype(np.float32)
+            # Bags carry GT in the thermal camera only: the teacher's GT is that depth splatted into
+            # the RGB camera (z-buffer, holes where nothing lands stay 0 = invalid).
+            splat = splat_depth_np(gt_t, K_t.K, K_r.K, T_rgb_thermal, (rh, rw))
+            gt_r = np.where(np.isfinite(splat), splat, 0.0).astype(np.float32)
         else:
             report.without_gt += 1
         records.append(FrameRecord(
             thermal=th, rgb=rgb[j][1], K_thermal=K_t.K, K_rgb=K_r.K, T_rgb_thermal=T_rgb_thermal,
-            gt_thermal=gt_t, gt_rgb=None,
+            gt_thermal=gt_t, gt_rgb=gt_r,
             meta={"source": str(path), "index": i, "stamp_ns": int(stamp), "rgb_stamp_ns": int(rgb[j][0])},
         ))
     report.paired = kept

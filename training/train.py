@@ -20,6 +20,7 @@ latest checkpoint in ``out_dir`` and reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -198,9 +199,12 @@ def build_datasets(config: TrainConfig, student_cfg, ctx: DistContext):
     kwargs = dict(cache_dir=config.cache_dir or None, seed=config.seed, brightness=config.brightness,
                   contrast=config.contrast, gamma=tuple(config.gamma))
 
+    # Validation always needs ground truth, even when training reads none (label-free stage).
+    val_options = dataclasses.replace(options, gt_source="auto") if options.gt_source == "none" else options
+
     def make():
         train = build_dataset(config.train_data, options, augment=config.augment, **kwargs)
-        val = build_dataset(config.val_data, options, augment=False, **kwargs) if config.val_data else None
+        val = build_dataset(config.val_data, val_options, augment=False, **kwargs) if config.val_data else None
         return train, val
 
     if config.cache_dir and ctx.distributed:
@@ -218,6 +222,17 @@ def epoch_batches(sampler, epoch: int, local_batch: int, steps: int) -> list[lis
     sampler.set_epoch(epoch)
     indices = list(iter(sampler))
     return [indices[k * local_batch:(k + 1) * local_batch] for k in range(steps)]
+
+
+def _micro_batches(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Split a batch into micro-batches of ``size`` samples (0 or >= batch: the batch itself)."""
+    n = batch["thermal"].shape[0]
+    if size <= 0 or size >= n:
+        return [batch]
+    out = []
+    for start in range(0, n, size):
+        out.append({k: (v[start:start + size] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()})
+    return out
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -266,6 +281,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     samples_per_s: float
     stopped_early: bool
+    model: nn.Module | None = None  # this rank's trained model (unwrapped), for callers and tests
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -379,8 +395,17 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             for batch in loader:
                 batch = to_device(batch, ctx.device)
                 optimizer.zero_grad(set_to_none=True)
-                result = training_step(net, batch, stage=config.stage, distillation=config.distillation, weights=weights)
-                result.total.backward()
+                chunks = _micro_batches(batch, config.micro_batch_size)
+                step_losses: dict[str, float] = {}
+                for c, chunk in enumerate(chunks):
+                    # Gradient accumulation: DDP all-reduces only on the last micro-batch.
+                    sync = contextlib.nullcontext() if (c == len(chunks) - 1 or not ctx.distributed) else net.no_sync()
+                    with sync:
+                        result = training_step(net, chunk, stage=config.stage, distillation=config.distillation, weights=weights,
+                                               student_nll_keep_fraction=config.student_nll_keep_fraction)
+                        (result.total / len(chunks)).backward()
+                    for k, v in result.losses.items():
+                        step_losses[k] = step_losses.get(k, 0.0) + float(v) / len(chunks)
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
                 optimizer.step()
@@ -388,13 +413,13 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 step += 1
                 in_epoch += 1
                 count += 1
-                for k, v in result.losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                for k, v in step_losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 epoch_samples += config.batch_size
                 samples_done += config.batch_size
                 if bar is not None:
                     rate = epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
-                    bar.set_postfix(loss=f"{result.losses.get('total', float(result.total)):.4f}", samples_s=f"{rate:.2f}")
+                    bar.set_postfix(loss=f"{step_losses['total']:.4f}", samples_s=f"{rate:.2f}")
                     bar.update(1)
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and in_epoch < steps_per_epoch:
                     last_ckpt = checkpoint(epoch, in_epoch) or last_ckpt
@@ -428,7 +453,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         total_time = time.perf_counter() - run_start
         return TrainResult(out_dir=out_dir, steps=step, epochs_done=len(history),
                            last_checkpoint=last_ckpt, history=history,
-                           samples_per_s=samples_done / total_time if total_time > 0 else 0.0, stopped_early=stopped_early)
+                           samples_per_s=samples_done / total_time if total_time > 0 else 0.0, stopped_early=stopped_early,
+                           model=model)
     finally:
         teardown_distributed()
 
