@@ -28,8 +28,9 @@ run consumers with ``use_sim_time`` (``/clock`` carries each published stamp).
 Threads: a render thread renders events ahead into a bounded queue (``queue_depth``); a publish thread
 sleeps until each event is due and publishes it. The executor thread only serves timers and services.
 If rendering is slower than real time, events already due are skipped before rendering and counted as
-drops (``/diagnostics``): the stream thins out but never lags. Sensors nobody subscribes to are not
-rendered at all.
+drops (``/diagnostics``): the stream thins out but never lags; a frame whose rendering ran past its
+due time goes out at once with its own stamp (lateness <= one render time, reported). Sensors nobody
+subscribes to are not rendered at all.
 
 Parameters: see ``SIM_PARAMETERS`` (and config/rig.yaml ``sim_rig``).
 """
@@ -51,7 +52,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.convert import array_to_image, camera_to_info, ns_to_stamp, point_cloud_from_xyz
-from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
+from monother_ros.ros.diagnostics import HealthReport, LatencyStats, Level, ProblemTracker, RateMeter, make_array, to_status
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, one_of, positive
 from monother_ros.ros.tf import StaticTransformBroadcaster, transform_to_msg
 
@@ -146,6 +147,8 @@ class SimRigNode(Node):
         self.idle = {k: 0 for k in _KINDS}      # skipped because nobody subscribed
         self.rates = {k: RateMeter() for k in _KINDS}
         self.problems = ProblemTracker(self.get_logger())
+        self.lateness = LatencyStats()  # publish time minus due time, seconds
+        self._last_clock_ns = 0
         self._lock = threading.Lock()
         self._queue: queue.Queue[Optional[_Rendered]] = queue.Queue(maxsize=p["queue_depth"])
         self._stop = threading.Event()
@@ -261,23 +264,23 @@ class SimRigNode(Node):
                 raise
 
     def _publish_events(self) -> None:
-        max_late_s = 0.1  # published later than this after its due time counts as a drop
         while not self._stop.is_set() and self.context.ok():
             try:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if item is None:
-                break
             self._sleep_until(item.due)
             if self._stop.is_set():
                 break
-            if time.monotonic() - item.due > max_late_s:
-                with self._lock:
-                    self.dropped[item.kind] += 1
-                continue
+            # A frame that finished rendering after its due time still goes out with its own stamp
+            # (like a sensor's latency): the render thread jumps to the present, so this never grows.
+            self.lateness.add(max(0.0, time.monotonic() - item.due))
             if self.pub_clock is not None:
-                self.pub_clock.publish(Clock(clock=ns_to_stamp(item.stamp_ns)))
+                with self._lock:
+                    advance = item.stamp_ns > self._last_clock_ns
+                    self._last_clock_ns = max(self._last_clock_ns, item.stamp_ns)
+                if advance:
+                    self.pub_clock.publish(Clock(clock=ns_to_stamp(item.stamp_ns)))
             for publisher, message in item.messages:
                 publisher.publish(message)
             with self._lock:
@@ -299,6 +302,7 @@ class SimRigNode(Node):
             report.add_value(f"{kind} dropped (render too slow)", dropped[kind])
             report.add_value(f"{kind} idle (no subscriber)", idle[kind])
         total = sum(published.values()) + sum(dropped.values())
+        report.add_latency("publish lateness", self.lateness)
         report.add_problems(self.problems)
         if total and sum(dropped.values()) > 0.1 * total:
             report.add_check(Level.WARN, f"rendering cannot keep up: {sum(dropped.values())} of {total} events dropped "
