@@ -15,6 +15,13 @@ from monother_ros.model.confidence import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _grad_enabled():
+    # Some test modules switch autograd off globally at import; these tests need it on.
+    with torch.enable_grad():
+        yield
+
+
 @pytest.fixture(scope="module")
 def net() -> ConfidenceUNet:
     torch.manual_seed(0)

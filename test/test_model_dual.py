@@ -14,6 +14,14 @@ from monother_ros.model.variants import IMAGENET_MEAN, get_preset
 H, W = 28, 42
 
 
+@pytest.fixture(autouse=True)
+def _grad_enabled():
+    # Some test modules switch autograd off globally at import; these tests need it on.
+    with torch.enable_grad():
+        yield
+
+
+
 def _student_cfg(confidence_head: bool = False):
     return get_preset("test-tiny").replace(name="tiny-student", head="zoe_bins",
                                            confidence_head=confidence_head, modality="thermal",
