@@ -385,11 +385,18 @@ def _box_blur(a: np.ndarray, radius: int) -> np.ndarray:
     return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
 
 
-_GAMMA_LUT = np.clip(np.round(255.0 * (np.linspace(0.0, 1.0, 4096) ** (1 / 2.2))), 0, 255).astype(np.uint8)
+def _srgb_lut() -> np.ndarray:
+    x = np.linspace(0.0, 1.0, 4096)
+    # sRGB transfer curve: its linear toe keeps dark-region noise from being blown up by the gamma.
+    y = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return np.clip(np.round(255.0 * y), 0, 255).astype(np.uint8)
+
+
+_GAMMA_LUT = _srgb_lut()
 
 
 def _tone_map(lin: np.ndarray) -> np.ndarray:
-    """(3, H, W) linear -> (H, W, 3) uint8 through a 12-bit gamma lookup table."""
+    """(3, H, W) linear -> (H, W, 3) uint8 through a 12-bit sRGB lookup table."""
     scaled = lin * np.float32(4095.0)
     np.maximum(scaled, np.float32(0.0), out=scaled)
     np.minimum(scaled, np.float32(4095.0), out=scaled)
