@@ -263,6 +263,28 @@ def test_point_cloud_from_four_channels_and_default_value():
         convert.point_cloud_from_xyz(np.ones((2, 2, 3)), np.ones((3, 2)))
 
 
+def test_point_cloud_written_in_place_by_core_cloud_projector():
+    from monother_ros.core.cloud import CloudProjector, pack_xyzi
+
+    camera = PinholeCamera(4, 3, 2.0, 2.0, 1.5, 1.0)
+    depth = np.array([[1, 2, 3, 4], [np.nan, 2, 2, 2], [5, 5, 0, 5]], np.float32)
+    confidence = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    msg, view = convert.new_point_cloud(3, 4, value_field="confidence", frame_id="thermal_optical_frame")
+    CloudProjector(camera).points(depth, out=view[..., :3])
+    view[..., 3] = confidence
+    got = convert.point_cloud_to_array(msg)
+    # Hand-computed: x = (u - 1.5) / 2 * z, y = (v - 1) / 2 * z at (u=3, v=0, z=4) and (u=0, v=2, z=5).
+    np.testing.assert_allclose(got[0, 3], [3.0, -2.0, 4.0, confidence[0, 3]])
+    np.testing.assert_allclose(got[2, 0], [-3.75, 2.5, 5.0, confidence[2, 0]])
+    assert np.all(np.isnan(got[1, 0, :3])) and np.all(np.isnan(got[2, 2, :3]))  # NaN and 0 depth invalid
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "confidence"] and not msg.is_dense
+
+    packed = convert.point_cloud_from_packed(pack_xyzi(got[..., :3], confidence), 3, 4, frame_id="f")
+    np.testing.assert_array_equal(bytes(packed.data), bytes(msg.data))
+    with pytest.raises(ValueError, match="need 192"):
+        convert.point_cloud_from_packed(np.zeros(10, np.uint8), 3, 4)
+
+
 # ------------------------------------------------------------------------------------------------ time
 
 

@@ -32,6 +32,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
+from monother_ros.core import cloud
 from monother_ros.core.camera import PinholeCamera
 from monother_ros.core.image_codec import (
     DEFAULT_MAX_DIMENSION,
@@ -55,6 +56,8 @@ __all__ = [
     "camera_to_info",
     "has_distortion",
     "point_cloud_from_xyz",
+    "point_cloud_from_packed",
+    "new_point_cloud",
     "point_cloud_to_array",
     "stamp_to_ns",
     "ns_to_stamp",
@@ -283,7 +286,72 @@ def camera_to_info(camera: PinholeCamera, *, stamp_ns: int = 0, frame_id: str = 
 
 # ---------------------------------------------------------------------------------------- point clouds
 
-_CLOUD_FIELD_NAMES = ("x", "y", "z")
+def _cloud_message(
+    height: int, width: int, value_field: str, header: Optional[Header], stamp_ns: int, frame_id: str, is_dense: bool
+) -> PointCloud2:
+    """An empty organised cloud message with the ``core.cloud`` layout (x, y, z, value float32)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"cloud size must be positive, got {height}x{width}")
+    msg = PointCloud2()
+    msg.header = header if header is not None else make_header(stamp_ns, frame_id)
+    msg.height, msg.width = int(height), int(width)
+    names = [f.name for f in cloud.POINT_FIELDS[:3]] + [value_field]
+    msg.fields = [
+        PointField(name=name, offset=f.offset, datatype=f.datatype, count=f.count)
+        for name, f in zip(names, cloud.POINT_FIELDS)
+    ]
+    msg.is_bigendian = False  # core.cloud writes little-endian float32
+    msg.point_step = cloud.POINT_STEP
+    msg.row_step = cloud.POINT_STEP * msg.width
+    msg.is_dense = bool(is_dense)
+    return msg
+
+
+def new_point_cloud(
+    height: int,
+    width: int,
+    *,
+    value_field: str = "intensity",
+    stamp_ns: int = 0,
+    frame_id: str = "",
+    header: Optional[Header] = None,
+    is_dense: bool = False,
+) -> tuple[PointCloud2, np.ndarray]:
+    """An organised cloud and a writable (H, W, 4) float32 view of its data (x, y, z, value; zeroed).
+
+    Write straight into the message, e.g. ``CloudProjector(camera).points(depth, out=view[..., :3])``
+    and ``view[..., 3] = confidence``: no intermediate buffer, no copy.
+    """
+    msg = _cloud_message(height, width, value_field, header, stamp_ns, frame_id, is_dense)
+    stored = _attach_buffer(msg, _zeroed_bytes(cloud.POINT_STEP * msg.height * msg.width))
+    return msg, np.frombuffer(stored, dtype="<f4").reshape(msg.height, msg.width, 4)
+
+
+def point_cloud_from_packed(
+    data: np.ndarray,
+    height: int,
+    width: int,
+    *,
+    value_field: str = "intensity",
+    stamp_ns: int = 0,
+    frame_id: str = "",
+    header: Optional[Header] = None,
+    is_dense: bool = False,
+) -> PointCloud2:
+    """Wrap bytes laid out by ``core.cloud.pack_xyzi`` / ``CloudProjector.pack`` (copied once).
+
+    Args:
+        data: (H * W * 16,) uint8 (or anything with that many contiguous bytes).
+    """
+    raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    expected = cloud.POINT_STEP * int(height) * int(width)
+    if raw.size != expected:
+        raise ValueError(f"packed cloud has {raw.size} bytes, {height}x{width} points need {expected}")
+    msg = _cloud_message(height, width, value_field, header, stamp_ns, frame_id, is_dense)
+    buffer = array.array("B")
+    buffer.frombytes(raw)
+    _attach_buffer(msg, buffer)
+    return msg
 
 
 def point_cloud_from_xyz(
@@ -298,9 +366,9 @@ def point_cloud_from_xyz(
 ) -> PointCloud2:
     """Organised ``sensor_msgs/PointCloud2`` with float32 fields x, y, z and ``value_field``.
 
-    The points are written straight into the message buffer (one strided write per field, no
-    intermediate array); invalid points stay NaN, so ``is_dense`` is false unless the caller knows
-    every point is finite (e.g. a LiDAR sweep of returns only).
+    The points are written straight into the message buffer (no intermediate array); invalid points
+    stay NaN, so ``is_dense`` is false unless the caller knows every point is finite (e.g. a LiDAR
+    sweep of returns only). Layout: ``core.cloud`` (point_step 16, little-endian float32).
 
     Args:
         xyz: (H, W, 3) points in metres (any float dtype), or (H, W, 4) with the value as the 4th
@@ -319,19 +387,9 @@ def point_cloud_from_xyz(
         value = np.asarray(value)
         if value.shape != (height, width):
             raise ValueError(f"value shape {value.shape} != points {(height, width)}")
-    msg = PointCloud2()
-    msg.header = header if header is not None else make_header(stamp_ns, frame_id)
-    msg.height, msg.width = height, width
-    msg.fields = [
-        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-        for i, name in enumerate((*_CLOUD_FIELD_NAMES, value_field))
-    ]
-    msg.is_bigendian = _NATIVE_BIG_ENDIAN
-    msg.point_step = 16
-    msg.row_step = 16 * width
-    msg.is_dense = bool(is_dense)
-    stored = _attach_buffer(msg, _zeroed_bytes(16 * height * width))
-    out = np.frombuffer(stored, dtype=np.float32).reshape(height, width, 4)
+    msg, out = new_point_cloud(
+        height, width, value_field=value_field, stamp_ns=stamp_ns, frame_id=frame_id, header=header, is_dense=is_dense
+    )
     # One channel at a time: numpy's copy loop over a 3- or 4-wide innermost axis is ~10x slower than
     # four single-channel strided copies (measured 4.9 ms vs 0.5 ms at 640x512).
     for c in range(xyz.shape[2]):
@@ -351,9 +409,9 @@ def point_cloud_to_array(msg: PointCloud2) -> np.ndarray:
     n = len(fields)
     if n == 0 or any(f.datatype != PointField.FLOAT32 or f.count != 1 or f.offset != 4 * i for i, f in enumerate(fields)):
         raise ValueError("only packed FLOAT32 fields are supported")
-    if msg.point_step != 4 * n or msg.row_step != msg.point_step * msg.width or bool(msg.is_bigendian) != _NATIVE_BIG_ENDIAN:
+    if msg.point_step != 4 * n or msg.row_step != msg.point_step * msg.width:
         raise ValueError(f"unsupported cloud layout: point_step {msg.point_step}, row_step {msg.row_step}")
-    raw = np.frombuffer(msg.data, dtype=np.float32)
+    raw = np.frombuffer(msg.data, dtype=">f4" if msg.is_bigendian else "<f4")
     if raw.size < msg.height * msg.width * n:
         raise ValueError(f"cloud data too short: {raw.size * 4} bytes")
     return raw[: msg.height * msg.width * n].reshape(msg.height, msg.width, n)
