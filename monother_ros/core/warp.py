@@ -321,8 +321,8 @@ def warp_depth(
     R, t = T_ds[:, :3, :3], T_ds[:, :3, 3]
     z = (points @ R.transpose(1, 2) + t[:, None, :]) @ K_dst_b.transpose(1, 2)
     z = z[..., 2].reshape(b, 1, hd, wd)
-    d_flat = d_s
-    dropped = (z < min_z) & (d_flat < min_z)
+    # The reference's rule: drop (depth 0) only when both the new z and the sampled depth are tiny.
+    dropped = (z < min_z) & (d_s < min_z)
     depth = torch.where(dropped, torch.zeros_like(z), z)
     valid = (
         _inside(uv_src, (hs, ws)).unsqueeze(1)
