@@ -187,11 +187,7 @@ class EngineBase:
         """
         from monother_ros.core import preprocess as pp
 
-        thermal = np.asarray(thermal)
-        if thermal.ndim != 2 or thermal.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"thermal must be (H, W) uint8 or uint16, got {thermal.shape} {thermal.dtype}")
-        if min(thermal.shape) < 2:
-            raise ValueError(f"thermal image too small: {thermal.shape}")
+        thermal = _check_thermal(thermal)
         with self._lock:
             t0 = time.perf_counter()
             self._preprocess(thermal)
@@ -219,9 +215,14 @@ class EngineBase:
         return DepthResult(depth=depth, confidence=confidence, timings=timings)
 
     def preprocess(self, thermal: np.ndarray) -> np.ndarray:
-        """The (1, 3, h, w) float32 network input for a thermal image (a new array; for tests/tools)."""
+        """The (1, 3, h, w) float32 network input for a thermal image (a new array; for tests/tools).
+
+        Raises:
+            ValueError: not a 2-D uint8/uint16 image.
+        """
+        thermal = _check_thermal(thermal)
         with self._lock:
-            self._preprocess(np.asarray(thermal))
+            self._preprocess(thermal)
             return self._input.copy()
 
     def infer_tensor(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -296,6 +297,15 @@ class EngineBase:
             for c in range(3):
                 self._input[0, c] -= mean[c]
                 self._input[0, c] /= std[c]
+
+
+def _check_thermal(thermal: np.ndarray) -> np.ndarray:
+    thermal = np.asarray(thermal)
+    if thermal.ndim != 2 or thermal.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"thermal must be (H, W) uint8 or uint16, got {thermal.shape} {thermal.dtype}")
+    if min(thermal.shape) < 2:
+        raise ValueError(f"thermal image too small: {thermal.shape}")
+    return thermal
 
 
 # ---------------------------------------------------------------------- backend selection
