@@ -6,7 +6,7 @@ and a quarter of real time (``rate_scale`` 0.25): stamps still follow the simula
 """
 from __future__ import annotations
 
-import math
+import json
 
 import numpy as np
 import pytest
@@ -48,6 +48,7 @@ def test_sim_node_heard_from_another_process():
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
 
     from monother_ros.ros import qos
@@ -80,7 +81,9 @@ def test_sim_node_heard_from_another_process():
 
             # A subscriber joining now still gets the rig's static transforms (transient local).
             late = Collector(node, TFMessage, "/tf_static", qos.TF_STATIC)
+            info = Collector(node, String, "/rig/info", qos.TF_STATIC)
             tf_msgs = late.wait_for_count(1, timeout=10.0)
+            info_json = info.wait_for_count(1, timeout=10.0)
             assert tf_msgs, "late joiner did not receive /tf_static"
             gt_msgs, info_msgs, rgb_info_msgs = list(gt.messages), list(thermal_info.messages), list(rgb_info.messages)
             lidar_msgs, diag_msgs = list(lidar.messages), list(diagnostics.messages)
@@ -141,6 +144,8 @@ def test_sim_node_heard_from_another_process():
                                    T[:3, 3], atol=1e-9)
 
     assert any("sim_rig" in status.name for d in diag_msgs for status in d.status)
+    described = json.loads(info_json[0].data)
+    assert (described["seed"], described["scenario"], described["thermal_frame"]) == (3, "day", "thermal_optical_frame")
 
 
 def test_publish_clock_carries_the_stamps():

@@ -11,6 +11,7 @@ Publishes (QoS from ``monother_ros.ros.qos``):
 | lidar/points           | sensor_msgs/PointCloud2 | sensor                      | lidar_link             |
 | gt/depth               | sensor_msgs/Image 32FC1 | sensor                      | thermal_optical_frame  |
 | /tf_static             | tf2_msgs/TFMessage      | reliable, transient local   | base_link -> sensors   |
+| /rig/info              | std_msgs/String (JSON)  | reliable, transient local   |                        |
 | /clock                 | rosgraph_msgs/Clock     | reliable, 1 (publish_clock) |                        |
 | /diagnostics           | DiagnosticArray         | reliable, 10 (1 Hz)         |                        |
 
@@ -36,6 +37,7 @@ Parameters: see ``SIM_PARAMETERS`` (and config/rig.yaml ``sim_rig``).
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -48,6 +50,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import String
 
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
@@ -83,6 +86,7 @@ RGB_IMAGE_TOPIC = "rgb/image_raw"
 RGB_INFO_TOPIC = "rgb/camera_info"
 LIDAR_TOPIC = "lidar/points"
 GT_DEPTH_TOPIC = "gt/depth"
+RIG_INFO_TOPIC = "rig/info"
 _KINDS = ("thermal", "rgb", "lidar")
 
 
@@ -142,6 +146,10 @@ class SimRigNode(Node):
             transform_to_msg(self.rig.BASE_FRAME, self.rig.LIDAR_FRAME, self.start_wall_ns, self.rig.T_base_lidar),
         ])
 
+        # The rig description, as the bag writer records it (latched: late joiners get it).
+        self.pub_info = self.create_publisher(String, RIG_INFO_TOPIC, qos.TF_STATIC_PUBLISHER)
+        self.pub_info.publish(String(data=json.dumps(self.rig_info(), sort_keys=True)))
+
         self.published = {k: 0 for k in _KINDS}
         self.dropped = {k: 0 for k in _KINDS}   # skipped because rendering could not keep up
         self.idle = {k: 0 for k in _KINDS}      # skipped because nobody subscribed
@@ -162,6 +170,16 @@ class SimRigNode(Node):
             f"{self.thermal_camera.width}x{self.thermal_camera.height}, RGB {self.rgb_camera.width}x"
             f"{self.rgb_camera.height}, rate_scale {p['rate_scale']}"
         )
+
+    def rig_info(self) -> dict[str, Any]:
+        """The JSON of ``/rig/info``: the bag writer's fields plus the live node's settings."""
+        rig, p = self.rig, self.params
+        return {
+            "seed": p["seed"], "scenario": p["scenario"], "family": p["family"], "seconds": p["duration_s"],
+            "epoch_ns": self.start_wall_ns, "thermal_frame": rig.THERMAL_FRAME, "rgb_frame": rig.RGB_FRAME,
+            "lidar_frame": rig.LIDAR_FRAME, "base_frame": rig.BASE_FRAME, "generator": "monother_ros.ros.sim_node",
+            "rate_scale": p["rate_scale"], "render_scale": p["render_scale"],
+        }
 
     # ------------------------------------------------------------------ timing
 
