@@ -165,8 +165,8 @@ class _FakeTRT:
 
     float32, float16, int32, int8, bool = "f32", "f16", "i32", "i8", "bool"
 
-    def __init__(self, parse_ok=True, build_ok=True):
-        self.parse_ok, self.build_ok = parse_ok, build_ok
+    def __init__(self, parse_ok=True, build_ok=True, version="10.3.0"):
+        self.parse_ok, self.build_ok, self.__version__ = parse_ok, build_ok, version
         self.calls = {}
         fake = self
 
@@ -270,7 +270,10 @@ def test_builder_glue_errors(monkeypatch, tmp_path):
     from monother_ros.runtime import tensorrt_engine as T
 
     monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(parse_ok=False))
-    with pytest.raises(MonotherError, match="cannot parse .*unsupported op Foo"):
+    with pytest.raises(MonotherError, match="cannot parse .*unsupported op Foo$"):
+        T.build_serialized_engine(tmp_path / "m.onnx", "fp16")
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(parse_ok=False, version="8.5.2.2"))
+    with pytest.raises(MonotherError, match=r"unsupported op Foo \(TensorRT 8.5.2.2: >= 8.6 is needed"):
         T.build_serialized_engine(tmp_path / "m.onnx", "fp16")
     monkeypatch.setitem(sys.modules, "tensorrt", _FakeTRT(build_ok=False))
     with pytest.raises(MonotherError, match="failed to build"):

@@ -17,6 +17,8 @@ Choices (see also ``runtime/cache.py`` for the cache files):
   casts baked into the ONNX, i.e. a second export per precision; not worth it here.)
 * Input/outputs stay fp32 (as in the ONNX) whatever the precision.
 * Timing cache: one file per TensorRT version + GPU in the cache folder, reused across builds.
+* Needs TensorRT >= 8.6 (first release whose ONNX parser maps ``LayerNormalization``; JetPack 6 has it,
+  JetPack 5's TensorRT 8.5 does not).
 """
 from __future__ import annotations
 
@@ -97,7 +99,10 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise MonotherError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        hint = ""
+        if _version_tuple(trt.__version__) < (8, 6):
+            hint = f" (TensorRT {trt.__version__}: >= 8.6 is needed for the LayerNormalization op of opset 17+)"
+        raise MonotherError(f"TensorRT cannot parse {onnx_path}: {errors}{hint}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if precision == "fp16":
@@ -119,6 +124,14 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
     if cache_file is not None:
         atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(version).split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> "torch.dtype":
