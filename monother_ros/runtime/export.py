@@ -427,6 +427,8 @@ def resolve_onnx(model_path: str | os.PathLike, input_hw: Sequence[int] | None,
         ConfigError: an ONNX file given directly was exported at another size.
     """
     path = Path(model_path)
+    if path.name == _WEIGHTS_FILE:  # the folder's weights file stands for the folder
+        path = path.parent
     hw = None if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
     if path.is_file() or path.suffix == ".onnx":
         info = read_onnx_info(path)
