@@ -106,3 +106,13 @@ def test_prune_keeps_newest(tmp_path):
     for step in range(1, 5):
         save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, step=step, epoch=0, step_in_epoch=step, config={}, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000003", "step_000000004"]
+
+
+def test_cli_reports_user_errors_with_exit_code_2(tmp_path, capsys):
+    from monother_ros.cli import main
+
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read training config" in capsys.readouterr().err
+    assert main(["train", "epochs=0"]) == 2
+    assert main(["export-model", str(tmp_path)]) == 2
+    assert "no training checkpoint" in capsys.readouterr().err

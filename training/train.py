@@ -546,4 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from monother_ros.errors import MonotherError
+
+    try:
+        sys.exit(main())
+    except MonotherError as exc:  # user errors: one line, exit 2 (as the monother CLI)
+        print(f"training.train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
