@@ -195,6 +195,9 @@ def test_camera_info_binning_and_roi_follow_image_geometry():
 
 def test_distortion_is_reported():
     assert convert.has_distortion(_info(d=[0.1, 0.0, 0.0, 0.0, 0.0]))
+    assert convert.distortion_note(_info()) is None
+    assert "plumb_bob distortion [0.1, 0, 0, 0, 0] is not modelled" in convert.distortion_note(_info(d=[0.1, 0.0, 0.0, 0.0, 0.0]))
+    assert "unknown distortion model 'fisheye9'" in convert.distortion_note(_info(distortion_model="fisheye9"))
 
 
 @pytest.mark.parametrize(

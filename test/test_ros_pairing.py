@@ -172,3 +172,34 @@ def test_nearest_within():
     assert nearest_within([], 1, 5) is None
     with pytest.raises(ValueError):
         nearest_within(stamps, 1, -1)
+
+
+@pytest.mark.ros
+def test_synchronized_subscriptions_over_dds():
+    from rclpy.node import Node
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from monother_ros.ros import qos
+    from monother_ros.ros.convert import make_header
+    from monother_ros.ros.pairing import SynchronizedSubscriptions
+    from ros_harness import Spinner, ros_context, wait_for, wait_for_subscribers
+
+    ms = 1_000_000
+    with ros_context() as context:
+        talker, listener = Node("sync_talker", context=context), Node("sync_listener", context=context)
+        # Reliable here so that the pairs are deterministic; the policy itself is QoS-agnostic.
+        pub_a = talker.create_publisher(Image, "a", qos.RELIABLE_OUTPUT)
+        pub_b = talker.create_publisher(CameraInfo, "b", qos.RELIABLE_OUTPUT)
+        got = []
+        sync = ApproximateTimeSynchronizer(2, queue_size=5, max_interval_ns=10 * ms, callback=got.append)
+        subs = SynchronizedSubscriptions(listener, [(Image, "a", qos.RELIABLE_OUTPUT), (CameraInfo, "b", qos.RELIABLE_OUTPUT)], sync)
+        with Spinner(context, talker, listener):
+            assert wait_for_subscribers(talker, "a") and wait_for_subscribers(talker, "b")
+            for k in range(6):  # a at 30 Hz-ish, b offset by 4 ms
+                pub_a.publish(Image(header=make_header(1000 * ms + k * 33 * ms, "a")))
+                pub_b.publish(CameraInfo(header=make_header(1004 * ms + k * 33 * ms, "b")))
+            assert wait_for(lambda: len(got) >= 5)
+        subs.destroy()
+    pairs = [(a.stamp_ns, b.stamp_ns) for a, b in got]
+    assert pairs[:5] == [(1000 * ms + k * 33 * ms, 1004 * ms + k * 33 * ms) for k in range(5)]
+    assert got[0][0].payload.header.frame_id == "a" and got[0][1].payload.header.frame_id == "b"

@@ -55,6 +55,7 @@ __all__ = [
     "camera_from_info",
     "camera_to_info",
     "has_distortion",
+    "distortion_note",
     "point_cloud_from_xyz",
     "point_cloud_from_packed",
     "new_point_cloud",
@@ -199,6 +200,25 @@ def has_distortion(msg: CameraInfo) -> bool:
     """True when ``msg.d`` has a non-zero coefficient (the image is not rectified)."""
     d = np.asarray(msg.d, dtype=np.float64)
     return bool(d.size and np.any(d != 0.0))
+
+
+_KNOWN_DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant", "")
+
+
+def distortion_note(msg: CameraInfo) -> Optional[str]:
+    """A one-line warning when the camera_info describes a distorted image, else None.
+
+    :class:`PinholeCamera` has no distortion: depth from a distorted ``image_raw`` is back-projected as
+    if undistorted (errors grow towards the corners). Publish rectified images, or accept that.
+    """
+    model = msg.distortion_model
+    if model not in _KNOWN_DISTORTION_MODELS:
+        return f"unknown distortion model {model!r}: treated as an undistorted pinhole camera"
+    if has_distortion(msg):
+        coefficients = ", ".join(f"{c:.4g}" for c in msg.d)
+        return (f"{model} distortion [{coefficients}] is not modelled: the image is treated as an undistorted "
+                f"pinhole camera (publish rectified images for exact geometry)")
+    return None
 
 
 def camera_from_info(

@@ -19,7 +19,8 @@ order) is dropped and counted instead of being queued, and one older by more tha
 ``backward_jump_ns`` is taken for a backward clock jump (bag loop) and resets the synchroniser.
 Callbacks run after the internal lock is released, so a callback may call :meth:`add`.
 
-Also :func:`nearest_within`, the helper offline tools use to pick the nearest stamp.
+Also :func:`nearest_within`, the helper offline tools use to pick the nearest stamp, and
+:class:`SynchronizedSubscriptions`, the thin rclpy wrapper feeding a synchroniser from N topics.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-__all__ = ["Stamped", "SyncCounters", "ApproximateTimeSynchronizer", "nearest_within"]
+__all__ = ["Stamped", "SyncCounters", "ApproximateTimeSynchronizer", "SynchronizedSubscriptions", "nearest_within"]
 
 _logger = logging.getLogger(__name__)
 
@@ -335,3 +336,46 @@ def nearest_within(stamps: Sequence[int], t: int, tolerance: int) -> Optional[in
     if best is not None and abs(stamps[best] - t) <= tolerance:
         return best
     return None
+
+
+class SynchronizedSubscriptions:
+    """Subscribe to N stamped topics and feed an :class:`ApproximateTimeSynchronizer` (rclpy side).
+
+    Each message goes in with its ``header.stamp`` as ``Stamped(stamp_ns, msg)``; the synchroniser's
+    callbacks run in the executor thread that delivered the completing message, so keep them short.
+    A backward jump of the node's clock (bag loop with ``use_sim_time``) resets the synchroniser.
+
+    Args:
+        node: the rclpy node.
+        topics: (message type, topic, QoS profile) per stream, in the synchroniser's stream order.
+        synchronizer: the policy instance (its ``num_streams`` must equal ``len(topics)``).
+        reset_on_clock_jump: register the reset on backward clock jumps.
+    """
+
+    def __init__(self, node, topics: Sequence[tuple[Any, str, Any]], synchronizer: ApproximateTimeSynchronizer,
+                 *, reset_on_clock_jump: bool = True) -> None:
+        from monother_ros.ros.tf import on_backward_clock_jump
+
+        if len(topics) != synchronizer.num_streams:
+            raise ValueError(f"{len(topics)} topics for a synchroniser of {synchronizer.num_streams} streams")
+        self.node = node
+        self.synchronizer = synchronizer
+        self.subscriptions = [
+            node.create_subscription(msg_type, topic, self._make_callback(i), qos)
+            for i, (msg_type, topic, qos) in enumerate(topics)
+        ]
+        self._jump_handle = on_backward_clock_jump(node, synchronizer.reset) if reset_on_clock_jump else None
+
+    def _make_callback(self, stream: int) -> Callable[[Any], None]:
+        def on_message(msg: Any) -> None:
+            stamp = msg.header.stamp
+            self.synchronizer.add(stream, int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec), msg)
+
+        return on_message
+
+    def destroy(self) -> None:
+        """Destroy the subscriptions (before destroying the node)."""
+        for subscription in self.subscriptions:
+            self.node.destroy_subscription(subscription)
+        self.subscriptions = []
+        self._jump_handle = None

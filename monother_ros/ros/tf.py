@@ -45,6 +45,7 @@ __all__ = [
     "TransformListener",
     "StaticTransformBroadcaster",
     "transform_to_msg",
+    "on_backward_clock_jump",
     "DEFAULT_CACHE_TIME_NS",
     "DEFAULT_TF_TOPIC",
     "DEFAULT_STATIC_TF_TOPIC",
@@ -437,7 +438,7 @@ class TransformListener:
         self.tf_static_sub = node.create_subscription(
             TFMessage, tf_static_topic, self._on_tf_static, static_qos or qos_profiles.TF_STATIC
         )
-        self._jump_handle = _clear_on_backward_jump(node, buffer.clear)
+        self._jump_handle = on_backward_clock_jump(node, buffer.clear)
 
     def _on_tf(self, msg) -> None:
         for transform in msg.transforms:
@@ -454,15 +455,17 @@ class TransformListener:
         self._jump_handle = None
 
 
-def _clear_on_backward_jump(node, clear) -> object:
-    """Register ``clear`` on backward jumps of the node's clock; returns the handle to keep alive."""
+def on_backward_clock_jump(node, callback) -> object:
+    """Call ``callback()`` when the node's clock jumps back by more than 1 s or changes type (sim time
+    on/off), as tf2_ros' Buffer does. Returns the handle: keep a reference, it unregisters when dropped.
+    The callback runs in the thread that updates the clock (the executor's, for ``/clock``)."""
     from rclpy.clock import JumpThreshold
     from rclpy.duration import Duration
 
     threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1), on_clock_change=True)
 
     def on_jump(jump) -> None:
-        clear()
+        callback()
 
     return node.get_clock().create_jump_callback(threshold, post_callback=on_jump)
 
