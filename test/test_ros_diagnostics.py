@@ -213,3 +213,17 @@ def test_unknown_overrides_are_named_with_a_suggestion():
         assert values["rate_scale"] == 1.0
         assert TABLE._unknown_overrides(node) == ["rate_scal: unknown parameter (did you mean 'rate_scale'?)"]
         node.destroy_node()
+
+
+def test_qos_profiles_match_ros_conventions():
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy, qos_profile_sensor_data
+
+    from monother_ros.ros import qos
+
+    for attr in ("history", "depth", "reliability", "durability"):
+        assert getattr(qos.SENSOR, attr) == getattr(qos_profile_sensor_data, attr)
+    assert qos.describe(qos.SENSOR) == "best effort, keep last 5, volatile"
+    assert qos.describe(qos.TF) == "reliable, keep last 100, volatile"
+    assert qos.describe(qos.TF_STATIC) == "reliable, keep last 100, transient local"
+    assert qos.TF_STATIC_PUBLISHER.durability == DurabilityPolicy.TRANSIENT_LOCAL and qos.TF_STATIC_PUBLISHER.depth == 1
+    assert qos.DIAGNOSTICS.reliability == ReliabilityPolicy.RELIABLE
