@@ -28,7 +28,7 @@ import bisect
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 __all__ = ["Stamped", "SyncCounters", "ApproximateTimeSynchronizer", "SynchronizedSubscriptions", "nearest_within"]

@@ -13,8 +13,9 @@ The pure part (:meth:`ParamTable.validate`) needs no node.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from monother_ros.errors import ConfigError
 

@@ -44,7 +44,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
