@@ -108,6 +108,7 @@ class TransformBuffer:
         self._static: dict[str, _Entry] = {}
         self._dynamic: dict[str, list[_Entry]] = {}
         self._stamps: dict[str, list[int]] = {}
+        self._frames: set[str] = set()  # every frame seen since the last clear (kept incrementally)
         self.rejected: dict[str, int] = {}
         self.last_rejection: Optional[str] = None
         self.resets = 0
@@ -161,6 +162,7 @@ class TransformBuffer:
             else:
                 if not self._insert_dynamic(child, entry):
                     return False
+            self._frames.update((parent, child))  # after insertion: a jump-triggered clear resets the set
             self.accepted += 1
             self._cond.notify_all()
         return True
@@ -217,6 +219,7 @@ class TransformBuffer:
     def _clear_dynamic_locked(self) -> None:
         self._dynamic.clear()
         self._stamps.clear()
+        self._frames = set(self._static) | {e.parent for e in self._static.values()}
         self.resets += 1
 
     def clear_all(self) -> None:
@@ -231,10 +234,7 @@ class TransformBuffer:
     def frames(self) -> set[str]:
         """Every frame id seen, as child or parent."""
         with self._cond:
-            out = set(self._static) | set(self._dynamic)
-            out |= {e.parent for e in self._static.values()}
-            out |= {e.parent for entries in self._dynamic.values() for e in entries}
-            return out
+            return set(self._frames)
 
     def _parent_of(self, frame: str) -> Optional[str]:
         if frame in self._static:
@@ -297,7 +297,7 @@ class TransformBuffer:
         for name, frame in (("target_frame", target), ("source_frame", source)):
             if not frame:
                 raise FrameNotFoundError(f"{name} is empty")
-        known = self.frames
+        known = self._frames
         for name, frame in (("target_frame", target), ("source_frame", source)):
             if frame not in known:
                 raise FrameNotFoundError(f'"{frame}" passed to lookup_transform argument {name} does not exist.')
