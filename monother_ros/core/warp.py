@@ -344,69 +344,74 @@ def project_pixels_np(
 ) -> tuple[np.ndarray, np.ndarray]:
     """numpy :func:`project_pixels` for one (H, W) depth; returns uv (H, W, 2) and z (H, W) float64.
 
-    NaN depth gives NaN uv and z 0 (treated as dropped).
+    NaN depth gives position ``OUT_OF_IMAGE`` and z 0 (treated as dropped).
     """
     depth = np.asarray(depth, dtype=np.float64)
     if depth.ndim != 2:
         raise ValueError(f"depth must be (H, W), got {depth.shape}")
     h, w = depth.shape
-    K_src = np.asarray(K_src, dtype=np.float64)
     K_dst = np.asarray(K_dst, dtype=np.float64)
     T = np.asarray(T_dst_src, dtype=np.float64)
-    Kinv = np.linalg.inv(K_src)
-    u = np.arange(w, dtype=np.float64)
-    v = np.arange(h, dtype=np.float64)
-    # Hoisted per-column / per-row factors of inv(K) [u, v, 1] (K has no skew in practice, but
-    # keep the general form: each ray component is affine in u and v).
-    rays = Kinv[:, 0][None, None, :] * u[None, :, None] + Kinv[:, 1][None, None, :] * v[:, None, None] + Kinv[:, 2]
-    points = rays * depth[..., None]
-    pts = points @ T[:3, :3].T + T[:3, 3]
-    proj = pts @ K_dst.T
-    z = proj[..., 2]
+    # K_dst (R d inv(K_src) [u, v, 1] + t) = d * M [u, v, 1] + K_dst t: each row of M [u, v, 1] is a
+    # per-column term plus a per-row term, so the (H, W) maps cost two broadcasts each.
+    M = K_dst @ T[:3, :3] @ np.linalg.inv(np.asarray(K_src, dtype=np.float64))
+    k = K_dst @ T[:3, 3]
+    u = np.arange(w, dtype=np.float64)[None, :]
+    v = np.arange(h, dtype=np.float64)[:, None]
+    proj = [depth * (M[i, 0] * u + (M[i, 1] * v + M[i, 2])) + k[i] for i in range(3)]
+    z = proj[2]
     with np.errstate(invalid="ignore"):
         in_front = z >= min_z
     safe_z = np.where(np.abs(z) < 1e-4, z + 1e-6, z)
+    uv = np.empty((h, w, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
-        uv = proj[..., :2] / safe_z[..., None]
-    uv = np.where(in_front[..., None], uv, OUT_OF_IMAGE)
-    uv[np.isnan(depth)] = np.nan
+        np.divide(proj[0], safe_z, out=uv[..., 0])
+        np.divide(proj[1], safe_z, out=uv[..., 1])
+    uv[~in_front] = OUT_OF_IMAGE
     return uv, np.where(in_front, z, 0.0)
 
 
 def bilinear_sample_np(values: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Sample (Hs, Ws) or (Hs, Ws, C) ``values`` at pixel positions ``uv`` (..., 2).
+    """Sample (Hs, Ws) or (Hs, Ws, C) ``values`` at pixel positions ``uv`` (..., 2); float32 result.
 
     Same result as ``grid_sample(bilinear, zeros, align_corners=True)``: taps outside the image
-    contribute 0; NaN positions give 0. NaN values propagate through taps with non-zero weight.
+    contribute 0; non-finite positions give 0. NaN values propagate through in-image taps.
     """
     values = np.asarray(values)
     hs, ws = values.shape[:2]
+    # 1-D take for a single channel: take along axis 0 of an (N, 1) array copies element by element.
+    flat = values.reshape(hs * ws, -1).astype(np.float32, copy=False)
+    if values.ndim == 2:
+        flat = flat[:, 0]
     x = uv[..., 0]
     y = uv[..., 1]
-    finite = np.isfinite(x) & np.isfinite(y)
+    with np.errstate(invalid="ignore"):
+        finite = (np.abs(x) < 1e7) & (np.abs(y) < 1e7)  # False for NaN and OUT_OF_IMAGE-like values
     x = np.where(finite, x, -10.0)
     y = np.where(finite, y, -10.0)
-    x0 = np.floor(x)
-    y0 = np.floor(y)
-    wx1 = x - x0
-    wy1 = y - y0
-    x0 = x0.astype(np.int64)
-    y0 = y0.astype(np.int64)
-    out_shape = x.shape + values.shape[2:]
-    out = np.zeros(out_shape, dtype=np.float64)
-    for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
-        for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
-            xi = x0 + dx
-            yi = y0 + dy
-            ok = (xi >= 0) & (xi < ws) & (yi >= 0) & (yi < hs)
-            wgt = np.where(ok, wx * wy, 0.0)
-            tap = values[np.clip(yi, 0, hs - 1), np.clip(xi, 0, ws - 1)].astype(np.float64)
-            if values.ndim == 3:
-                contrib = tap * wgt[..., None]
-                contrib[~ok] = 0.0
-            else:
-                contrib = np.where(ok, tap * wgt, 0.0)
-            out += contrib
+    x0f = np.floor(x)
+    y0f = np.floor(y)
+    wx1 = (x - x0f).astype(np.float32)
+    wy1 = (y - y0f).astype(np.float32)
+    wx0 = np.float32(1.0) - wx1
+    wy0 = np.float32(1.0) - wy1
+    x0 = x0f.astype(np.int64)
+    y0 = y0f.astype(np.int64)
+    # Column/row validity of the two tap columns and rows.
+    cx = ((x0 >= 0) & (x0 < ws), (x0 >= -1) & (x0 < ws - 1))
+    cy = ((y0 >= 0) & (y0 < hs), (y0 >= -1) & (y0 < hs - 1))
+    base = y0 * ws + x0
+    out = np.zeros(x.shape + flat.shape[1:], dtype=np.float32)
+    for dy, wy in ((0, wy0), (1, wy1)):
+        for dx, wx in ((0, wx0), (1, wx1)):
+            bad = ~(cy[dy] & cx[dx])
+            idx = base + (dy * ws + dx)
+            idx[bad] = 0
+            tap = np.take(flat, idx, axis=0)
+            tap[bad] = 0.0  # zero padding (also keeps a NaN at index 0 from leaking in)
+            wgt = wx * wy
+            tap *= wgt if flat.ndim == 1 else wgt[..., None]
+            out += tap
     return out
 
 
@@ -430,7 +435,8 @@ def backward_warp_np(
         warped: (Hd, Wd[, C]) float32, 0 where nothing is seen.
         valid: (Hd, Wd) bool, sample fully inside the src image and in front of the src camera.
     """
-    uv, _ = project_pixels_np(depth_dst, K_dst, K_src, np.linalg.inv(np.asarray(T_dst_src, dtype=np.float64)), min_z=min_z)
+    T_src_dst = np.linalg.inv(np.asarray(T_dst_src, dtype=np.float64))
+    uv, _ = project_pixels_np(depth_dst, K_dst, K_src, T_src_dst, min_z=min_z)
     hs, ws = np.asarray(values_src).shape[:2]
     warped = bilinear_sample_np(values_src, uv)
     return warped.astype(np.float32), _inside_np(uv, (hs, ws))
@@ -458,9 +464,9 @@ def warp_depth_np(
     uv, z_src = project_pixels_np(depth_dst, K_dst, K_src, np.linalg.inv(T), min_z=min_z)
     hs, ws = depth_src.shape
     d_s = bilinear_sample_np(depth_src, uv)
-    rays = np.concatenate((uv, np.ones_like(uv[..., :1])), axis=-1) @ np.linalg.inv(K_src).T
-    pts = (rays * d_s[..., None]) @ T[:3, :3].T + T[:3, 3]
-    z = (pts @ K_dst.T)[..., 2]
+    # z in the dst frame of (u_s, v_s, d_s): d_s * (row 2 of R inv(K_src)) [u_s, v_s, 1] + t_z.
+    m = T[2, :3] @ np.linalg.inv(K_src)
+    z = d_s * (m[0] * uv[..., 0] + m[1] * uv[..., 1] + m[2]) + T[2, 3]
     with np.errstate(invalid="ignore"):
         valid = _inside_np(uv, (hs, ws)) & (z_src >= min_z) & (d_s >= min_z) & (z >= min_z)
     return np.where(valid, z, np.nan).astype(np.float32), valid
