@@ -23,7 +23,7 @@ from monother_ros.ros.convert import ImageDecodeError
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer
 from monother_ros.ros.tf import TransformBuffer, TransformError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = sorted(convert.ENCODINGS)
 
 

@@ -44,6 +44,7 @@ def test_rig_yaml_sim_section_matches_the_declared_parameters():
     assert SIM_PARAMETERS.validate(values) == {**SIM_PARAMETERS.defaults(), **values}
 
 
+@pytest.mark.slow  # ~6 s: a second process (imports, discovery) and a quarter-speed schedule
 def test_sim_node_heard_from_another_process():
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.node import Node
