@@ -8,7 +8,12 @@ from monother_ros.errors import ConfigError
 from monother_ros.model.branch import DepthBranch, ExportableBranch
 from monother_ros.model.variants import PRESETS, ModelConfig, get_preset
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    """Inference-only tests; scoped per test so autograd is not switched off for the whole session."""
+    with torch.no_grad():
+        yield
+
 
 
 def official_layout(

@@ -15,7 +15,12 @@ from monother_ros.model.branch import DepthBranch
 from monother_ros.model.variants import get_preset
 from test_model_branch import layout_for, official_layout
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    """Inference-only tests; scoped per test so autograd is not switched off for the whole session."""
+    with torch.no_grad():
+        yield
+
 
 TINY_V2 = get_preset("test-tiny").replace(confidence_head=False, head_features_2=32)
 

@@ -7,7 +7,12 @@ import torch.nn.functional as F
 
 from monother_ros.model.dpt import DPTHead
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    """Inference-only tests; scoped per test so autograd is not switched off for the whole session."""
+    with torch.no_grad():
+        yield
+
 
 C, FEAT, OC, HF2 = 24, 16, (8, 12, 16, 20), 8
 

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from monother_ros.model.vit import Block, DinoVisionTransformer, interpolate_pos_embed
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    """Inference-only tests; scoped per test so autograd is not switched off for the whole session."""
+    with torch.no_grad():
+        yield
+
 
 
 def _cubic_weights(n_in: int, n_out: int, scale: float, a: float = -0.75) -> np.ndarray:
