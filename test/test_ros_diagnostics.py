@@ -227,3 +227,33 @@ def test_qos_profiles_match_ros_conventions():
     assert qos.describe(qos.TF_STATIC) == "reliable, keep last 100, transient local"
     assert qos.TF_STATIC_PUBLISHER.durability == DurabilityPolicy.TRANSIENT_LOCAL and qos.TF_STATIC_PUBLISHER.depth == 1
     assert qos.DIAGNOSTICS.reliability == ReliabilityPolicy.RELIABLE
+
+
+@pytest.mark.ros
+def test_diagnostics_publisher_over_dds():
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+
+    from monother_ros.ros import qos
+    from monother_ros.ros.diagnostics import DiagnosticsPublisher
+    from ros_harness import Collector, Spinner, ros_context, wait_for_subscribers
+
+    def report() -> HealthReport:
+        r = HealthReport("probe: pipeline", hardware_id="cpu")
+        r.add_value("frames", 3)
+        r.add_check(Level.WARN, "camera_info_missing: none yet")
+        return r
+
+    with ros_context() as context:
+        node, listener = Node("diag_node", context=context), Node("diag_listener", context=context)
+        publisher = DiagnosticsPublisher(node, [report], period_s=60.0)  # published by hand below
+        collected = Collector(listener, DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
+        with Spinner(context, node, listener):
+            assert wait_for_subscribers(node, "/diagnostics")
+            publisher.publish()
+            arrays = collected.wait_for_count(1)
+        publisher.destroy()
+    status = arrays[0].status[0]
+    assert status.name == "probe: pipeline" and status.level == DiagnosticStatus.WARN
+    assert status.message == "camera_info_missing: none yet"
+    assert [(kv.key, kv.value) for kv in status.values] == [("frames", "3")]

@@ -28,6 +28,7 @@ __all__ = [
     "HealthReport",
     "to_status",
     "make_array",
+    "DiagnosticsPublisher",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -295,3 +296,36 @@ def make_array(statuses: Iterable, stamp_ns: int):
     from monother_ros.ros.convert import make_header
 
     return DiagnosticArray(header=make_header(stamp_ns, ""), status=list(statuses))
+
+
+class DiagnosticsPublisher:
+    """Publishes ``/diagnostics`` from a node on a timer: one status per report provider.
+
+    Args:
+        node: the rclpy node (the timer runs in its executor; providers must be quick and thread-safe).
+        providers: callables returning a :class:`HealthReport` each.
+        period_s: publishing period (diagnostic_updater's default is 1 s).
+        topic: the topic (``/diagnostics``, absolute as the aggregator expects).
+    """
+
+    def __init__(self, node, providers: Iterable[Callable[[], HealthReport]], *, period_s: float = 1.0,
+                 topic: str = "/diagnostics") -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        from monother_ros.ros import qos
+
+        if period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.node = node
+        self.providers = list(providers)
+        self.publisher = node.create_publisher(DiagnosticArray, topic, qos.DIAGNOSTICS)
+        self.timer = node.create_timer(period_s, self.publish)
+
+    def publish(self) -> None:
+        """Build every report and publish them now (also called by the timer)."""
+        statuses = [to_status(provider()) for provider in self.providers]
+        self.publisher.publish(make_array(statuses, self.node.get_clock().now().nanoseconds))
+
+    def destroy(self) -> None:
+        self.node.destroy_timer(self.timer)
+        self.node.destroy_publisher(self.publisher)

@@ -54,7 +54,14 @@ from std_msgs.msg import String
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.convert import array_to_image, camera_to_info, ns_to_stamp, point_cloud_from_xyz
-from monother_ros.ros.diagnostics import HealthReport, LatencyStats, Level, ProblemTracker, RateMeter, make_array, to_status
+from monother_ros.ros.diagnostics import (
+    DiagnosticsPublisher,
+    HealthReport,
+    LatencyStats,
+    Level,
+    ProblemTracker,
+    RateMeter,
+)
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, one_of, positive
 from monother_ros.ros.tf import StaticTransformBroadcaster, transform_to_msg
 
@@ -132,9 +139,6 @@ class SimRigNode(Node):
         self.pub_lidar = self.create_publisher(PointCloud2, LIDAR_TOPIC, qos.SENSOR) if p["publish_lidar"] else None
         self.pub_gt = self.create_publisher(Image, GT_DEPTH_TOPIC, qos.SENSOR) if p["publish_gt_depth"] else None
         self.pub_clock = self.create_publisher(Clock, "/clock", qos.CLOCK) if p["publish_clock"] else None
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
 
         self.start_wall_ns = time.time_ns()
         self._start_mono = time.monotonic()
@@ -163,7 +167,7 @@ class SimRigNode(Node):
         self._publish_thread = threading.Thread(target=self._publish_loop, name="sim_rig-publish", daemon=True)
         self._render_thread.start()
         self._publish_thread.start()
-        self.create_timer(1.0, self._publish_diagnostics)
+        self.diagnostics = DiagnosticsPublisher(self, [self.health])
         self.get_logger().info(
             f"simulated rig seed={p['seed']} {p['scenario']}/{p['family']}: thermal "
             f"{self.thermal_camera.width}x{self.thermal_camera.height}, RGB {self.rgb_camera.width}x"
@@ -325,9 +329,6 @@ class SimRigNode(Node):
             report.add_check(Level.WARN, f"rendering cannot keep up: {sum(dropped.values())} of {total} events dropped "
                                          f"(lower render_scale or rate_scale)")
         return report
-
-    def _publish_diagnostics(self) -> None:
-        self.pub_diagnostics.publish(make_array([to_status(self.health())], time.time_ns()))
 
     def destroy_node(self) -> None:
         """Stop the render and publish threads, then destroy the node."""
