@@ -48,8 +48,9 @@ Condition = Literal["always", "sim", "adapt"]
 # Launch arguments: (name, default, description). The CLI has the matching options.
 LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("use_sim", "false", "start the simulated rig (sim_rig) instead of expecting real cameras"),
-    ("model", "", "model folder or .onnx file for thermal_depth; empty = the shipped default"),
-    ("backend", "auto", "inference backend: auto, tensorrt, onnxruntime or torch"),
+    ("model", "", "model folder or .onnx file for thermal_depth; empty = config/rig.yaml's (default: the "
+                  "shipped model)"),
+    ("backend", "", "inference backend: auto, tensorrt, onnxruntime or torch; empty = config/rig.yaml's (auto)"),
     ("namespace", "", "ROS namespace of every node (topics are relative)"),
     ("rviz", "false", "start RViz with config/monother.rviz"),
     ("adapt", "false", "start the online_adaptation node (label-free adaptation)"),
