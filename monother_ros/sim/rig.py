@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -138,6 +138,7 @@ class SimRig:
         self._tile = shading.make_noise_tile()
         self._bank = np.random.default_rng([abs(self.seed), 99]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
         self._fpn: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._response: dict[tuple[str, PinholeCamera], object] = {}
         el = np.radians(np.linspace(-15.0, 15.0, LIDAR_BEAMS))
         self._lidar_az = (np.arange(LIDAR_COLUMNS) * (2 * math.pi / LIDAR_COLUMNS) - math.pi).astype(np.float64)
         self._lidar_dirs = np.stack(
@@ -160,9 +161,14 @@ class SimRig:
         start = int(rng.integers(0, _NOISE_BANK_SIZE - n))
         return self._bank[start:start + n]
 
-    def _render(self, camera: PinholeCamera, T_world_cam: np.ndarray, mode: Literal["rgb", "thermal"]
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Clean linear radiance (3, H, W) or apparent temperature (1, H, W), and z-depth (H, W)."""
+    def _render(self, camera: PinholeCamera, T_world_cam: np.ndarray, mode: Literal["rgb", "thermal"],
+                finish: Callable[[slice, np.ndarray], None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+        """Shade every pixel; returns (values, z-depth (H, W) float32, NaN invalid).
+
+        Values are linear radiance (3, H, W) or apparent temperature (1, H, W) in kelvin. With ``finish``,
+        each band of rows is handed to ``finish(rows, values)`` while it is still in the CPU cache and
+        no full-frame array is returned.
+        """
         prims = self._prims_near(T_world_cam)
         rays = raycast.pinhole_rays(camera, T_world_cam)
         regions = raycast.pinhole_regions(prims, camera, T_world_cam, DRAW_DISTANCE_M)
@@ -172,7 +178,7 @@ class SimRig:
         lamp_regions = self._lamp_regions(prims, camera, T_world_cam) if (
             mode == "rgb" and self.params.lights_on) else []
         H, W = camera.height, camera.width
-        out = np.empty((3 if mode == "rgb" else 1, H, W), dtype=np.float32)
+        out = None if finish else np.empty((3 if mode == "rgb" else 1, H, W), dtype=np.float32)
         band = max(1, _BAND_PIXELS // W)
         focal = 0.5 * (camera.fx + camera.fy)
         for r0 in range(0, H, band):
@@ -181,7 +187,7 @@ class SimRig:
             hits = shading.classify(prim[rs], t[rs], rays.dx[rs], rays.dy[rs], rays.dz[rs], rays.norm[rs],
                                     rays.origin, focal, tables, self.scene.ground_material, self._tile)
             if mode == "thermal":
-                out[0, rs] = shading.shade_thermal(hits, self.params)
+                values = shading.shade_thermal(hits, self.params)[None]
             else:
                 lamps = []
                 for pos, lr0, lr1, c0, c1 in lamp_regions:
@@ -189,7 +195,12 @@ class SimRig:
                     if b > a:
                         lamps.append((pos, slice(a - r0, b - r0), slice(c0, c1)))
                 irr = shading.lamp_irradiance_block(lamps, hits) if lamps else None
-                out[:, rs] = shading.shade_rgb(hits, self.params, irr)
+                values = shading.shade_rgb(hits, self.params, irr)
+            if finish is not None:
+                finish(rs, values)
+            else:
+                assert out is not None
+                out[:, rs] = values
         return out, depth
 
     def _lamp_regions(self, prims: Primitives, camera: PinholeCamera, T_world_cam: np.ndarray
@@ -206,6 +217,27 @@ class SimRig:
         boxes = Primitives(np.zeros(n, np.int8), np.zeros(n, np.int16), params, np.zeros((0, 3)))
         regs = raycast.pinhole_regions(boxes, camera, T_world_cam, DRAW_DISTANCE_M)
         return [(tuple(lamps[g.index].tolist()), g.r0, g.r1, g.c0, g.c1) for g in regs]  # type: ignore[misc]
+
+    def _thermal_response(self, camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel (gain, offset) mapping apparent temperature (K) to counts: radiometric scale, fixed
+        pattern, vignetting (gain fall-off) and the housing term, cached per camera."""
+        key = ("thermal", camera)
+        if key not in self._response:
+            r2 = self._vignetting_r2(camera)
+            fpn_gain, fpn_offset = self._thermal_fpn(camera)
+            gain = np.float32(COUNTS_PER_K) * fpn_gain * (np.float32(1.0) - np.float32(0.05) * r2)
+            # counts = COUNTS_AT_0C + gain * (T - 273.15) + fixed offset - housing term
+            offset = np.float32(COUNTS_AT_0C) - gain * np.float32(shading.KELVIN) + fpn_offset - np.float32(110.0) * r2
+            self._response[key] = (gain.astype(np.float32), offset.astype(np.float32))
+        return self._response[key]  # type: ignore[return-value]
+
+    def _rgb_vignette(self, camera: PinholeCamera) -> np.ndarray:
+        """(1, H, W) exposure x vignetting gain of the RGB camera, cached per camera."""
+        key = ("rgb", camera)
+        if key not in self._response:
+            r2 = self._vignetting_r2(camera)
+            self._response[key] = (np.float32(self.params.exposure) * (np.float32(1.0) - np.float32(0.22) * r2))[None]
+        return self._response[key]  # type: ignore[return-value]
 
     def _vignetting_r2(self, camera: PinholeCamera) -> np.ndarray:
         u = (np.arange(camera.width, dtype=np.float32) - np.float32(camera.cx)) / np.float32(camera.width / 2)
@@ -237,18 +269,26 @@ class SimRig:
         """
         camera = camera or self.thermal_camera
         T_world_cam = self.pose(t) @ self.T_base_thermal
-        temp, depth = self._render(camera, T_world_cam, "thermal")
-        r2 = self._vignetting_r2(camera)
-        gain, offset = self._thermal_fpn(camera)
-        signal = np.float32(COUNTS_PER_K) * (temp[0] - np.float32(shading.KELVIN))
-        counts = signal * gain * (np.float32(1.0) - np.float32(0.05) * r2) + np.float32(COUNTS_AT_0C) + offset
-        counts -= np.float32(110.0) * r2  # housing / narcissus: colder-looking corners
+        gain, offset = self._thermal_response(camera)
+        H, W = camera.height, camera.width
+        counts = np.empty((H, W), dtype=np.uint16)
         if noise:
             rng = self._rng("thermal", t)
-            n = camera.width * camera.height
-            counts += np.float32(THERMAL_NOISE_COUNTS) * self._noise(rng, n).reshape(camera.height, camera.width)
-            counts += np.float32(1.2) * rng.standard_normal((camera.height, 1), dtype=np.float32)
-        counts = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+            temporal = self._noise(rng, H * W).reshape(H, W)
+            row_noise = np.float32(1.2) * rng.standard_normal((H, 1), dtype=np.float32)
+
+        def finish(rs: slice, temp: np.ndarray) -> None:
+            c = temp[0] * gain[rs]
+            c += offset[rs]
+            if noise:
+                c += np.float32(THERMAL_NOISE_COUNTS) * temporal[rs]
+                c += row_noise[rs]
+            np.rint(c, out=c)
+            np.maximum(c, np.float32(0.0), out=c)
+            np.minimum(c, np.float32(65535.0), out=c)
+            counts[rs] = c
+
+        _, depth = self._render(camera, T_world_cam, "thermal", finish)
         return ThermalFrame(counts, depth, float(t))
 
     def render_rgb(self, t: float, camera: PinholeCamera | None = None, *, noise: bool = True) -> RgbFrame:
@@ -259,17 +299,38 @@ class SimRig:
         """
         camera = camera or self.rgb_camera
         T_world_cam = self.pose(t) @ self.T_base_rgb
-        lin, depth = self._render(camera, T_world_cam, "rgb")
         p = self.params
-        lin *= np.float32(p.exposure) * (np.float32(1.0) - np.float32(0.22) * self._vignetting_r2(camera))[None]
-        if p.lights_on:
-            lin += _glare(lin)
+        H, W = camera.height, camera.width
+        vignette = self._rgb_vignette(camera)
+        rgb = np.empty((H, W, 3), dtype=np.uint8)
         if noise:
-            rng = self._rng("rgb", t)
-            n = lin.size
-            sigma = np.sqrt(np.float32(p.read_noise**2) + np.float32(p.shot_noise) * np.maximum(lin, np.float32(0.0)))
-            lin += sigma * self._noise(rng, n).reshape(lin.shape)
-        rgb = _tone_map(lin)
+            temporal = self._noise(self._rng("rgb", t), 3 * H * W).reshape(3, H, W)
+        read2, shot = np.float32(p.read_noise**2), np.float32(p.shot_noise)
+
+        def develop(rs: slice, lin: np.ndarray) -> None:
+            lin = lin * vignette[:, rs]
+            if noise:
+                sigma = np.maximum(lin, np.float32(0.0))
+                sigma *= shot
+                sigma += read2
+                np.sqrt(sigma, out=sigma)
+                sigma *= temporal[:, rs]
+                lin += sigma
+            rgb[rs] = _tone_map(lin)
+
+        if p.lights_on:
+            # Glare spreads light over the whole frame, so it needs the full linear image first.
+            lin, depth = self._render(camera, T_world_cam, "rgb")
+            assert lin is not None
+            lin *= vignette
+            lin += _glare(lin)
+            lin /= vignette  # develop() applies the vignetting once more
+            band = max(1, _BAND_PIXELS // W)
+            for r0 in range(0, H, band):
+                rs = slice(r0, min(H, r0 + band))
+                develop(rs, lin[:, rs])
+        else:
+            _, depth = self._render(camera, T_world_cam, "rgb", develop)
         return RgbFrame(rgb, depth, float(t))
 
     def lidar_scan(self, t: float, *, noise: bool = True) -> np.ndarray:
@@ -396,9 +457,8 @@ _GAMMA_LUT = _srgb_lut()
 
 
 def _tone_map(lin: np.ndarray) -> np.ndarray:
-    """(3, H, W) linear -> (H, W, 3) uint8 through a 12-bit sRGB lookup table."""
+    """(3, h, W) linear -> (h, W, 3) uint8 view through a 12-bit sRGB lookup table."""
     scaled = lin * np.float32(4095.0)
     np.maximum(scaled, np.float32(0.0), out=scaled)
     np.minimum(scaled, np.float32(4095.0), out=scaled)
-    idx = scaled.astype(np.int16)
-    return np.ascontiguousarray(np.moveaxis(_GAMMA_LUT[idx], 0, -1))
+    return np.moveaxis(_GAMMA_LUT[scaled.astype(np.int16)], 0, -1)

@@ -161,12 +161,6 @@ def _sample_bilinear(tile: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarr
     return top + (bottom - top) * av
 
 
-def _sample_nearest(tile: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    size = tile.shape[0]
-    mask = size - 1
-    return tile.ravel()[(v.astype(np.int32) & mask) * size + (u.astype(np.int32) & mask)]
-
-
 def _hash01(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Deterministic per-cell pseudo-random number in [0, 1) from integer-valued cell coordinates."""
     h = (a.astype(np.int64) * 73856093) ^ (b.astype(np.int64) * 19349663) ^ (c.astype(np.int64) * 83492791)
@@ -272,10 +266,10 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     scale = MATERIAL_SCALE[mat]
     inv = np.float32(1.0) / scale
     su, sv = s * inv + off, w * inv + off * np.float32(0.37)
+    # One bilinear lookup of the fractal tile (its finest octave is one texel = ``scale`` metres); where
+    # a pixel spans several texels the texture is faded towards its mean instead of aliasing.
     tex = _sample_bilinear(tile, su, sv)
-    fine = _sample_nearest(tile, su * np.float32(6.0), sv * np.float32(6.0))
-    tex *= np.float32(0.75)
-    tex += np.float32(0.5) * _fade(footprint, scale * np.float32(0.2)) * fine
+    tex *= _fade(footprint, scale * np.float32(4.0)) * np.float32(0.6) + np.float32(0.4)
     lit = np.zeros(prim.shape, dtype=bool)
     mortar = np.zeros(prim.shape, dtype=np.float32)
     engine = np.zeros(prim.shape, dtype=np.float32)
