@@ -168,3 +168,15 @@ def test_postprocess_resizes_and_masks():
     np.testing.assert_allclose(resize_depth(ramp, (2, 5))[0], [0, 0.5, 1, 1.5, 2], atol=1e-6)
     nan_in = np.array([[np.nan, 2.0]], np.float32)
     assert np.isnan(mask_depth(nan_in)[0, 0]) and mask_depth(nan_in)[0, 1] == 2.0
+
+
+def test_torch_mono8_and_default_size():
+    img = _thermal(11, dtype=np.uint8)
+    unit = thermal_to_unit_torch(torch.from_numpy(img.astype(np.int32)), bits=8)
+    np.testing.assert_allclose(unit[0, 0].numpy(), thermal_to_unit(img), rtol=0, atol=1e-6)
+    out = to_network_input_torch(unit)
+    assert out.shape == (1, 3, *network_input_size(*img.shape))
+    with pytest.raises(ValueError):
+        thermal_to_unit_torch(torch.zeros(4, 4), bits=8)  # float counts
+    with pytest.raises(ValueError):
+        to_network_input_torch(unit, modality="lidar")

@@ -90,7 +90,8 @@ def test_nll_minimiser_is_beta_over_r():
     m = torch.zeros_like(r)
     v = torch.zeros_like(r)
     for step in range(1, 301):
-        (g_theta,) = torch.autograd.grad(confidence_nll_loss(torch.sigmoid(theta), pred, target, exclude_top=0.0), theta)
+        loss = confidence_nll_loss(torch.sigmoid(theta), pred, target, exclude_top=0.0)
+        (g_theta,) = torch.autograd.grad(loss, theta)
         m = 0.9 * m + 0.1 * g_theta
         v = 0.999 * v + 0.001 * g_theta**2
         with torch.no_grad():

@@ -74,7 +74,8 @@ ResizeMethod = Literal["minimal", "lower_bound", "upper_bound"]
 
 
 def constrain_to_multiple(x: float, multiple: int = PATCH_SIZE, *, min_val: int = 0, max_val: int | None = None) -> int:
-    """Nearest multiple of ``multiple`` (numpy round-half-to-even), floored above ``max_val``, ceiled below ``min_val``."""
+    """Nearest multiple of ``multiple`` (numpy round-half-to-even), floored when above ``max_val``,
+    ceiled when below ``min_val`` (reference ``Resize.constrain_to_multiple_of``)."""
     y = int(np.round(x / multiple) * multiple)
     if max_val is not None and y > max_val:
         y = int(np.floor(x / multiple) * multiple)
@@ -375,7 +376,8 @@ class RgbPreprocessor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Preprocess one (H, W, 3) uint8 RGB frame (channel order R, G, B)."""
         if image.shape != (*self.in_hw, 3) or image.dtype != np.uint8:
-            raise ValueError(f"expected ({self.in_hw[0]}, {self.in_hw[1]}, 3) uint8 RGB, got {image.shape} {image.dtype}")
+            h, w = self.in_hw
+            raise ValueError(f"expected ({h}, {w}, 3) uint8 RGB, got {image.shape} {image.dtype}")
         for c in range(3):
             np.take(self._luts[c], image[..., c], out=self._mapped)
             self._resize(self._mapped, out=self.output[0, c])

@@ -212,7 +212,9 @@ def grid_to_pixels(grid: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return torch.stack(((grid[..., 0] + 1.0) * (w - 1) / 2.0, (grid[..., 1] + 1.0) * (h - 1) / 2.0), dim=-1)
 
 
-def sample(values: torch.Tensor, grid: torch.Tensor, *, mode: Literal["bilinear", "nearest"] = "bilinear") -> torch.Tensor:
+def sample(
+    values: torch.Tensor, grid: torch.Tensor, *, mode: Literal["bilinear", "nearest"] = "bilinear"
+) -> torch.Tensor:
     """``grid_sample`` with the reference settings (zeros padding, align_corners=True).
 
     Args:
