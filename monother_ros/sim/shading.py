@@ -212,7 +212,7 @@ class Hits:
     def object_values(self, col: int, default: float) -> np.ndarray:
         """Full-block float32 array of one object parameter column (``default`` off objects)."""
         out = np.full(self.prim.shape, np.float32(default), dtype=np.float32)
-        out.ravel()[self.surf.idx] = self.surf.rows[:, col]
+        out.ravel()[self.surf.idx] = self.surf.col(col)
         return out
 
 
@@ -251,18 +251,17 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     mat.ravel()[gidx] = ground_fn(px.ravel()[gidx], py.ravel()[gidx])
     cos_inc = np.abs(surf.nx * dx + surf.ny * dy + surf.nz * dz) / norm
     footprint = dist / (np.float32(focal_px) * np.maximum(cos_inc, np.float32(0.12)))
-    rows = surf.rows
     # Texture coordinates (s, w): ground and horizontal faces use (x, y); vertical faces use the
     # distance along the face from its corner (s) and the height (w).
     s = surf.lx.copy()
     w = surf.ly.copy()
     vert = surf.vertical
-    s_o = np.where(surf.on_x, surf.ly.ravel()[idx] + rows[:, COL_HY], surf.lx.ravel()[idx] + rows[:, COL_HX])
+    s_o = np.where(surf.on_x, surf.ly.ravel()[idx] + surf.col(COL_HY), surf.lx.ravel()[idx] + surf.col(COL_HX))
     vidx = idx[vert]
     s.ravel()[vidx] = s_o[vert]
     w.ravel()[vidx] = pz.ravel()[vidx]
     off = np.zeros(prim.shape, np.float32)
-    off.ravel()[idx] = np.mod(rows[:, COL_HASH], np.float32(256.0))
+    off.ravel()[idx] = np.mod(surf.col(COL_HASH), np.float32(256.0))
     scale = MATERIAL_SCALE[mat]
     inv = np.float32(1.0) / scale
     su, sv = s * inv + off, w * inv + off * np.float32(0.37)
@@ -284,21 +283,22 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     wall = building & vert
     if wall.any():
         k = np.flatnonzero(wall)
-        r = rows[k]
+        pk = surf.pid[k]
+        col = lambda c, pk=pk: surf.table[c][pk]  # noqa: E731
         sw, wz, fp = s_all[idx[k]], pz_o[k], fp_o[k]
-        cs = sw / r[:, COL_WIN_SX]
-        cw = (wz - np.float32(0.6)) / r[:, COL_WIN_SZ]
+        cs = sw / col(COL_WIN_SX)
+        cw = (wz - np.float32(0.6)) / col(COL_WIN_SZ)
         fcs, fcw = np.floor(cs), np.floor(cw)
         fs, fw = cs - fcs, cw - fcw
-        frac = r[:, COL_WIN_FRAC]
-        upper = (wz > 3.4) & (wz < r[:, COL_Z1] - 0.7) & (fw > 0.3) & (fw < 0.85)
+        frac = col(COL_WIN_FRAC)
+        upper = (wz > 3.4) & (wz < col(COL_Z1) - 0.7) & (fw > 0.3) & (fw < 0.85)
         shop = (wz > 0.5) & (wz < 2.8)
         in_win = (np.abs(fs - np.float32(0.5)) < np.float32(0.5) * frac) & (upper | shop)
         sharp = _fade(fp, 0.8)
         window = sharp * in_win + (np.float32(1.0) - sharp) * frac * np.float32(0.45)
         is_win = window > 0.5
         mat.ravel()[idx[k[is_win]]] = Mat.WINDOW
-        lit_k = is_win & in_win & (_hash01(fcs, fcw, r[:, COL_HASH]) < r[:, COL_LIT])
+        lit_k = is_win & in_win & (_hash01(fcs, fcw, col(COL_HASH)) < col(COL_LIT))
         lit.ravel()[idx[k[lit_k]]] = True
         brick = mat_o[k] == Mat.BRICK
         if brick.any():
@@ -322,10 +322,11 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     car = mat_o == Mat.CAR_PAINT
     if car.any():
         k = np.flatnonzero(car)
-        r = rows[k]
+        pk = surf.pid[k]
+        col = lambda c, pk=pk: surf.table[c][pk]  # noqa: E731
         lxk, lyk = surf.lx.ravel()[idx[k]], surf.ly.ravel()[idx[k]]
-        hx, hy = r[:, COL_HX], r[:, COL_HY]
-        zrel = pz_o[k] - r[:, COL_Z0]
+        hx, hy = col(COL_HX), col(COL_HY)
+        zrel = pz_o[k] - col(COL_Z0)
         onx, ony = surf.on_x[k], surf.on_y[k]
         aly = np.abs(lyk)
         lamp_band = (aly > hy - 0.45) & (aly < hy - 0.1) & (zrel > 0.38) & (zrel < 0.55)
@@ -339,14 +340,14 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
         sub[wheel] = Mat.TIRE
         mat.ravel()[idx[k]] = sub
         hood = (surf.nz.ravel()[idx[k]] > 0.5) & (lxk > 0.3 * hx)
-        aux = r[:, COL_AUX]
+        aux = col(COL_AUX)
         heat = np.where((front & grille) | hood, aux, np.where(wheel, aux * np.float32(0.3), np.float32(0.0)))
         engine.ravel()[idx[k]] = heat
-        lights = ((sub == Mat.HEADLIGHT) | (sub == Mat.TAILLIGHT)) & (r[:, COL_LIT] > 0.5)
+        lights = ((sub == Mat.HEADLIGHT) | (sub == Mat.TAILLIGHT)) & (col(COL_LIT) > 0.5)
         lit.ravel()[idx[k[lights]]] = True
     lamp = mat_o == Mat.LAMP
     if lamp.any():
-        on = lamp & (rows[:, COL_AUX] > 0.5) & (surf.nz.ravel()[idx] < -0.5)
+        on = lamp & (surf.col(COL_AUX) > 0.5) & (surf.nz.ravel()[idx] < -0.5)
         lit.ravel()[idx[on]] = True
     return Hits(prim, dist, dx, dy, dz, norm, px, py, pz, surf, mat, sky, tex, lit, mortar, engine)
 
@@ -436,7 +437,7 @@ def shade_thermal(hits: Hits, params: ScenarioParams) -> np.ndarray:
 class SceneTables:
     """Per-id tables of a primitive set, ground and sky ids included (see ``raycast.padded_params``)."""
 
-    params32: np.ndarray
+    params32: np.ndarray  # (N_COLS, P + 2) float32 columns (raycast.padded_params)
     kinds: np.ndarray
     mat: np.ndarray
 
