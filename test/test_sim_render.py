@@ -174,6 +174,17 @@ def test_trajectory_smooth_and_plausible() -> None:
     assert np.abs(yaw).max() < math.radians(15) and np.abs(np.diff(yaw) / 0.01).max() < math.radians(20)
 
 
+def test_scale_shorthand_renders_resized_camera() -> None:
+    rig = SimRig(0, "day", "urban")
+    half = rig.render_thermal(1.0, scale=0.5, noise=False)
+    same = rig.render_thermal(1.0, rig.thermal_camera.resized(320, 256), noise=False)
+    assert half.counts.shape == (256, 320)
+    np.testing.assert_array_equal(half.counts, same.counts)
+    assert rig.render_rgb(1.0, scale=0.25).rgb.shape == (180, 320, 3)
+    with pytest.raises(ValueError):
+        rig.render_rgb(1.0, rig.rgb_camera, scale=0.5)
+
+
 def test_bad_rig_arguments() -> None:
     with pytest.raises(ValueError, match="scenario"):
         SimRig(0, "dusk", "urban")  # type: ignore[arg-type]

@@ -255,19 +255,21 @@ class SimRig:
         return self._fpn[key]
 
     # --- public sensor API -----------------------------------------------------------------------
-    def render_thermal(self, t: float, camera: PinholeCamera | None = None, *, noise: bool = True) -> ThermalFrame:
+    def render_thermal(self, t: float, camera: PinholeCamera | None = None, *, scale: float | None = None,
+                       noise: bool = True) -> ThermalFrame:
         """Thermal image at time t (seconds).
 
         Args:
             t: simulation time, seconds.
             camera: intrinsics to render with (default ``thermal_camera``; pass ``thermal_camera.resized``
-                for a smaller image: same pose, same scene).
+                for a smaller image: same pose, same scene). Rendering cost scales with the pixel count.
+            scale: shorthand for ``camera=thermal_camera.resized(round(640 * scale), round(512 * scale))``.
             noise: add temporal noise (the fixed pattern and vignetting are always there).
 
         Returns:
             ThermalFrame with counts (H, W) uint16 and depth (H, W) float32 metres (NaN invalid).
         """
-        camera = camera or self.thermal_camera
+        camera = _pick_camera(self.thermal_camera, camera, scale)
         T_world_cam = self.pose(t) @ self.T_base_thermal
         gain, offset = self._thermal_response(camera)
         H, W = camera.height, camera.width
@@ -291,13 +293,14 @@ class SimRig:
         _, depth = self._render(camera, T_world_cam, "thermal", finish)
         return ThermalFrame(counts, depth, float(t))
 
-    def render_rgb(self, t: float, camera: PinholeCamera | None = None, *, noise: bool = True) -> RgbFrame:
+    def render_rgb(self, t: float, camera: PinholeCamera | None = None, *, scale: float | None = None,
+                   noise: bool = True) -> RgbFrame:
         """RGB image at time t (seconds); see ``render_thermal`` for the arguments.
 
         Returns:
             RgbFrame with rgb (H, W, 3) uint8 and depth (H, W) float32 metres (NaN invalid).
         """
-        camera = camera or self.rgb_camera
+        camera = _pick_camera(self.rgb_camera, camera, scale)
         T_world_cam = self.pose(t) @ self.T_base_rgb
         p = self.params
         H, W = camera.height, camera.width
@@ -410,6 +413,16 @@ class SimRig:
         order = {"thermal": 0, "rgb": 1, "lidar": 2}
         events.sort(key=lambda e: (e.stamp_ns, order[e.kind]))
         return events
+
+
+def _pick_camera(native: PinholeCamera, camera: PinholeCamera | None, scale: float | None) -> PinholeCamera:
+    if camera is not None and scale is not None:
+        raise ValueError("pass either camera or scale, not both")
+    if scale is not None:
+        if not (0 < scale <= 4):
+            raise ValueError(f"scale must be in (0, 4], got {scale}")
+        return native.resized(max(1, round(native.width * scale)), max(1, round(native.height * scale)))
+    return camera or native
 
 
 def _tables(prims: Primitives) -> shading.SceneTables:
