@@ -194,7 +194,12 @@ class ProblemTracker:
                 count = self._active[name].count
         if should_log:
             text = f"{name}: {reason}" + (f" ({count} times so far)" if count > 1 else "")
-            (self._log.error if level >= Level.ERROR else self._log.warning)(text)
+            # Two call sites on purpose: rclpy's logger caches the severity per calling line and raises
+            # "Logger severity cannot be changed between calls" if one line logs at two levels.
+            if level >= Level.ERROR:
+                self._log.error(text)
+            else:
+                self._log.warning(text)
 
     def clear(self, name: str) -> bool:
         """Mark ``name`` resolved; returns True if it was active (and logs the recovery)."""
