@@ -79,6 +79,7 @@ from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
 from monother_ros.errors import CalibrationError, ConfigError, MonotherError
 from monother_ros.ros import qos
 from monother_ros.ros.convert import (
+    ENCODINGS,
     ImageDecodeError,
     array_to_image,
     camera_from_info,
@@ -170,6 +171,7 @@ _THERMAL_ENCODINGS = ("mono16", "16UC1", "mono8", "8UC1")
 _RGB_ENCODINGS = ("rgb8", "bgr8")
 _BACKWARD_JUMP_NS = 1_000_000_000  # a stamp older than the previous one by more than this resets pairing
 _RGB_HISTORY = 16
+_RGB_STOPPED_NS = 1_000_000_000  # no RGB frame this long before a thermal frame: the RGB stream stopped
 
 
 @dataclass
@@ -386,7 +388,7 @@ class ThermalDepthNode(Node):
         self._rgb_history: list[tuple[int, Image]] = []
         self._pairs: dict[int, Image] = {}
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
-                         "resets": 0}
+                         "unpaired": 0, "resets": 0}
         self.rate_in = RateMeter()
         self.rate_out = RateMeter()
         self.rate_rgb = RateMeter()
@@ -583,6 +585,10 @@ class ThermalDepthNode(Node):
         self.problems.clear("processing_failed")
 
     def _decode_thermal(self, msg: Image) -> Optional[np.ndarray]:
+        if msg.encoding not in ENCODINGS:
+            self._reject("thermal_unknown_encoding", f"thermal image encoding {msg.encoding!r} is unknown (expected "
+                         f"one of {', '.join(_THERMAL_ENCODINGS)}); frame dropped")
+            return None
         if msg.encoding not in _THERMAL_ENCODINGS:
             self._reject("thermal_bad_encoding", f"thermal image encoding {msg.encoding!r} is not one of "
                          f"{', '.join(_THERMAL_ENCODINGS)}; frame dropped")
@@ -593,7 +599,8 @@ class ThermalDepthNode(Node):
             self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}")
             return None
         if min(image.shape) < 2:
-            self._reject("thermal_zero_size", f"thermal image {msg.width}x{msg.height} is too small; frame dropped")
+            self._reject("thermal_too_small", f"thermal image {msg.width}x{msg.height} is too small (needs 2x2 or "
+                         "more); frame dropped")
             return None
         for name in [n for n in self.problems.active() if n.startswith("thermal_") and n != "thermal_stamp_backwards"]:
             self.problems.clear(name)
@@ -654,14 +661,19 @@ class ThermalDepthNode(Node):
                 rgb = self._rgb_history[k][1] if k is not None else None
             last_rgb = self._rgb_history[-1][0] if self._rgb_history else None
         if rgb is None:
-            gap = "no RGB frame received yet" if last_rgb is None else \
-                f"nearest RGB frame is {abs(stamp_ns - last_rgb) / 1e9:.3f} s away (slop {slop_ns / 1e9:.3f} s)"
-            self.problems.report("rgb_unpaired", f"{gap}: student only", Level.OK)
-        else:
-            self.problems.clear("rgb_unpaired")
+            with self._lock:
+                self.counters["unpaired"] += 1
+            if last_rgb is None:
+                self.problems.report("rgb_missing", "no RGB frame received: thermal frames run on the student only")
+            elif stamp_ns - last_rgb > _RGB_STOPPED_NS:
+                self.problems.report("rgb_stopped", f"the RGB stream stopped {(stamp_ns - last_rgb) / 1e9:.1f} s "
+                                     "before this thermal frame: student only")
+            return None
+        self.problems.clear("rgb_missing")
+        self.problems.clear("rgb_stopped")
         return rgb
 
-    def _teacher_inputs(self, pair: Image, stamp_ns: int, camera):
+    def _teacher_inputs(self, pair: Image, stamp_ns: int, camera, thermal_frame: str):
         """(rgb array in RGB order, rgb camera, T_rgb_thermal) or None (reported)."""
         from monother_ros.ros.tf import TransformError
 
@@ -686,23 +698,30 @@ class ThermalDepthNode(Node):
         except CalibrationError as exc:
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
-        thermal_frame = self._thermal_info.header.frame_id if self._thermal_info is not None else ""
         try:
             T = self.tf_buffer.lookup_transform(pair.header.frame_id, thermal_frame, stamp_ns,
                                                 self.params["teacher.tf_timeout_s"])
         except TransformError as exc:
+            rejected = self.tf_buffer.last_rejection
             self.problems.report("tf_unavailable", f"no RGB-thermal extrinsic at the thermal stamp: {exc}; "
-                                 "student only")
+                                 "student only" + (f" (last TF rejected: {rejected})" if rejected else ""))
             return None
         for name in ("tf_unavailable", "rgb_bad_encoding", "rgb_camera_info_missing", "rgb_camera_info_invalid"):
             self.problems.clear(name)
         return rgb, rgb_camera, T
 
     def _infer(self, thermal: np.ndarray, stamp_ns: int, msg: Image, camera, pair):
-        teacher_in = self._teacher_inputs(pair, stamp_ns, camera) if pair is not None else None
+        teacher_in = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
+        res = None
         if teacher_in is not None:
             rgb, rgb_camera, T = teacher_in
-            res = self.teacher.run(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
+            try:
+                res = self.teacher.run(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
+            except Exception as exc:  # noqa: BLE001 - fall back to the student for this frame
+                self.problems.report("teacher_failed", f"{type(exc).__name__}: {exc}; student only", Level.ERROR)
+                res = None
+        if teacher_in is not None and res is not None:
+            self.problems.clear("teacher_failed")
             with self._lock:
                 self.counters["teacher_runs"] += 1
             if self.params["fusion.enabled"]:
@@ -774,6 +793,7 @@ class ThermalDepthNode(Node):
         if self.teacher is not None:
             report.add_value("teacher", "on" + (" + fusion" if self.params["fusion.enabled"] else ""))
             report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
+            report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
             if self.sync is not None:
                 report.add_value("pairs emitted", self.sync.counters.emitted)
         minimum = self.params["min_output_rate_hz"]
