@@ -190,3 +190,27 @@ def test_bad_rig_arguments() -> None:
         SimRig(0, "dusk", "urban")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="family"):
         SimRig(0, "day", "forest")  # type: ignore[arg-type]
+
+
+def test_ground_shadows_follow_the_sun() -> None:
+    """Ground right behind a tall building (away from the sun) is shaded; shadows exist only by day."""
+    from monother_ros.sim.scene import COL_CX, COL_CY, COL_HX, COL_HY, COL_Z1
+    from monother_ros.sim.shadows import GroundShadows
+
+    rig = SimRig(0, "day", "urban")
+    shadows = rig._shadows
+    assert isinstance(shadows, GroundShadows)
+    assert SimRig(0, "night", "urban")._shadows is None and SimRig(0, "fog", "urban")._shadows is None
+    seg = rig.scene.segment(3)
+    k = int(np.argmax(seg.params[:, COL_Z1]))  # the tallest building of the segment
+    cx, cy, hx, hy, h = seg.params[k, [COL_CX, COL_CY, COL_HX, COL_HY, COL_Z1]]
+    sun = np.array(rig.params.sun)
+    away = -sun[:2] / np.linalg.norm(sun[:2])
+    reach = 0.5 * h * np.linalg.norm(sun[:2]) / sun[2]  # half way along its shadow
+    # Start from the footprint edge facing away from the sun.
+    edge = np.array([cx, cy]) + away * (abs(away[0]) * hx + abs(away[1]) * hy)
+    shaded = edge + away * reach
+    value = shadows.sunlit(np.array([shaded[0]], np.float32), np.array([shaded[1]], np.float32))
+    assert value[0] < 0.05
+    frac = shadows.segment_map(3).mean()  # part of the ground is lit, part shaded
+    assert 0.05 < frac < 0.97

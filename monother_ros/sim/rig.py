@@ -16,6 +16,7 @@ Rendering at a reduced size is done by passing a resized camera (``camera.resize
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -27,6 +28,7 @@ from monother_ros.core.se3 import OPTICAL_FROM_BODY_ROTATION, invert, make_trans
 from monother_ros.sim import raycast, shading
 from monother_ros.sim.scene import FAMILIES, FIRST_OBJECT, GROUND_ID, SKY_ID, Family, Mat, Primitives, Scene
 from monother_ros.sim.shading import SCENARIO_PARAMS, SCENARIOS, Scenario
+from monother_ros.sim.shadows import GroundShadows
 from monother_ros.sim.trajectory import Trajectory
 
 BASE_FRAME = "base_link"
@@ -122,7 +124,14 @@ class SimRig:
         self.seed = int(seed)
         self.scenario = scenario
         self.family = family
-        self.params = SCENARIO_PARAMS[scenario]
+        params = SCENARIO_PARAMS[scenario]
+        if params.solar_scale > 0:
+            # The sun's position varies with the seed (time of day / street orientation): shadows then fall
+            # into the street for some seeds and beside it for others.
+            sun_rng = np.random.default_rng([abs(self.seed), 31337])
+            params = dataclasses.replace(params, sun=shading.sun_direction(
+                float(sun_rng.uniform(-70.0, 70.0)), float(sun_rng.uniform(32.0, 62.0))))
+        self.params = params
         self.scene = Scene(self.seed, family)
         self.trajectory = Trajectory.for_family(family, self.seed)
         # Calibrated-looking intrinsics: principal points off centre, slightly non-square RGB pixels.
@@ -139,6 +148,9 @@ class SimRig:
         self._bank = np.random.default_rng([abs(self.seed), 99]).standard_normal(_NOISE_BANK_SIZE, dtype=np.float32)
         self._fpn: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._response: dict[tuple[str, PinholeCamera], object] = {}
+        # Cast shadows on the ground where the sun shines (day).
+        sun_on = self.params.solar_scale > 0 or max(self.params.sun_rgb) > 0
+        self._shadows = GroundShadows(self.scene, self.params.sun) if sun_on else None
         el = np.radians(np.linspace(-15.0, 15.0, LIDAR_BEAMS))
         self._lidar_az = (np.arange(LIDAR_COLUMNS) * (2 * math.pi / LIDAR_COLUMNS) - math.pi).astype(np.float64)
         self._lidar_dirs = np.stack(
@@ -185,7 +197,8 @@ class SimRig:
             r1 = min(H, r0 + band)
             rs = slice(r0, r1)
             hits = shading.classify(prim[rs], t[rs], rays.dx[rs], rays.dy[rs], rays.dz[rs], rays.norm[rs],
-                                    rays.origin, focal, tables, self.scene.ground_material, self._tile)
+                                    rays.origin, focal, tables, self.scene.ground_material, self._tile,
+                                    self._shadows.sunlit if self._shadows is not None else None)
             if mode == "thermal":
                 values = shading.shade_thermal(hits, self.params)[None]
             else:

@@ -102,22 +102,23 @@ class ScenarioParams:
     thermal_beta: float
 
 
-def _sun(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, float]:
+def sun_direction(azimuth_deg: float, elevation_deg: float) -> tuple[float, float, float]:
+    """Unit vector towards the sun: azimuth from world +x towards +y, elevation above the horizon."""
     a, e = math.radians(azimuth_deg), math.radians(elevation_deg)
     return (math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e))
 
 
 SCENARIO_PARAMS: dict[str, ScenarioParams] = {
     "day": ScenarioParams(
-        "day", _sun(35.0, 38.0), (1.0, 0.96, 0.88), (0.30, 0.34, 0.42), (0.72, 0.80, 0.90), (0.30, 0.48, 0.82),
+        "day", sun_direction(35.0, 38.0), (1.0, 0.96, 0.88), (0.30, 0.34, 0.42), (0.72, 0.80, 0.90), (0.30, 0.48, 0.82),
         (0.70, 0.76, 0.85), 0.0025, 1.0, 0.004, 0.0004, False,
         24.0, 1.0, 1.0, 1.0, -25.0, 5.0, 0.002),
     "night": ScenarioParams(
-        "night", _sun(35.0, -30.0), (0.0, 0.0, 0.0), (0.006, 0.007, 0.010), (0.010, 0.009, 0.010),
+        "night", sun_direction(35.0, -30.0), (0.0, 0.0, 0.0), (0.006, 0.007, 0.010), (0.010, 0.009, 0.010),
         (0.002, 0.003, 0.006), (0.008, 0.007, 0.007), 0.002, 2.5, 0.004, 0.002, True,
         10.0, 0.0, 1.0, 0.0, -35.0, -5.0, 0.002),
     "fog": ScenarioParams(
-        "fog", _sun(35.0, 20.0), (0.0, 0.0, 0.0), (0.62, 0.64, 0.66), (0.66, 0.68, 0.70), (0.62, 0.64, 0.67),
+        "fog", sun_direction(35.0, 20.0), (0.0, 0.0, 0.0), (0.62, 0.64, 0.66), (0.66, 0.68, 0.70), (0.62, 0.64, 0.67),
         (0.66, 0.68, 0.70), 0.055, 1.05, 0.006, 0.0006, True,
         8.0, 0.35, 0.6, 0.0, 4.0, 7.0, 0.008),
 }
@@ -189,7 +190,8 @@ class Hits:
         surf: normals and object-local coordinates; mat: int16 material ids after pattern overrides
         (windows, roofs, car lights, tyres, grille); sky: bool; tex: float32 surface texture (~N(0, 1));
         lit: bool, a lit emitter (window, car light, lamp); mortar: float32 0-1 mortar / joint lines;
-        engine: float32 extra heat of running engines (K).
+        engine: float32 extra heat of running engines (K); sunlit: float32 0-1, 0 where the ground lies in
+        an object's shadow (None: no shadows computed).
     """
 
     prim: np.ndarray
@@ -208,6 +210,7 @@ class Hits:
     lit: np.ndarray
     mortar: np.ndarray
     engine: np.ndarray
+    sunlit: np.ndarray | None = None
 
     def object_values(self, col: int, default: float) -> np.ndarray:
         """Full-block float32 array of one object parameter column (``default`` off objects)."""
@@ -225,7 +228,7 @@ def _fade(footprint: np.ndarray, size) -> np.ndarray:
 
 def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
              norm: np.ndarray, origin: np.ndarray, focal_px: float, scene_tables: "SceneTables",
-             ground_fn, tile: np.ndarray) -> Hits:
+             ground_fn, tile: np.ndarray, shadow_fn=None) -> Hits:
     """Hit points, normals, material ids (with windows, roofs, car details) and surface texture.
 
     Args:
@@ -235,6 +238,7 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
         focal_px: focal length in pixels (for the pixel footprint that fades fine patterns out).
         scene_tables: per-primitive tables of the primitives ``prim`` refers to.
         ground_fn: ``(x, y) -> material ids`` of the ground.
+        shadow_fn: ``(x, y) -> sunlit fraction`` of ground points (None: no cast shadows).
         tile: noise tile from ``make_noise_tile``.
     """
     sky = prim == SKY_ID
@@ -349,7 +353,11 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     if lamp.any():
         on = lamp & (surf.col(COL_AUX) > 0.5) & (surf.nz.ravel()[idx] < -0.5)
         lit.ravel()[idx[on]] = True
-    return Hits(prim, dist, dx, dy, dz, norm, px, py, pz, surf, mat, sky, tex, lit, mortar, engine)
+    sunlit = None
+    if shadow_fn is not None and gidx.size:
+        sunlit = np.ones(prim.shape, np.float32)
+        sunlit.ravel()[gidx] = shadow_fn(px.ravel()[gidx], py.ravel()[gidx])
+    return Hits(prim, dist, dx, dy, dz, norm, px, py, pz, surf, mat, sky, tex, lit, mortar, engine, sunlit)
 
 
 def sky_radiance(params: ScenarioParams, elevation: np.ndarray) -> list[np.ndarray]:
@@ -365,6 +373,8 @@ def shade_rgb(hits: Hits, params: ScenarioParams, lamp_irradiance: np.ndarray | 
     sun = params.sun
     ndl = np.maximum(surf.nx * np.float32(sun[0]) + surf.ny * np.float32(sun[1]) + surf.nz * np.float32(sun[2]),
                      np.float32(0.0))
+    if hits.sunlit is not None:
+        ndl *= hits.sunlit
     hemi = np.float32(0.6) + np.float32(0.4) * surf.nz
     # Contact darkening: the lowest half metre of walls and objects sees less sky.
     occl = np.minimum(np.float32(0.55) + np.maximum(hits.pz, np.float32(0.0)) * np.float32(0.9), np.float32(1.0))
@@ -412,6 +422,8 @@ def shade_thermal(hits: Hits, params: ScenarioParams) -> np.ndarray:
         sun = params.sun
         ndl = np.maximum(surf.nx * np.float32(sun[0]) + surf.ny * np.float32(sun[1]) + surf.nz * np.float32(sun[2]),
                          np.float32(0.0))
+        if hits.sunlit is not None:
+            ndl *= hits.sunlit  # shaded ground does not heat up
         temp += np.float32(params.solar_scale) * table[M_SOLAR][mat] * (ndl - np.float32(0.5))
     temp += table[M_TTEX][mat] * hits.tex * np.float32(0.6) - np.float32(0.6) * hits.mortar
     temp += hits.engine
