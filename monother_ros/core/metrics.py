@@ -24,7 +24,7 @@ import numpy as np
 
 from monother_ros.core.preprocess import resize_depth
 
-__all__ = ["METRIC_KEYS", "compute_errors", "compute_metrics", "MetricAccumulator"]
+__all__ = ["METRIC_KEYS", "compute_errors", "compute_metrics", "MetricAccumulator", "pixel_sums", "metrics_from_sums"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,30 @@ def _from_sums(s: np.ndarray) -> dict[str, float]:
         # max(., 0): E[e^2] - E[e]^2 can round to a tiny negative for a constant error.
         "silog": math.sqrt(max(mean_e2 - mean_e * mean_e, 0.0)) * 100.0,
     }
+
+
+def pixel_sums(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Sufficient statistics of matched valid samples: a (10,) float64 vector, additive over pixels and
+    frames (sum two frames' vectors to pool them); :func:`metrics_from_sums` turns it into metrics.
+
+    Args:
+        gt, pred: same-shape arrays of positive depths (metres), already masked and clamped.
+    """
+    gt = np.asarray(gt).ravel()
+    pred = np.asarray(pred).ravel()
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt shape {gt.shape} != pred shape {pred.shape}")
+    return _sums(gt, pred)
+
+
+def metrics_from_sums(sums: np.ndarray) -> dict[str, float]:
+    """:data:`METRIC_KEYS` from a :func:`pixel_sums` vector (pixel-pooled); ``ValueError`` when empty."""
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.shape != (10,):
+        raise ValueError(f"expected a (10,) sums vector, got {sums.shape}")
+    if sums[0] <= 0:
+        raise ValueError("no samples")
+    return {k: float(v) for k, v in _from_sums(sums).items()}
 
 
 def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -137,6 +137,15 @@ class BagReader:
         return out
 
     @property
+    def custom_data(self) -> dict[str, str]:
+        """The bag metadata's ``custom_data`` (rosbag2 metadata v6+; ``ros2 bag record --custom-data``), or {}."""
+        # rosbags keeps it on the directory reader (``Reader.storage.metadata.custom``); single storage
+        # files have no metadata.yaml and so no custom data.
+        holder = getattr(self._reader, "storage", self._reader)
+        metadata = getattr(holder, "metadata", None)
+        return dict(getattr(metadata, "custom", None) or {})
+
+    @property
     def start_time_ns(self) -> int:
         return int(self._reader.start_time)
 

@@ -1,0 +1,896 @@
+"""Offline evaluation of depth models on rosbag2 bags: frames, ground truth, scoring, aggregation.
+
+``evaluate(bags, models, options, out_dir)`` reads every bag once (``bag_reader``), pairs thermal frames
+with ground truth (``ground_truth``), runs every model on each frame with the runtime engine the node uses
+(``runtime.make_backend`` -> ``Engine.infer``: the same percentile normalisation, resize, network,
+resize back, masking), scores the prediction and writes ``metrics.json`` after every bag (``report``).
+
+Scoring protocol of one frame (documented in ``report.md`` too):
+
+1. valid pixels: ground truth finite and strictly inside (min_depth, max_depth) and the prediction finite
+   (the engine writes NaN where its output is invalid; ``coverage`` reports the share of GT pixels with a
+   finite prediction, so a model that refuses pixels is not silently rewarded);
+2. scale alignment on those pixels, in depth (metres) space: ``none`` (metric, default); ``median``:
+   pred * median(gt) / median(pred) (the per-frame median scaling of the monocular-depth protocols);
+   ``lsq``: pred * s + t with (s, t) the least-squares fit to gt (the affine-invariant protocols fit in
+   depth or disparity; here depth);
+3. predictions clamped to [min_depth, max_depth] (the MonoTher / ZoeDepth reference);
+4. the MonoTher metric set (``core.metrics``) per frame; the reported value of a group (bag, condition,
+   all) is the mean over frames (reference ``RunningAverageDict``); distance bins pool the pixels whose GT
+   falls in each bin over all frames of the group;
+5. boundary F1 in the Depth Pro manner (:func:`boundary_f1`), only for dense ground truth.
+
+Everything is deterministic: frames are taken in bag order, models run one after the other on the same
+decoded frame.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+
+import numpy as np
+
+from monother_ros.core.metrics import METRIC_KEYS, metrics_from_sums, pixel_sums
+from monother_ros.errors import BagError, ConfigError, MonotherError
+
+__all__ = [
+    "ALIGN_MODES",
+    "DEFAULT_BINS",
+    "BOUNDARY_THRESHOLDS",
+    "EvalFrame",
+    "EvalOptions",
+    "EvalRun",
+    "FrameScore",
+    "ModelSpec",
+    "Prediction",
+    "Predictor",
+    "ScoreSet",
+    "align_prediction",
+    "boundary_f1",
+    "bag_condition",
+    "evaluate",
+    "iter_frames",
+    "score_frame",
+]
+
+LOG = logging.getLogger(__name__)
+
+ALIGN_MODES: tuple[str, ...] = ("none", "median", "lsq")
+DEFAULT_BINS: tuple[float, ...] = (0.0, 10.0, 20.0, 40.0, 80.0)
+# Depth Pro: 10 depth-ratio thresholds from 5 % to 25 %, weighted by the threshold value.
+BOUNDARY_THRESHOLDS: np.ndarray = np.linspace(1.05, 1.25, 10)
+# Boundary F1 needs neighbouring pixels with ground truth: below this share of valid GT (LiDAR, MS2's
+# filtered projections) it is not computed.
+BOUNDARY_MIN_DENSITY = 0.5
+# Fine bins of the error-vs-distance plot, metres.
+CURVE_BIN_M = 2.0
+CONDITIONS_KNOWN: tuple[str, ...] = ("day", "night", "fog")
+
+
+# ------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to evaluate: display ``name`` and ``path`` (model folder or .onnx)."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """``NAME=PATH`` or ``PATH`` (the name is then the folder / file stem)."""
+        if "=" in text and not Path(text).exists():
+            name, path = text.split("=", 1)
+            if not name or not path:
+                raise ConfigError(f"--model {text!r}: expected NAME=PATH or PATH")
+            return cls(name, Path(path))
+        path = Path(text)
+        return cls(path.stem if path.suffix == ".onnx" else (path.name or str(path)), path)
+
+
+@dataclass
+class EvalOptions:
+    """What and how to evaluate.
+
+    Attributes:
+        thermal_topic, info_topic, tf_topic: input topics.
+        gt_topic: depth image ground truth (used when ``lidar_topic`` is None).
+        lidar_topic: LiDAR ground truth projected into the thermal camera instead.
+        tolerance_ns: max stamp difference frame <-> ground truth (None: 5 ms for images, 50 ms for LiDAR).
+        align: ``none`` | ``median`` | ``lsq``.
+        condition: condition tag for every bag (None: from the bag's metadata, else ``unknown``).
+        min_depth, max_depth: evaluation range, metres.
+        every: evaluate every N-th thermal frame; max_frames: stop after this many per bag (0 = all).
+        bins: distance bin edges, metres (ascending).
+        backend, num_threads: engine options (offline mode).
+        mosaic_frames: frames per bag pictured in the mosaic.
+        boundary: compute boundary F1.
+        progress: show a tqdm bar.
+    """
+
+    thermal_topic: str = "/thermal/image_raw"
+    info_topic: str = "/thermal/camera_info"
+    tf_topic: str = "/tf_static"
+    gt_topic: str = "/gt/depth"
+    lidar_topic: str | None = None
+    tolerance_ns: int | None = None
+    align: str = "none"
+    condition: str | None = None
+    min_depth: float = 1e-3
+    max_depth: float = 80.0
+    every: int = 1
+    max_frames: int = 0
+    bins: tuple[float, ...] = DEFAULT_BINS
+    backend: str = "onnxruntime"
+    num_threads: int | None = None
+    mosaic_frames: int = 3
+    boundary: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for inconsistent options."""
+        if self.align not in ALIGN_MODES:
+            raise ConfigError(f"--align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}")
+        if not (math.isfinite(self.min_depth) and math.isfinite(self.max_depth)) or not 0 <= self.min_depth < self.max_depth:
+            raise ConfigError(f"need 0 <= --min-depth < --max-depth, got {self.min_depth}, {self.max_depth}")
+        if self.every < 1:
+            raise ConfigError(f"--every must be >= 1, got {self.every}")
+        if self.max_frames < 0:
+            raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
+        if len(self.bins) < 2 or any(not (b > a) for a, b in zip(self.bins, self.bins[1:])):
+            raise ConfigError(f"distance bins must be >= 2 ascending edges, got {list(self.bins)}")
+        if self.tolerance_ns is not None and self.tolerance_ns < 0:
+            raise ConfigError(f"GT tolerance must be >= 0, got {self.tolerance_ns} ns")
+
+    @property
+    def gt_source(self) -> str:
+        return "lidar" if self.lidar_topic else "depth"
+
+    @property
+    def truth_topic(self) -> str:
+        return self.lidar_topic or self.gt_topic
+
+    @property
+    def effective_tolerance_ns(self) -> int:
+        from monother_ros.eval.ground_truth import DEFAULT_DEPTH_TOLERANCE_NS, DEFAULT_LIDAR_TOLERANCE_NS
+
+        if self.tolerance_ns is not None:
+            return int(self.tolerance_ns)
+        return DEFAULT_LIDAR_TOLERANCE_NS if self.lidar_topic else DEFAULT_DEPTH_TOLERANCE_NS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thermal_topic": self.thermal_topic, "info_topic": self.info_topic, "tf_topic": self.tf_topic,
+            "gt_source": self.gt_source, "gt_topic": self.truth_topic, "tolerance_ns": self.effective_tolerance_ns,
+            "align": self.align, "condition": self.condition, "min_depth": self.min_depth,
+            "max_depth": self.max_depth, "every": self.every, "max_frames": self.max_frames,
+            "bins": list(self.bins), "backend": self.backend, "boundary": self.boundary,
+        }
+
+
+# --------------------------------------------------------------------------------- frame scoring
+def align_prediction(pred: np.ndarray, gt: np.ndarray, mode: str) -> tuple[np.ndarray, float, float]:
+    """Align predictions to ground truth on matched valid samples (depth space).
+
+    Args:
+        pred, gt: (N,) matched samples, metres (finite, gt > 0).
+        mode: ``none``, ``median`` (scale = median(gt) / median(pred)) or ``lsq`` (scale s and shift t
+            minimising sum (s * pred + t - gt)^2).
+
+    Returns:
+        ``(aligned pred, scale, shift)``.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode == "none":
+        return pred, 1.0, 0.0
+    p = pred.astype(np.float64)
+    g = gt.astype(np.float64)
+    if mode == "median":
+        mp = float(np.median(p))
+        scale = float(np.median(g)) / mp if mp > 0 else 1.0
+        return (p * scale).astype(np.float32), scale, 0.0
+    if mode == "lsq":
+        n = p.size
+        sp, sg = p.sum(), g.sum()
+        spp, spg = float(p @ p), float(p @ g)
+        det = n * spp - sp * sp
+        if n < 2 or abs(det) <= 1e-12 * max(n * spp, 1.0):
+            # Constant prediction: only a shift is identifiable.
+            scale, shift = 1.0, float((sg - sp) / max(n, 1))
+        else:
+            scale = float((n * spg - sp * sg) / det)
+            shift = float((sg - scale * sp) / n)
+        return (p * scale + shift).astype(np.float32), scale, shift
+    raise ValueError(f"unknown alignment {mode!r}; expected one of {ALIGN_MODES}")
+
+
+def _threshold_index(log_ratio: np.ndarray, log_t: np.ndarray) -> np.ndarray:
+    """Number of thresholds strictly below each log-ratio (ratio > t  <=>  t counted), int16.
+
+    Most neighbour pairs are below the smallest threshold: only the others are searched.
+    """
+    out = np.zeros(log_ratio.shape, dtype=np.int16)
+    candidates = np.flatnonzero(log_ratio > log_t[0])
+    if candidates.size:
+        out[candidates] = np.searchsorted(log_t, log_ratio[candidates], side="left")
+    return out
+
+
+def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, *,
+                thresholds: np.ndarray = BOUNDARY_THRESHOLDS) -> float | None:
+    """Scale-invariant boundary F1 (Depth Pro, Bochkovskii et al. 2024, their ``SI_boundary_F1``).
+
+    For a threshold t, pixel i has an occluding contour towards neighbour j (right, left, down, up) when
+    depth_j / depth_i > t (i.e. i is the foreground side; Depth Pro states it on inverse depth). Per
+    direction, precision = |P & G| / max(|P|, 1), recall = |P & G| / max(|G|, 1); both are averaged over
+    the four directions, F1 = 2PR / (P + R) (0 when P + R = 0); the result is the sum over thresholds
+    t = 1.05 ... 1.25 (10 values) of F1(t) weighted by t / sum(t). Only neighbour pairs where both ground
+    truth pixels are valid (and both predictions finite) are considered (our ground truth has holes).
+
+    Args:
+        pred, gt: (H, W) depth, metres (positive where valid).
+        valid: (H, W) bool ground-truth validity (default: finite and > 0).
+        thresholds: depth-ratio thresholds (> 1).
+
+    Returns:
+        The weighted F1 in [0, 1], or None when no neighbour pair is valid.
+    """
+    pred = np.asarray(pred, dtype=np.float32)
+    gt = np.asarray(gt, dtype=np.float32)
+    if pred.shape != gt.shape or pred.ndim != 2:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} must be the same (H, W)")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok_g = (np.isfinite(gt) & (gt > 0)) if valid is None else (np.asarray(valid, bool) & np.isfinite(gt) & (gt > 0))
+        ok = ok_g & np.isfinite(pred) & (pred > 0)
+        lg = np.log(np.where(ok, gt, np.float32(1.0)))
+        lp = np.log(np.where(ok, pred, np.float32(1.0)))
+    log_t = np.log(thresholds)
+    n_t = thresholds.size
+    inter = np.zeros((4, n_t))
+    n_pred = np.zeros((4, n_t))
+    n_gt = np.zeros((4, n_t))
+    any_pair = False
+    for axis in (1, 0):
+        if gt.shape[axis] < 2:
+            continue
+        a = [slice(None)] * 2
+        b = [slice(None)] * 2
+        a[axis] = slice(None, -1)
+        b[axis] = slice(1, None)
+        pair = ok[tuple(a)] & ok[tuple(b)]
+        if not pair.any():
+            continue
+        any_pair = True
+        dg = (lg[tuple(b)] - lg[tuple(a)])[pair]  # log(depth_next / depth_this)
+        dp = (lp[tuple(b)] - lp[tuple(a)])[pair]
+        for k, sign in enumerate((1.0, -1.0)):  # this pixel in front / the next pixel in front
+            kg = _threshold_index(sign * dg, log_t)
+            kp = _threshold_index(sign * dp, log_t)
+            row = (0 if axis == 1 else 2) + k
+            # count(ratio > t_j) = count(index > j): reversed cumulative histogram of the indices.
+            for counts, idx in ((n_gt, kg), (n_pred, kp), (inter, np.minimum(kg, kp))):
+                hist = np.bincount(idx, minlength=n_t + 1)
+                counts[row] = np.cumsum(hist[::-1])[::-1][1:]
+    if not any_pair:
+        return None
+    recall = np.mean(inter / np.maximum(n_gt, 1), axis=0)
+    precision = np.mean(inter / np.maximum(n_pred, 1), axis=0)
+    denom = precision + recall
+    f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
+    weights = thresholds / thresholds.sum()
+    return float(np.sum(f1 * weights))
+
+
+@dataclass
+class FrameScore:
+    """One frame's score for one model.
+
+    Attributes:
+        metrics: :data:`METRIC_KEYS` of the frame.
+        sums: pixel sums (``core.metrics.pixel_sums``) per distance bin, (n_bins, 10).
+        curve: per fine distance bin (``CURVE_BIN_M``): (n, sum |d|, sum |d| / gt), shape (3, n_fine).
+        boundary_f1: Depth Pro boundary F1 or None (sparse GT / no pairs / disabled).
+        pixels: valid pixels scored; gt_pixels: pixels with valid GT; coverage = pixels / gt_pixels.
+        scale, shift: the alignment applied.
+    """
+
+    metrics: dict[str, float]
+    sums: np.ndarray
+    curve: np.ndarray
+    boundary_f1: float | None
+    pixels: int
+    gt_pixels: int
+    scale: float
+    shift: float
+
+    @property
+    def coverage(self) -> float:
+        return self.pixels / self.gt_pixels if self.gt_pixels else 0.0
+
+
+def score_frame(pred: np.ndarray, gt: np.ndarray, options: EvalOptions) -> tuple[FrameScore | None, np.ndarray | None]:
+    """Score one prediction against its ground truth.
+
+    Args:
+        pred: (H, W) float32 metres, NaN where the model gave nothing (resized to gt's size if needed).
+        gt: (H, W) float32 metres, NaN / <= 0 where there is no ground truth.
+        options: range, alignment, bins, boundary.
+
+    Returns:
+        ``(score, the aligned and clamped prediction (H, W), NaN where the model gave nothing)``, or
+        ``(None, None)`` when no pixel can be scored.
+    """
+    gt = np.asarray(gt, dtype=np.float32)
+    pred = np.asarray(pred, dtype=np.float32)
+    if pred.shape != gt.shape:
+        from monother_ros.core.preprocess import resize_depth
+
+        pred = resize_depth(pred, gt.shape)
+    lo, hi = options.min_depth, options.max_depth
+    with np.errstate(invalid="ignore"):
+        gt_ok = np.isfinite(gt) & (gt > lo) & (gt < hi)
+    gt_pixels = int(np.count_nonzero(gt_ok))
+    valid = gt_ok & np.isfinite(pred)
+    n = int(np.count_nonzero(valid))
+    if n == 0:
+        return None, None
+    g = gt[valid]
+    p, scale, shift = align_prediction(pred[valid], g, options.align)
+    p = np.clip(p, lo, hi).astype(np.float32)
+    edges = np.asarray(options.bins, dtype=np.float32)
+    bin_idx = np.searchsorted(edges, g, side="right") - 1  # bin k = [e_k, e_k+1)
+    sums = np.zeros((edges.size - 1, 10))
+    # One pass over the pixels: the frame's sums are the bins' sums plus those of pixels outside the bins.
+    for k in range(edges.size - 1):
+        sel = bin_idx == k
+        if sel.any():
+            sums[k] = pixel_sums(g[sel], p[sel])
+    total = sums.sum(axis=0)
+    outside = (bin_idx < 0) | (bin_idx >= edges.size - 1)
+    if outside.any():
+        total = total + pixel_sums(g[outside], p[outside])
+    metrics = metrics_from_sums(total)
+    n_fine = int(math.ceil(hi / CURVE_BIN_M))
+    fine = np.minimum((g / CURVE_BIN_M).astype(np.int64), n_fine - 1)
+    err = np.abs(p.astype(np.float64) - g)
+    curve = np.stack([np.bincount(fine, minlength=n_fine).astype(np.float64),
+                      np.bincount(fine, weights=err, minlength=n_fine),
+                      np.bincount(fine, weights=err / g, minlength=n_fine)])
+    # The whole prediction with the frame's alignment and clamping (NaN stays NaN): for the boundary
+    # metric and the pictures.
+    aligned = pred if options.align == "none" else pred * np.float32(scale) + np.float32(shift)
+    aligned = np.clip(aligned, lo, hi)
+    bf1 = None
+    if options.boundary and gt_pixels >= BOUNDARY_MIN_DENSITY * gt.size:
+        bf1 = boundary_f1(aligned, gt, gt_ok)
+    return FrameScore(metrics, sums, curve, bf1, n, gt_pixels, scale, shift), aligned
+
+
+# ----------------------------------------------------------------------------------- aggregation
+def _stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "max": float(a.max()), "n": int(a.size)}
+
+
+class ScoreSet:
+    """Running aggregate of frame scores for one group (model x bag, model x condition, model overall).
+
+    Args:
+        bins: distance bin edges, metres.
+    """
+
+    def __init__(self, bins: Sequence[float]) -> None:
+        self.bins = tuple(float(b) for b in bins)
+        self.frames = 0
+        self.without_gt = 0
+        self.unscored = 0  # GT present but no pixel with both GT and a finite prediction
+        self.dropped = 0  # live mode: frames the node did not answer
+        self._metric_sum = np.zeros(len(METRIC_KEYS))
+        self._bin_sums = np.zeros((len(self.bins) - 1, 10))
+        self.curve: np.ndarray | None = None
+        self._bf1: list[float] = []
+        self._coverage: list[float] = []
+        self._scale: list[float] = []
+        self.pixels = 0
+        self.timings: dict[str, list[float]] = {}
+
+    def add(self, score: FrameScore) -> None:
+        self.frames += 1
+        self._metric_sum += np.array([score.metrics[k] for k in METRIC_KEYS])
+        self._bin_sums += score.sums
+        self.curve = score.curve.copy() if self.curve is None else self.curve + score.curve
+        if score.boundary_f1 is not None:
+            self._bf1.append(score.boundary_f1)
+        self._coverage.append(score.coverage)
+        self._scale.append(score.scale)
+        self.pixels += score.pixels
+
+    def add_timing(self, timings: dict[str, float]) -> None:
+        for key, value in timings.items():
+            if value is not None and math.isfinite(value):
+                self.timings.setdefault(key, []).append(float(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (see ``report.METRICS_SCHEMA``)."""
+        metrics = {k: float(v) for k, v in zip(METRIC_KEYS, self._metric_sum / self.frames)} if self.frames else None
+        bins = []
+        for k in range(len(self.bins) - 1):
+            s = self._bin_sums[k]
+            bins.append({"range_m": [self.bins[k], self.bins[k + 1]], "pixels": int(s[0]),
+                         "metrics": metrics_from_sums(s) if s[0] > 0 else None})
+        return {
+            "frames_scored": self.frames,
+            "frames_without_gt": self.without_gt,
+            "frames_unscored": self.unscored,
+            "frames_dropped": self.dropped,
+            "pixels": self.pixels,
+            "coverage": float(np.mean(self._coverage)) if self._coverage else None,
+            "metrics": metrics,
+            "bins": bins,
+            "boundary_f1": float(np.mean(self._bf1)) if self._bf1 else None,
+            "boundary_f1_frames": len(self._bf1),
+            "scale": _stats(self._scale),
+            "timing_ms": {k: _stats(v) for k, v in sorted(self.timings.items())},
+        }
+
+
+# ------------------------------------------------------------------------------------- frames
+@dataclass
+class EvalFrame:
+    """A thermal frame with its ground truth.
+
+    Attributes:
+        index: thermal message ordinal in the bag (0-based, before ``every``).
+        stamp_ns: header stamp.
+        thermal: (H, W) uint16/uint8 raw image.
+        gt: (H, W) float32 metres NaN invalid, or None (no GT within the tolerance).
+        gt_stamp_ns: stamp of the matched GT message or None.
+    """
+
+    index: int
+    stamp_ns: int
+    thermal: np.ndarray
+    gt: np.ndarray | None
+    gt_stamp_ns: int | None
+
+
+@dataclass
+class BagInfo:
+    """What is known about a bag before scoring."""
+
+    path: Path
+    name: str
+    condition: str = "unknown"
+    condition_source: str = "none"
+    duration_s: float = 0.0
+    thermal_messages: int = 0
+    expected_frames: int = 0
+    rig_info: dict = field(default_factory=dict)
+
+
+def bag_condition(bag: Any) -> tuple[str, str, dict]:
+    """``(condition, source, rig info)`` of an open ``BagReader``.
+
+    The simulator (``sim.bag``) and ``import-ms2`` store a JSON description with a ``scenario`` key on
+    ``/rig/info`` (std_msgs/String) and in the metadata's ``custom_data['monother.rig']``.
+    """
+    from monother_ros.sim.bag import CUSTOM_DATA_KEY, TOPIC_INFO
+
+    text = bag.custom_data.get(CUSTOM_DATA_KEY)
+    source = "metadata"
+    if not text and TOPIC_INFO in bag.topics:
+        try:
+            text = bag.first_message(TOPIC_INFO).msg.data
+            source = TOPIC_INFO
+        except BagError as exc:
+            LOG.warning("%s: cannot read %s: %s", bag.path, TOPIC_INFO, exc)
+    if not text:
+        return "unknown", "none", {}
+    try:
+        info = json.loads(text)
+    except ValueError:
+        LOG.warning("%s: rig info is not JSON; condition unknown", bag.path)
+        return "unknown", "none", {}
+    scenario = info.get("scenario") or info.get("condition")
+    return (str(scenario), source, info) if scenario else ("unknown", "none", info)
+
+
+def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
+    """Topic checks and metadata of an open ``BagReader``.
+
+    Raises:
+        BagError: the thermal or ground-truth topic (or, for LiDAR, camera_info / TF) is missing.
+    """
+    needed = [options.thermal_topic, options.truth_topic]
+    if options.lidar_topic:
+        needed += [options.info_topic, options.tf_topic]
+    bag.require_topics(*needed)
+    info = BagInfo(Path(bag.path), name)
+    condition, source, rig = bag_condition(bag)
+    if options.condition:
+        condition, source = options.condition, "option"
+    info.condition, info.condition_source, info.rig_info = condition, source, rig
+    info.duration_s = max(0.0, (bag.end_time_ns - bag.start_time_ns) * 1e-9)
+    info.thermal_messages = bag.topics[options.thermal_topic].count
+    n = math.ceil(info.thermal_messages / options.every)
+    info.expected_frames = min(n, options.max_frames) if options.max_frames else n
+    return info
+
+
+def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
+    """Thermal frames of an open ``BagReader`` (every ``options.every``-th, at most ``max_frames``) with
+    their ground truth, in bag order.
+
+    Raises:
+        BagError: truncated / corrupt storage, undecodable messages, missing TF for LiDAR.
+    """
+    from monother_ros.eval.bag_reader import camera_info_to_pinhole, image_to_numpy, pointcloud2_to_array
+    from monother_ros.eval.ground_truth import StampMatcher, depth_image_to_metres, project_points
+
+    tree = bag.static_transforms(options.tf_topic) if options.lidar_topic else None
+    matcher: StampMatcher = StampMatcher(options.effective_tolerance_ns)
+    topics = [options.thermal_topic, options.truth_topic]
+    if options.lidar_topic:
+        topics.append(options.info_topic)
+    camera = None
+    extrinsics: dict[tuple[str, str], np.ndarray] = {}
+    projected: dict[int, np.ndarray] = {}
+    ordinal = 0
+    taken = 0
+    done = False
+
+    def resolve(item: Any, truth: Any, truth_stamp: int | None) -> EvalFrame:
+        index, stamp, image, cam, frame_id = item
+        gt = None
+        if truth is not None:
+            if options.lidar_topic:
+                key = int(truth_stamp)  # several thermal frames share one scan: project once
+                if key not in projected:
+                    if cam is None:
+                        raise BagError(f"bag {bag.path}: no {options.info_topic} before thermal frame {index}; "
+                                       "cannot project LiDAR")
+                    pair = (frame_id, truth.header.frame_id)
+                    if pair not in extrinsics:
+                        extrinsics[pair] = tree.lookup(*pair)
+                    points = pointcloud2_to_array(truth, ("x", "y", "z"))
+                    projected.clear()
+                    projected[key] = project_points(points, cam, extrinsics[pair])
+                gt = projected[key]
+                if gt.shape != image.shape:
+                    raise BagError(f"camera_info size {gt.shape[::-1]} differs from thermal image {image.shape[::-1]}")
+            else:
+                gt = depth_image_to_metres(image_to_numpy(truth), truth.encoding)
+                if gt.shape != image.shape:
+                    raise BagError(f"bag {bag.path}: {options.gt_topic} is {gt.shape[1]}x{gt.shape[0]}, the thermal "
+                                   f"image {image.shape[1]}x{image.shape[0]}; ground truth must be in the thermal camera")
+        return EvalFrame(index, stamp, image, gt, truth_stamp)
+
+    for message in bag.messages(topics):
+        if message.topic == options.thermal_topic:
+            n = ordinal
+            ordinal += 1
+            if done or n % options.every:
+                continue
+            image = image_to_numpy(message.msg)
+            if image.ndim != 2:
+                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding {message.msg.encoding}; expected mono16/mono8")
+            matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
+            taken += 1
+            if options.max_frames and taken >= options.max_frames:
+                done = True
+        elif message.topic == options.info_topic:
+            if camera is None or camera.width != message.msg.width or not np.allclose(camera.K, np.asarray(message.msg.k).reshape(3, 3)):
+                camera = camera_info_to_pinhole(message.msg)
+        else:
+            matcher.add_truth(message.stamp_ns, message.msg)
+        for item, truth, truth_stamp in matcher.ready():
+            yield resolve(item, truth, truth_stamp)
+        if done and matcher.pending == 0:
+            return
+    for item, truth, truth_stamp in matcher.finish():
+        yield resolve(item, truth, truth_stamp)
+
+
+# ------------------------------------------------------------------------------------ predictors
+@dataclass
+class Prediction:
+    """A model's output for a frame: depth (H, W) metres NaN invalid, confidence or None, timings (ms)."""
+
+    depth: np.ndarray
+    confidence: np.ndarray | None
+    timings: dict[str, float]
+
+
+class Predictor(Protocol):
+    """Gives predictions for frames (an engine offline, a recording of the node live)."""
+
+    name: str
+
+    def predict(self, frame: EvalFrame) -> Prediction | None:
+        """The prediction for ``frame``, or None when there is none (live: dropped)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class EnginePredictor:
+    """Runs a runtime engine (``Engine.infer``: the node's preprocessing, network and postprocessing)."""
+
+    def __init__(self, name: str, path: Path, engine: Any) -> None:
+        self.name, self.path, self.engine = name, Path(path), engine
+
+    @classmethod
+    def load(cls, spec: ModelSpec, options: EvalOptions) -> "EnginePredictor":
+        """Build the engine (``runtime.make_backend``); raises ``MonotherError`` subclasses on failure."""
+        from monother_ros.runtime import make_backend
+
+        if not spec.path.exists():
+            raise ConfigError(f"model {spec.name}: {spec.path} does not exist")
+        engine = make_backend(spec.path, options.backend, num_threads=options.num_threads)  # type: ignore[arg-type]
+        return cls(spec.name, spec.path, engine)
+
+    def predict(self, frame: EvalFrame) -> Prediction:
+        result = self.engine.infer(frame.thermal)
+        return Prediction(result.depth, result.confidence, dict(result.timings))
+
+    def describe(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {"path": str(self.path), "backend": info.backend, "precision": info.precision,
+                "model_name": info.model_name, "model_hash": info.model_hash, "input_hw": list(info.input_hw),
+                "has_confidence": info.has_confidence, "status": "ok"}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# ------------------------------------------------------------------------------------ the run
+@dataclass
+class SampledFrame:
+    """A frame kept for the mosaic: thermal, GT and per model (pred aligned, confidence)."""
+
+    bag: str
+    index: int
+    thermal: np.ndarray
+    gt: np.ndarray
+    outputs: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRun:
+    """Everything a run produced (``report`` writes it)."""
+
+    mode: str
+    options: EvalOptions
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_bag: dict[tuple[str, str], ScoreSet] = field(default_factory=dict)
+    per_condition: dict[tuple[str, str], ScoreSet] = field(default_factory=dict)
+    overall: dict[str, ScoreSet] = field(default_factory=dict)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    samples: dict[str, list[SampledFrame]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frames_scored(self) -> int:
+        return sum(s.frames for s in self.overall.values())
+
+    def sets_for(self, model: str, bag: str, condition: str) -> list[ScoreSet]:
+        bins = self.options.bins
+        out = []
+        for table, key in ((self.per_bag, (model, bag)), (self.per_condition, (model, condition))):
+            if key not in table:
+                table[key] = ScoreSet(bins)
+            out.append(table[key])
+        if model not in self.overall:
+            self.overall[model] = ScoreSet(bins)
+        out.append(self.overall[model])
+        return out
+
+
+def _unique_name(path: Path, taken: dict[str, Any]) -> str:
+    base = path.name or str(path)
+    for suffix in (".mcap", ".db3"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def _sample_positions(expected: int, count: int) -> set[int]:
+    if expected <= 0 or count <= 0:
+        return set()
+    return set(np.linspace(0, expected - 1, min(count, expected)).round().astype(int).tolist())
+
+
+def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], *,
+                 on_frame: Callable[[], None] | None = None, progress: Any = None) -> None:
+    """Score every predictor on one bag, updating ``run`` (errors are recorded, not raised)."""
+    from monother_ros.eval.bag_reader import BagReader
+
+    options = run.options
+    name = _unique_name(Path(bag_path), run.bags)
+    entry: dict[str, Any] = {"path": str(bag_path), "status": "ok", "error": None, "partial": False}
+    run.bags[name] = entry
+    t_start = time.perf_counter()
+    try:
+        bag = BagReader(bag_path)
+    except MonotherError as exc:
+        entry.update(status="error", error=str(exc))
+        run.errors.append(str(exc))
+        LOG.error("%s", exc)
+        return
+    with bag:
+        try:
+            info = open_bag_info(bag, options, name)
+        except MonotherError as exc:
+            entry.update(status="error", error=str(exc))
+            run.errors.append(str(exc))
+            LOG.error("%s", exc)
+            return
+        entry.update(condition=info.condition, condition_source=info.condition_source, duration_s=info.duration_s,
+                     thermal_messages=info.thermal_messages, expected_frames=info.expected_frames,
+                     rig_info=info.rig_info)
+        if progress is not None:
+            progress.total = (progress.total or 0) + info.expected_frames
+            progress.set_description(name[:24])
+        samples_at = _sample_positions(info.expected_frames, options.mosaic_frames)
+        position = 0
+        frames_read = 0
+        # Scoring runs in one worker thread while the engine infers the next frame (numpy releases the
+        # GIL on large arrays); results are folded in submission order, so the run stays deterministic.
+        pending: deque[tuple[Future, dict[str, Any], list[ScoreSet], Prediction, SampledFrame | None, str]] = deque()
+
+        def fold_one() -> None:
+            future, record, sets, prediction, sample, model = pending.popleft()
+            score, aligned = future.result()
+            for s in sets:
+                s.add_timing(prediction.timings)
+                if score is None:
+                    s.unscored += 1
+                else:
+                    s.add(score)
+            if score is not None:
+                record.update({k: score.metrics[k] for k in ("abs_rel", "rmse", "a1", "silog")},
+                              boundary_f1=score.boundary_f1, coverage=score.coverage, scale=score.scale)
+                if sample is not None:
+                    sample.outputs[model] = (aligned, prediction.confidence)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-score") as pool:
+            try:
+                for frame in iter_frames(bag, options):
+                    frames_read += 1
+                    record_base = {"bag": name, "index": frame.index, "stamp_ns": frame.stamp_ns,
+                                   "gt_stamp_ns": frame.gt_stamp_ns}
+                    sample = None
+                    if frame.gt is not None and position in samples_at:
+                        sample = SampledFrame(name, frame.index, frame.thermal.copy(), frame.gt.copy())
+                        run.samples.setdefault(name, []).append(sample)
+                    for predictor in predictors:
+                        sets = run.sets_for(predictor.name, name, info.condition)
+                        record = dict(record_base, model=predictor.name, gt=frame.gt is not None)
+                        run.frames.append(record)
+                        if frame.gt is None:
+                            for s in sets:
+                                s.without_gt += 1
+                            continue
+                        prediction = predictor.predict(frame)
+                        if prediction is None:
+                            for s in sets:
+                                s.dropped += 1
+                            record["dropped"] = True
+                            continue
+                        record.update({k: v for k, v in prediction.timings.items() if k in ("total_ms", "latency_ms")})
+                        future = pool.submit(score_frame, prediction.depth, frame.gt, options)
+                        pending.append((future, record, sets, prediction, sample, predictor.name))
+                        while len(pending) > len(predictors):
+                            fold_one()
+                    if frame.gt is not None:
+                        position += 1
+                    if progress is not None:
+                        progress.update(1)
+                    if on_frame is not None:
+                        on_frame()
+            except MonotherError as exc:
+                # Truncated / corrupt bag: keep what was scored, say where it stopped.
+                msg = f"{exc} (stopped after {frames_read} frame(s); results so far are kept)"
+                entry.update(status="error", error=msg, partial=True)
+                run.errors.append(msg)
+                LOG.error("%s", msg)
+            finally:
+                while pending:
+                    fold_one()
+        entry["frames_read"] = frames_read
+        entry["wall_s"] = time.perf_counter() - t_start
+        if frames_read == 0 and entry["status"] == "ok":
+            entry.update(status="empty", error=f"bag {bag_path}: no thermal frame on {options.thermal_topic}")
+            run.errors.append(entry["error"])
+
+
+def load_predictors(models: Sequence[ModelSpec], options: EvalOptions, run: EvalRun) -> list[Predictor]:
+    """Engines for ``models``; a model that fails to load is recorded in ``run`` and skipped."""
+    predictors: list[Predictor] = []
+    seen: set[str] = set()
+    for spec in models:
+        if spec.name in seen:
+            raise ConfigError(f"two models are named {spec.name!r}; use --model NAME=PATH")
+        seen.add(spec.name)
+        try:
+            predictor = EnginePredictor.load(spec, options)
+        except MonotherError as exc:
+            msg = f"model {spec.name} ({spec.path}) failed to load: {exc}"
+            run.models[spec.name] = {"path": str(spec.path), "status": "error", "error": msg}
+            run.errors.append(msg)
+            LOG.error("%s", msg)
+            continue
+        run.models[spec.name] = predictor.describe()
+        predictors.append(predictor)
+    return predictors
+
+
+def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: EvalOptions, out_dir: str | Path, *,
+             predictors: Sequence[Predictor] | None = None, mode: str = "offline",
+             run: EvalRun | None = None) -> EvalRun:
+    """Evaluate ``models`` (or ready ``predictors``) on ``bags`` and write the outputs into ``out_dir``.
+
+    ``metrics.json`` is rewritten atomically after each bag (so an interrupted run keeps what was scored);
+    ``report.md`` and the pictures are written at the end.
+
+    Raises:
+        ConfigError: bad options, or no model could be loaded.
+        MonotherError: nothing could be scored (the outputs written so far stay).
+    """
+    from monother_ros.eval import report
+
+    options.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = run or EvalRun(mode=mode, options=options)
+    t0 = time.perf_counter()
+    own = predictors is None
+    if predictors is None:
+        predictors = load_predictors(models, options, run)
+    if not predictors:
+        report.write_metrics(run, out)
+        raise ConfigError("no model could be loaded: " + "; ".join(run.errors))
+    bar = None
+    if options.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="frame", desc="eval", leave=True)
+    try:
+        for bag_path in bags:
+            evaluate_bag(run, Path(bag_path), predictors, progress=bar)
+            run.wall_s = time.perf_counter() - t0
+            report.write_metrics(run, out)
+    finally:
+        if bar is not None:
+            bar.close()
+        if own:
+            for predictor in predictors:
+                predictor.close()
+    run.wall_s = time.perf_counter() - t0
+    report.write_all(run, out)
+    if run.frames_scored == 0:
+        raise MonotherError("nothing could be scored: " + ("; ".join(run.errors) or "no frame had ground truth")
+                            + f" (see {out / 'metrics.json'})")
+    return run
