@@ -151,6 +151,9 @@ class SimRig:
         # Cast shadows on the ground where the sun shines (day).
         sun_on = self.params.solar_scale > 0 or max(self.params.sun_rgb) > 0
         self._shadows = GroundShadows(self.scene, self.params.sun) if sun_on else None
+        # Cloud cover varies with the seed; in fog the sky is the fog itself.
+        self._cloud_cover = 0.0 if scenario == "fog" else float(
+            np.random.default_rng([abs(self.seed), 4711]).uniform(0.1, 0.6))
         el = np.radians(np.linspace(-15.0, 15.0, LIDAR_BEAMS))
         self._lidar_az = (np.arange(LIDAR_COLUMNS) * (2 * math.pi / LIDAR_COLUMNS) - math.pi).astype(np.float64)
         self._lidar_dirs = np.stack(
@@ -198,7 +201,7 @@ class SimRig:
             rs = slice(r0, r1)
             hits = shading.classify(prim[rs], t[rs], rays.dx[rs], rays.dy[rs], rays.dz[rs], rays.norm[rs],
                                     rays.origin, focal, tables, self.scene.ground_material, self._tile,
-                                    self._shadows.sunlit if self._shadows is not None else None)
+                                    self._shadows.sunlit if self._shadows is not None else None, self._cloud_cover)
             if mode == "thermal":
                 values = shading.shade_thermal(hits, self.params)[None]
             else:

@@ -162,6 +162,13 @@ def _sample_bilinear(tile: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarr
     return top + (bottom - top) * av
 
 
+def _NORMAL_QUANTILE(p: float) -> float:
+    """Approximate standard normal quantile (the noise tile is ~N(0, 1))."""
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    # Logistic approximation, good to ~0.01 over the range used for cloud cover.
+    return math.log(p / (1 - p)) / 1.702
+
+
 def _hash01(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Deterministic per-cell pseudo-random number in [0, 1) from integer-valued cell coordinates."""
     h = (a.astype(np.int64) * 73856093) ^ (b.astype(np.int64) * 19349663) ^ (c.astype(np.int64) * 83492791)
@@ -191,7 +198,8 @@ class Hits:
         (windows, roofs, car lights, tyres, grille); sky: bool; tex: float32 surface texture (~N(0, 1));
         lit: bool, a lit emitter (window, car light, lamp); mortar: float32 0-1 mortar / joint lines;
         engine: float32 extra heat of running engines (K); sunlit: float32 0-1, 0 where the ground lies in
-        an object's shadow (None: no shadows computed).
+        an object's shadow (None: no shadows computed); cloud: float32 0-1 cloud opacity of sky pixels
+        (None: clear sky).
     """
 
     prim: np.ndarray
@@ -211,6 +219,7 @@ class Hits:
     mortar: np.ndarray
     engine: np.ndarray
     sunlit: np.ndarray | None = None
+    cloud: np.ndarray | None = None
 
     def object_values(self, col: int, default: float) -> np.ndarray:
         """Full-block float32 array of one object parameter column (``default`` off objects)."""
@@ -228,7 +237,7 @@ def _fade(footprint: np.ndarray, size) -> np.ndarray:
 
 def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz: np.ndarray,
              norm: np.ndarray, origin: np.ndarray, focal_px: float, scene_tables: "SceneTables",
-             ground_fn, tile: np.ndarray, shadow_fn=None) -> Hits:
+             ground_fn, tile: np.ndarray, shadow_fn=None, cloud_cover: float = 0.0) -> Hits:
     """Hit points, normals, material ids (with windows, roofs, car details) and surface texture.
 
     Args:
@@ -239,6 +248,7 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
         scene_tables: per-primitive tables of the primitives ``prim`` refers to.
         ground_fn: ``(x, y) -> material ids`` of the ground.
         shadow_fn: ``(x, y) -> sunlit fraction`` of ground points (None: no cast shadows).
+        cloud_cover: fraction of the sky covered by clouds (0: clear).
         tile: noise tile from ``make_noise_tile``.
     """
     sky = prim == SKY_ID
@@ -353,11 +363,27 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     if lamp.any():
         on = lamp & (surf.col(COL_AUX) > 0.5) & (surf.nz.ravel()[idx] < -0.5)
         lit.ravel()[idx[on]] = True
+    cloud = None
+    if cloud_cover > 0:
+        sidx = np.flatnonzero(sky.ravel())
+        if sidx.size:
+            # Clouds on a layer 1.5 km up: the tile sampled where the sky rays cross it (world-fixed, so
+            # both cameras see the same clouds), thresholded to the requested cover.
+            cz = np.maximum(dz.ravel()[sidx] / norm.ravel()[sidx], np.float32(0.02))
+            k = np.float32(1500.0 / 90.0)  # layer height / texel size (m)
+            cu = dx.ravel()[sidx] / norm.ravel()[sidx] / cz * k + np.float32(origin[0] / 90.0)
+            cv = dy.ravel()[sidx] / norm.ravel()[sidx] / cz * k + np.float32(origin[1] / 90.0)
+            n = _sample_bilinear(tile, cu, cv)
+            thresh = np.float32(_NORMAL_QUANTILE(1.0 - cloud_cover))
+            c = np.minimum(np.maximum((n - thresh) * np.float32(1.2), np.float32(0.0)), np.float32(1.0))
+            c *= np.minimum(cz * np.float32(8.0), np.float32(1.0))  # thin out towards the horizon
+            cloud = np.zeros(prim.shape, np.float32)
+            cloud.ravel()[sidx] = c
     sunlit = None
     if shadow_fn is not None and gidx.size:
         sunlit = np.ones(prim.shape, np.float32)
         sunlit.ravel()[gidx] = shadow_fn(px.ravel()[gidx], py.ravel()[gidx])
-    return Hits(prim, dist, dx, dy, dz, norm, px, py, pz, surf, mat, sky, tex, lit, mortar, engine, sunlit)
+    return Hits(prim, dist, dx, dy, dz, norm, px, py, pz, surf, mat, sky, tex, lit, mortar, engine, sunlit, cloud)
 
 
 def sky_radiance(params: ScenarioParams, elevation: np.ndarray) -> list[np.ndarray]:
@@ -387,6 +413,9 @@ def shade_rgb(hits: Hits, params: ScenarioParams, lamp_irradiance: np.ndarray | 
     r_el = (hits.dz - np.float32(2.0) * ndd * surf.nz) / hits.norm
     refl = sky_radiance(params, r_el)
     sky = sky_radiance(params, hits.dz / hits.norm)
+    if hits.cloud is not None:
+        cloud_rgb = (0.85, 0.86, 0.88) if params.sun_rgb[0] > 0 else (0.03, 0.028, 0.026)
+        sky = [s + (np.float32(c) - s) * hits.cloud for s, c in zip(sky, cloud_rgb)]
     tau = np.exp(-np.float32(params.fog_beta) * hits.dist)
     one_minus_tau = np.float32(1.0) - tau
     out = np.empty((3,) + mat.shape, dtype=np.float32)
@@ -442,6 +471,9 @@ def shade_thermal(hits: Hits, params: ScenarioParams) -> np.ndarray:
     app = app * tau + air_k * (np.float32(1.0) - tau)
     elev = np.maximum(hits.dz / hits.norm, np.float32(0.0))
     sky_t = np.float32(params.sky_horizon_c + KELVIN) + np.float32(params.sky_zenith_c - params.sky_horizon_c) * np.sqrt(elev)
+    if hits.cloud is not None:
+        # Clouds are far warmer than the clear sky in LWIR (low clouds: a few K below the air).
+        sky_t = sky_t + (air_k - np.float32(6.0) - sky_t) * hits.cloud
     return np.where(hits.sky, sky_t, app)
 
 
