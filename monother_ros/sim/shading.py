@@ -408,14 +408,23 @@ def shade_rgb(hits: Hits, params: ScenarioParams, lamp_irradiance: np.ndarray | 
     tex = np.float32(1.0) + MATERIAL_TABLE[M_TEX][mat] * hits.tex * np.float32(0.5)
     tex *= np.float32(1.0) - np.float32(0.45) * hits.mortar
     spec = MATERIAL_TABLE[M_SPEC][mat]
-    # Reflected view ray (glass, paint): r = d - 2 (n.d) n; only its elevation matters for the sky.
-    ndd = surf.nx * hits.dx + surf.ny * hits.dy + surf.nz * hits.dz
-    r_el = (hits.dz - np.float32(2.0) * ndd * surf.nz) / hits.norm
-    refl = sky_radiance(params, r_el)
-    sky = sky_radiance(params, hits.dz / hits.norm)
+    # Sky reflected by glass and paint (only where the material reflects): the reflected view ray is
+    # r = d - 2 (n.d) n, and only its elevation matters for the sky.
+    ridx = np.flatnonzero(spec.ravel() > 0)
+    refl: list[np.ndarray] | None = None
+    if ridx.size:
+        nz_r, dz_r = surf.nz.ravel()[ridx], hits.dz.ravel()[ridx]
+        ndd = (surf.nx.ravel()[ridx] * hits.dx.ravel()[ridx] + surf.ny.ravel()[ridx] * hits.dy.ravel()[ridx]
+               + nz_r * dz_r)
+        r_el = (dz_r - np.float32(2.0) * ndd * nz_r) / hits.norm.ravel()[ridx]
+        spec_r = spec.ravel()[ridx]
+        refl = [spec_r * r for r in sky_radiance(params, r_el)]
+    sidx = np.flatnonzero(hits.sky.ravel())
+    sky = sky_radiance(params, hits.dz.ravel()[sidx] / hits.norm.ravel()[sidx])
     if hits.cloud is not None:
         cloud_rgb = (0.85, 0.86, 0.88) if params.sun_rgb[0] > 0 else (0.03, 0.028, 0.026)
-        sky = [s + (np.float32(c) - s) * hits.cloud for s, c in zip(sky, cloud_rgb)]
+        cl = hits.cloud.ravel()[sidx]
+        sky = [v + (np.float32(c) - v) * cl for v, c in zip(sky, cloud_rgb)]
     tau = np.exp(-np.float32(params.fog_beta) * hits.dist)
     one_minus_tau = np.float32(1.0) - tau
     out = np.empty((3,) + mat.shape, dtype=np.float32)
@@ -427,11 +436,15 @@ def shade_rgb(hits: Hits, params: ScenarioParams, lamp_irradiance: np.ndarray | 
         irr = np.float32(params.sun_rgb[ch]) * ndl + np.float32(params.sky_rgb[ch]) * hemi
         if lamp_irradiance is not None:
             irr += lamp_irradiance
-        c = albedo * irr + spec * refl[ch]
+        c = albedo * irr
+        if refl is not None:
+            c.ravel()[ridx] += refl[ch]
         if params.lights_on:
             c += EMISSION[ch][mat] * hits.lit
-        c = c * tau + np.float32(params.fog_rgb[ch]) * one_minus_tau
-        out[ch] = np.where(hits.sky, sky[ch], c)
+        c *= tau
+        c += np.float32(params.fog_rgb[ch]) * one_minus_tau
+        c.ravel()[sidx] = sky[ch]
+        out[ch] = c
     return out
 
 
@@ -469,12 +482,14 @@ def shade_thermal(hits: Hits, params: ScenarioParams) -> np.ndarray:
     app = np.sqrt(np.sqrt(eps * t2 * t2 + (np.float32(1.0) - eps) * r2 * r2))
     tau = np.exp(-np.float32(params.thermal_beta) * hits.dist)
     app = app * tau + air_k * (np.float32(1.0) - tau)
-    elev = np.maximum(hits.dz / hits.norm, np.float32(0.0))
+    sidx = np.flatnonzero(hits.sky.ravel())
+    elev = np.maximum(hits.dz.ravel()[sidx] / hits.norm.ravel()[sidx], np.float32(0.0))
     sky_t = np.float32(params.sky_horizon_c + KELVIN) + np.float32(params.sky_zenith_c - params.sky_horizon_c) * np.sqrt(elev)
     if hits.cloud is not None:
         # Clouds are far warmer than the clear sky in LWIR (low clouds: a few K below the air).
-        sky_t = sky_t + (air_k - np.float32(6.0) - sky_t) * hits.cloud
-    return np.where(hits.sky, sky_t, app)
+        sky_t = sky_t + (air_k - np.float32(6.0) - sky_t) * hits.cloud.ravel()[sidx]
+    app.ravel()[sidx] = sky_t
+    return app
 
 
 @dataclass
