@@ -163,3 +163,32 @@ def test_monother_rig_sim_runs_the_graph_and_depth_arrives_over_dds(tmp_path):
         t0 = time.monotonic()
         assert proc.stop() == 0, proc.output()
         assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_demo_pipeline_records_outputs_pictures_and_summary(tmp_path):
+    import json
+
+    from rosbags.highlevel import AnyReader
+
+    from monother_ros.demo import run_pipeline
+    from tiny_models import tiny_student_dir
+
+    result = run_pipeline(tmp_path / "run", seconds=5.0, model=tiny_student_dir(), render_scale=0.2)
+    assert result["placeholder"] is False
+    with AnyReader([result["bag"]]) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        assert set(counts) == {"/depth/image", "/depth/confidence", "/depth/camera_info", "/depth/points"}
+        assert counts["/depth/image"] >= 5
+        assert 1 <= counts["/depth/points"] <= counts["/depth/image"] // 5 + 1  # reduced rate
+        conn = next(c for c in reader.connections if c.topic == "/depth/image")
+        _, _, raw = next(reader.messages(connections=[conn]))
+        msg = reader.deserialize(raw, conn.msgtype)
+        assert msg.encoding == "32FC1" and msg.header.frame_id == "thermal_optical_frame"
+    summary = json.loads(result["summary"].read_text())
+    assert summary["recorded"]["received"]["depth/image"] == counts["/depth/image"]
+    assert summary["thermal_depth"]["backend"] == "onnxruntime"
+    assert float(summary["thermal_depth"]["engine time mean (ms)"]) > 0
+    assert result["pictures"] is not None and result["pictures"].stat().st_size > 1000
+    assert (tmp_path / "run" / "summary.md").read_text().startswith("# monother demo: pipeline summary")

@@ -96,9 +96,9 @@ def test_sigterm_leaves_no_partial_bag(tmp_path: Path) -> None:
 def test_demo_writes_bag_and_pictures(tmp_path: Path, capsys) -> None:
     from monother_ros.demo import run_demo
 
-    result = run_demo(tmp_path / "demo", seconds=0.1)
+    result = run_demo(tmp_path / "demo", seconds=0.1, pipeline_seconds=0)  # the pipeline part: test_ros_graph.py
     assert result.bag.is_dir() and result.preview.is_file() and result.gallery.is_file()
-    again = run_demo(tmp_path / "demo", seconds=0.1)  # a second run replaces its own outputs
+    again = run_demo(tmp_path / "demo", seconds=0.1, pipeline_seconds=0)  # a second run replaces its own outputs
     assert again.bag == result.bag
     rc = cli.main(["demo", "--out", str(tmp_path / "file.txt")]) if (tmp_path / "file.txt").write_text("x") else 1
     assert rc == 2 and "not a folder" in capsys.readouterr().err

@@ -15,11 +15,11 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from monother_ros.errors import ConfigError
 
-__all__ = ["add_commands", "RigOptions", "run_rig", "start_rig"]
+__all__ = ["add_commands", "RigOptions", "run_rig", "start_rig", "OutputRecorder", "record_rig"]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -100,8 +100,17 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     return nodes
 
 
-def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None) -> int:
-    """Run the graph until Ctrl-C (or ``duration_s`` > 0 seconds); returns the exit code."""
+def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, extra_nodes=None,
+            on_stopping=None) -> int:
+    """Run the graph until Ctrl-C (or ``duration_s`` > 0 seconds); returns the exit code.
+
+    Args:
+        options: what to start.
+        duration_s: stop after this long (0 = until Ctrl-C).
+        on_started: called with the graph's nodes once they exist (before spinning).
+        extra_nodes: ``context -> list of nodes`` spun in the same executor (e.g. a recorder).
+        on_stopping: called with the graph's nodes (those with ``health()``) before they are destroyed.
+    """
     _use_shipped_dds_profile()
     import rclpy
     from rclpy.context import Context
@@ -112,6 +121,8 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None) ->
     nodes: list[Any] = []
     try:
         nodes = start_rig(options, context)
+        if extra_nodes is not None:
+            nodes += list(extra_nodes(context))
         executor = SingleThreadedExecutor(context=context)
         for node in nodes:
             executor.add_node(node)
@@ -126,6 +137,8 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None) ->
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         executor.shutdown(timeout_sec=2.0)
+        if on_stopping is not None:
+            on_stopping([n for n in nodes if hasattr(n, "health")])
     finally:
         for node in reversed(nodes):
             node.destroy_node()
@@ -137,3 +150,173 @@ def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
                          backend=args.backend, namespace=args.namespace)
     return run_rig(options, duration_s=args.duration)
+
+
+# ---------------------------------------------------------------------------------------- recording
+
+
+class OutputRecorder:
+    """Records the depth node's outputs to a rosbag2 (mcap, via rosbags) while the graph runs.
+
+    Raw CDR bytes from ``raw=True`` subscriptions go straight into the bag (no decoding); ``depth/points``
+    is kept every ``points_every``-th message. A few (thermal, depth, confidence) triplets with equal
+    stamps are kept in memory for pictures, and the stamp -> receive latency of every depth image is
+    measured (the simulated rig stamps with the wall clock).
+
+    Args:
+        context: rclpy context. bag_path: the bag folder to create (must not exist).
+        namespace: the graph's namespace. points_every: record one cloud in this many.
+        sample_period_s: keep one picture triplet per this many seconds (at most ``max_samples``).
+    """
+
+    TOPICS = (("depth/image", "sensor_msgs/msg/Image"), ("depth/confidence", "sensor_msgs/msg/Image"),
+              ("depth/camera_info", "sensor_msgs/msg/CameraInfo"), ("depth/points", "sensor_msgs/msg/PointCloud2"))
+
+    def __init__(self, context: Any, bag_path: Path, *, namespace: str = "", points_every: int = 5,
+                 sample_period_s: float = 2.0, max_samples: int = 4) -> None:
+        import threading
+
+        from rclpy.node import Node
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+        from monother_ros.ros import qos
+
+        self.node = Node("monother_recorder", context=context, namespace=namespace or None)
+        self.points_every = max(1, int(points_every))
+        self.sample_period_s = sample_period_s
+        self.max_samples = max_samples
+        self.counts = {topic: 0 for topic, _ in self.TOPICS}
+        self.recorded = {topic: 0 for topic, _ in self.TOPICS}
+        self.latencies_s: list[float] = []
+        self.samples: list[dict[str, bytes]] = []
+        self._recent: dict[str, dict[int, bytes]] = {"thermal": {}, "confidence": {}}
+        self._last_sample = 0.0
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        store = get_typestore(Stores.ROS2_KILTED)
+        self._writer = Writer(bag_path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._connections = {topic: self._writer.add_connection(self.node.resolve_topic_name(topic), msgtype,
+                                                                typestore=store)
+                             for topic, msgtype in self.TOPICS}
+        types = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CameraInfo": CameraInfo,
+                 "sensor_msgs/msg/PointCloud2": PointCloud2}
+        self._subs = [self.node.create_subscription(types[msgtype], topic, self._callback(topic), qos.SENSOR, raw=True)
+                      for topic, msgtype in self.TOPICS]
+        self._subs.append(self.node.create_subscription(Image, "thermal/image_raw", self._on_thermal, qos.SENSOR,
+                                                        raw=True))
+
+    @staticmethod
+    def stamp_ns(raw: bytes) -> int:
+        """Header stamp of a CDR-serialised message starting with a std_msgs/Header (after the 4-byte
+        encapsulation): int32 sec, uint32 nanosec."""
+        import struct
+
+        sec, nanosec = struct.unpack_from("<iI", raw, 4)
+        return sec * 1_000_000_000 + nanosec
+
+    def _keep(self, kind: str, raw: bytes) -> None:
+        recent = self._recent[kind]
+        recent[self.stamp_ns(raw)] = raw
+        while len(recent) > 30:
+            recent.pop(next(iter(recent)))
+
+    def _on_thermal(self, raw: bytes) -> None:
+        with self._lock:
+            self._keep("thermal", raw)
+
+    def _callback(self, topic: str):
+        def on_message(raw: bytes) -> None:
+            now_ns = time.time_ns()
+            with self._lock:
+                self.counts[topic] += 1
+                record = topic != "depth/points" or (self.counts[topic] - 1) % self.points_every == 0
+                if record:
+                    self._writer.write(self._connections[topic], now_ns, raw)
+                    self.recorded[topic] += 1
+                if topic == "depth/confidence":
+                    self._keep("confidence", raw)
+                elif topic == "depth/image":
+                    stamp = self.stamp_ns(raw)
+                    self.latencies_s.append((now_ns - stamp) / 1e9)
+                    self._maybe_sample(stamp, raw)
+        return on_message
+
+    def _maybe_sample(self, stamp: int, depth_raw: bytes) -> None:
+        now = time.monotonic()
+        if len(self.samples) >= self.max_samples or now - self._last_sample < self.sample_period_s:
+            return
+        thermal = self._recent["thermal"].get(stamp)
+        if thermal is None:
+            return
+        # The confidence of this stamp is published right after the depth: take it at the next message.
+        self.samples.append({"stamp": stamp, "thermal": thermal, "depth": depth_raw})
+        self._last_sample = now
+
+    def finish(self) -> dict[str, Any]:
+        """Close the bag; returns counts, rates and latency statistics (seconds)."""
+        with self._lock:
+            for sample in self.samples:
+                sample["confidence"] = self._recent["confidence"].get(sample["stamp"])
+            self._writer.close()
+            elapsed = time.monotonic() - self.started
+            lat = sorted(self.latencies_s)
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, max(0, int(round(p / 100 * len(lat))) - 1))] if lat else float("nan")
+
+        return {
+            "seconds": elapsed,
+            "received": dict(self.counts),
+            "recorded": dict(self.recorded),
+            "rates_hz": {topic: n / elapsed for topic, n in self.counts.items()} if elapsed > 0 else {},
+            "latency_stamp_to_receive_s": {"mean": sum(lat) / len(lat) if lat else float("nan"), "p50": pct(50),
+                                           "p99": pct(99), "max": lat[-1] if lat else float("nan")},
+        }
+
+    def decoded_samples(self) -> list[dict[str, Any]]:
+        """The picture triplets as arrays: thermal (H, W) uint16/uint8, depth and confidence (H, W) float32."""
+        import numpy as np
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+
+        from monother_ros.ros.convert import image_to_array
+
+        out = []
+        for sample in self.samples:
+            if sample.get("confidence") is None:
+                continue
+            arrays = {k: np.array(image_to_array(deserialize_message(sample[k], Image)))
+                      for k in ("thermal", "depth", "confidence")}
+            out.append({"stamp_ns": sample["stamp"], **arrays})
+        return out
+
+
+def record_rig(options: RigOptions, bag_path: Path, *, seconds: float, points_every: int = 5) -> dict[str, Any]:
+    """Run the graph for ``seconds`` while recording the depth outputs into ``bag_path`` (mcap).
+
+    Returns:
+        {"recorder": OutputRecorder.finish() summary, "samples": decoded picture triplets,
+        "health": {node name: its /diagnostics values at the end}}.
+    """
+    holder: dict[str, Any] = {}
+
+    def extra(context: Any) -> list[Any]:
+        holder["recorder"] = OutputRecorder(context, bag_path, namespace=options.namespace, points_every=points_every)
+        return [holder["recorder"].node]
+
+    def started(nodes: list[Any]) -> None:
+        holder["nodes"] = [n for n in nodes if hasattr(n, "health")]
+
+    health: dict[str, dict[str, str]] = {}
+
+    def collect(nodes: list[Any]) -> None:
+        for node in nodes:
+            health[node.get_name()] = dict(node.health().values)
+
+    run_rig(options, duration_s=seconds, on_started=started, extra_nodes=extra, on_stopping=collect)
+    recorder: OutputRecorder = holder["recorder"]
+    summary = recorder.finish()
+    return {"recorder": summary, "samples": recorder.decoded_samples(), "health": health}
