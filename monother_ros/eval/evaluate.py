@@ -545,6 +545,7 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
     if options.lidar_topic:
         topics.append(options.info_topic)
     camera = None
+    latest_camera: list[Any] = [None]
     extrinsics: dict[tuple[str, str], np.ndarray] = {}
     projected: dict[int, np.ndarray] = {}
     ordinal = 0
@@ -553,6 +554,8 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
 
     def resolve(item: Any, truth: Any, truth_stamp: int | None) -> EvalFrame:
         index, stamp, image, cam, frame_id = item
+        # A recorder may store camera_info just after its image (same stamp): use the latest one then.
+        cam = cam or latest_camera[0]
         gt = None
         if truth is not None:
             if options.lidar_topic:
@@ -591,8 +594,10 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
             if options.max_frames and taken >= options.max_frames:
                 done = True
         elif message.topic == options.info_topic:
-            if camera is None or camera.width != message.msg.width or not np.allclose(camera.K, np.asarray(message.msg.k).reshape(3, 3)):
+            if camera is None or camera.width != message.msg.width or camera.height != message.msg.height or \
+                    not np.allclose(camera.K, np.asarray(message.msg.k, dtype=np.float64).reshape(3, 3)):
                 camera = camera_info_to_pinhole(message.msg)
+                latest_camera[0] = camera
         else:
             matcher.add_truth(message.stamp_ns, message.msg)
         for item, truth, truth_stamp in matcher.ready():
