@@ -399,3 +399,19 @@ def test_onnx_swap_model_while_inferring(tiny, tmp_path):
 def test_num_threads_recorded(tiny):
     assert tiny["ort"].num_threads == 1
     assert os.cpu_count() is None or torch.get_num_threads() >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_torch_engine_on_cuda_matches_cpu(tiny, precision, tol):
+    gpu = E.make_backend(tiny["dir"], "torch", device="cuda", precision=precision)
+    assert gpu.info.precision == precision
+    h, w = tiny["config"].input_size
+    x = np.random.default_rng(5).standard_normal((1, 3, h, w)).astype(np.float32)
+    d_gpu, c_gpu = gpu.infer_tensor(x)
+    d_cpu, c_cpu = tiny["torch"].infer_tensor(x)
+    assert _rel(d_gpu, d_cpu) < tol and float(np.max(np.abs(c_gpu - c_cpu))) < tol
+    img = _thermal((61, 83))
+    assert gpu.infer(img).depth.shape == (61, 83)
+    gpu.close()
