@@ -415,3 +415,20 @@ def test_torch_engine_on_cuda_matches_cpu(tiny, precision, tol):
     img = _thermal((61, 83))
     assert gpu.infer(img).depth.shape == (61, 83)
     gpu.close()
+
+
+def test_dual_model_folder_runs_its_thermal_student(tmp_path):
+    from monother_ros.model.dual import MonotherDual
+
+    config = get_preset("test-tiny")
+    torch.manual_seed(4)
+    dual = MonotherDual(config).eval()
+    folder = save_model(dual, config, tmp_path / "dual", kind="monother_dual")
+    engine = E.make_backend(folder, "torch", num_threads=1)
+    h, w = config.input_size
+    x = np.random.default_rng(6).standard_normal((1, 3, h, w)).astype(np.float32)
+    with torch.inference_mode():
+        ref = dual.student(torch.from_numpy(x), features=False)
+    depth, conf = engine.infer_tensor(x)
+    np.testing.assert_allclose(depth, ref.depth.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(conf, ref.confidence.numpy(), rtol=1e-6)

@@ -388,10 +388,22 @@ def load_model_dir(model_dir: str | os.PathLike) -> tuple["torch.nn.Module", "Mo
     The hash is the checkpoint's own (sha256 of ``model.safetensors``, which embeds the config), so a
     folder's ONNX files and TensorRT engines are keyed by exactly the weights they came from.
     """
+    return load_student(model_dir)
+
+
+def load_student(model_dir: str | os.PathLike) -> tuple["torch.nn.Module", "ModelConfig", str]:
+    """Load a model folder for inference: the branch itself, or the thermal student of a MonoTher dual
+    model folder (student + RGB teacher + confidence network), with the folder's hash."""
+    import torch
+
     from monother_ros.model import checkpoints
+    from monother_ros.model import import_monother  # noqa: F401 - registers the dual model's builder
 
     model, config = checkpoints.load_model(Path(model_dir))
     model_hash = str(getattr(model, "model_sha256", "") or state_dict_hash(model, config))
+    student = getattr(model, "student", None)
+    if isinstance(student, torch.nn.Module):
+        model = student
     return model.eval(), config, model_hash
 
 

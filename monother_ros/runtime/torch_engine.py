@@ -92,7 +92,7 @@ class TorchEngine(EngineBase):
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, **kwargs: Any) -> "TorchEngine":
-        """Load a saved model folder (``model/checkpoints.py`` format) onto the engine.
+        """Load a saved model folder (``model/checkpoints.py`` format; of a dual model, its thermal student).
 
         Raises:
             CheckpointError: the folder is missing, corrupt, or an ONNX file was given.
@@ -100,10 +100,9 @@ class TorchEngine(EngineBase):
         path = Path(model_dir)
         if path.suffix == ".onnx":
             raise CheckpointError(f"the torch backend needs a checkpoint folder, not an ONNX file ({path})")
-        from monother_ros.model.checkpoints import load_model
+        from monother_ros.runtime.export import load_student
 
-        model, config = load_model(path)
-        model_hash = str(getattr(model, "model_sha256", "")) or _hash_state(model, config)
+        model, config, model_hash = load_student(path)
         return cls(model, config, model_hash=model_hash, **kwargs)
 
     @property
@@ -191,12 +190,6 @@ def _replace_hash(info: EngineInfo, model_hash: str) -> EngineInfo:
     from dataclasses import replace
 
     return replace(info, model_hash=model_hash)
-
-
-def _hash_state(model: "torch.nn.Module", config: "ModelConfig") -> str:
-    from monother_ros.runtime.export import state_dict_hash
-
-    return state_dict_hash(model, config)
 
 
 def _hash_tensors(state_dict: Mapping[str, "torch.Tensor"], config: "ModelConfig") -> str:
