@@ -417,6 +417,7 @@ def test_torch_engine_on_cuda_matches_cpu(tiny, precision, tol):
     gpu.close()
 
 
+@pytest.mark.slow
 def test_dual_model_folder_runs_its_thermal_student(tmp_path):
     from monother_ros.model.dual import MonotherDual
 
