@@ -1,0 +1,242 @@
+"""End-to-end offline evaluation: known-answer predictions on a synthetic bag, ``monother eval`` on a
+simulated bag with a tiny random model, and the failure cases (corrupt / truncated bag, missing topic,
+no ground truth, a model that does not load)."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monother_ros import cli
+from monother_ros.core import se3
+from monother_ros.core.camera import PinholeCamera
+from monother_ros.eval.evaluate import EvalOptions, Prediction, evaluate
+from monother_ros.eval.report import METRICS_SCHEMA, METRICS_VERSION
+from test_eval_bag_reader import T, make_cloud, make_image, make_info, make_tf, write_messages
+
+IMAGE, INFO, TF, CLOUD, STRING = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "tf2_msgs/msg/TFMessage",
+                                  "sensor_msgs/msg/PointCloud2", "std_msgs/msg/String")
+EPOCH = 1_700_000_000 * 10**9
+CAM = PinholeCamera(64, 48, 40.0, 40.0, 31.5, 23.5)
+T_BASE_CAM = se3.make_transform(se3.OPTICAL_FROM_BODY_ROTATION.T, np.array([1.0, 0.0, 1.2]))
+T_BASE_LIDAR = se3.make_transform(np.eye(3), np.array([0.8, 0.0, 1.6]))
+
+
+# ------------------------------------------------------------------------------------------ data
+def synth_depth(k: int) -> np.ndarray:
+    """A wall at 20 m with a nearer box that moves; NaN 'sky' rows at the top."""
+    d = np.full((48, 64), 20.0, np.float32)
+    d[16:32, 10 + k:26 + k] = 8.0
+    d[:4] = np.nan
+    return d
+
+
+def write_synth_bag(path: Path, frames: int = 6, *, gt: bool = True, lidar: bool = True, condition: str = "fog") -> Path:
+    items = [("/tf_static", TF, EPOCH, make_tf([("base_link", "thermal_optical_frame", T_BASE_CAM),
+                                                ("base_link", "lidar_link", T_BASE_LIDAR)], EPOCH)),
+             ("/rig/info", STRING, EPOCH, T["std_msgs/msg/String"](data=json.dumps({"scenario": condition})))]
+    rng = np.random.default_rng(0)
+    for k in range(frames):
+        stamp = EPOCH + k * 33_333_333
+        depth = synth_depth(k)
+        thermal = (8000 + 40 * np.nan_to_num(30 - depth, nan=-10) + rng.integers(0, 5, depth.shape)).astype(np.uint16)
+        items.append(("/thermal/image_raw", IMAGE, stamp, make_image(thermal, "mono16", stamp, "thermal_optical_frame")))
+        items.append(("/thermal/camera_info", INFO, stamp + 1, make_info(CAM, stamp, "thermal_optical_frame")))
+        if gt:
+            items.append(("/gt/depth", IMAGE, stamp + 2, make_image(depth, "32FC1", stamp, "thermal_optical_frame")))
+        if lidar and k % 3 == 0:
+            pts_cam = CAM.backproject(np.nan_to_num(depth, nan=0.0)).reshape(-1, 3)[::7]
+            pts_cam = pts_cam[pts_cam[:, 2] > 0]
+            T_lidar_cam = se3.invert(T_BASE_LIDAR) @ T_BASE_CAM
+            pts = se3.transform_points(T_lidar_cam, pts_cam)
+            items.append(("/lidar/points", CLOUD, stamp + 3, make_cloud(pts, stamp + 3_000_000, "lidar_link")))
+    return write_messages(path, items)
+
+
+class ScaledTruth:
+    """A predictor returning the ground truth times a factor (NaN where GT is missing -> coverage)."""
+
+    def __init__(self, name: str, factor: float) -> None:
+        self.name, self.factor = name, factor
+
+    def predict(self, frame):
+        return Prediction(np.nan_to_num(frame.gt, nan=50.0) * self.factor, np.full(frame.gt.shape, 0.5, np.float32),
+                          {"total_ms": 1.0})
+
+    def describe(self):
+        return {"status": "ok", "path": "-"}
+
+    def close(self):
+        pass
+
+
+def _session_dir() -> Path:
+    root = Path(os.environ.get("ROS_LOG_DIR", "/tmp")) / "eval_data"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sim_bag(seconds: float = 0.4, scenario: str = "night", seed: int = 3) -> Path:
+    """A simulated bag (sim.bag.write_bag), built once per test session."""
+    from monother_ros.sim.bag import write_bag
+
+    root = _session_dir()
+    target = root / f"sim_{scenario}_{seed}_{seconds:g}"
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            write_bag(target, seconds=seconds, seed=seed, scenario=scenario, preview=False)
+    return target
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    return write_synth_bag(tmp_path_factory.mktemp("synth") / "synth")
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> Path:
+    from tiny_models import tiny_student_dir
+
+    return tiny_student_dir()
+
+
+# ------------------------------------------------------------------------------ known answers
+def test_known_answer_metrics_json_report_and_pictures(synth, tmp_path):
+    out = tmp_path / "out"
+    options = EvalOptions(progress=False)
+    run = evaluate([synth], [], options, out, predictors=[ScaledTruth("x1.1", 1.1), ScaledTruth("exact", 1.0)])
+    assert run.errors == []
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["schema"] == METRICS_SCHEMA and doc["version"] == METRICS_VERSION and doc["complete"] is True
+    assert {"models", "bags", "results", "by_condition", "overall", "error_vs_distance", "frames", "errors",
+            "options"} <= set(doc)
+    bag = doc["bags"]["synth"]
+    assert bag["condition"] == "fog" and bag["condition_source"] == "/rig/info" and bag["frames_read"] == 6
+    res = {r["model"]: r for r in doc["results"]}
+    m = res["x1.1"]["metrics"]
+    assert res["x1.1"]["frames_scored"] == 6 and res["x1.1"]["condition"] == "fog"
+    assert m["abs_rel"] == pytest.approx(0.1, rel=1e-5) and m["a1"] == 1.0
+    assert m["rmse"] == pytest.approx(np.sqrt(np.mean((0.1 * synth_depth(0)[4:]) ** 2)), rel=1e-5)
+    assert res["x1.1"]["boundary_f1"] == pytest.approx(1.0)  # scale does not move edges
+    assert res["exact"]["metrics"]["abs_rel"] == pytest.approx(0.0, abs=1e-7)
+    bins = {tuple(b["range_m"]): b for b in res["x1.1"]["bins"]}
+    assert bins[(0.0, 10.0)]["pixels"] == 6 * 16 * 16 and bins[(10.0, 20.0)]["pixels"] == 0
+    assert bins[(20.0, 40.0)]["pixels"] == 6 * (44 * 64 - 16 * 16)
+    cond = {c["model"]: c for c in doc["by_condition"]}
+    assert cond["x1.1"]["condition"] == "fog" and cond["x1.1"]["frames_scored"] == 6
+    assert len(doc["frames"]) == 12 and all(f["abs_rel"] is not None for f in doc["frames"])
+    curve = doc["error_vs_distance"]["x1.1"]
+    k8 = int(8 // curve["bin_m"])
+    assert curve["mean_abs_err_m"][k8] == pytest.approx(0.8, rel=1e-5)
+    report = (out / "report.md").read_text()
+    assert f"{m['abs_rel']:.3f}" in report and "fog" in report and "x1.1" in report
+    from PIL import Image
+
+    for name in ("mosaic_synth.png", "error_vs_distance.png", "abs_rel_over_time.png"):
+        assert (out / name).is_file() and f"({name})" in report
+        with Image.open(out / name) as im:
+            assert im.size[0] > 100
+
+
+def test_frames_without_gt_are_counted(tmp_path):
+    bag = write_synth_bag(tmp_path / "b", frames=4, lidar=True)
+    # LiDAR scans exist at frames 0 and 3 (+3 ms): with a 1 ms tolerance no frame has ground truth.
+    options = EvalOptions(progress=False, lidar_topic="/lidar/points", tolerance_ns=1_000_000)
+    from monother_ros.errors import MonotherError
+
+    with pytest.raises(MonotherError, match="nothing could be scored"):
+        evaluate([bag], [], options, tmp_path / "o", predictors=[ScaledTruth("p", 1.0)])
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["results"][0]["frames_without_gt"] == 4 and doc["results"][0]["frames_scored"] == 0
+    # With the default 50 ms tolerance every frame finds the nearest scan; the projected LiDAR equals the
+    # rendered depth for frames 0 and 3 (same box position), so the exact predictor scores ~0 there.
+    run = evaluate([bag], [], EvalOptions(progress=False, lidar_topic="/lidar/points"), tmp_path / "o2",
+                   predictors=[ScaledTruth("p", 1.0)])
+    s = run.per_bag[("p", "b")]
+    assert s.frames == 4 and s.without_gt == 0
+    frames = [f for f in run.frames if f["index"] in (0, 3)]
+    assert all(f["abs_rel"] < 1e-5 for f in frames)
+
+
+def test_every_and_max_frames(synth, tmp_path):
+    run = evaluate([synth], [], EvalOptions(progress=False, every=2, max_frames=2), tmp_path / "o",
+                   predictors=[ScaledTruth("p", 1.0)])
+    assert [f["index"] for f in run.frames] == [0, 2]
+
+
+# ------------------------------------------------------------------------------------ the CLI
+def _eval(*args) -> int:
+    return cli.main(["eval", *map(str, args)])
+
+
+@pytest.mark.slow
+def test_cli_on_sim_bag_two_models_side_by_side(tiny_model, tmp_path, capsys):
+    bag = sim_bag()
+    out = tmp_path / "out"
+    code = _eval(bag, "--model", f"a={tiny_model}", "--model", f"b={tiny_model}", "--out", out, "--every", "3")
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["models"]) == {"a", "b"} and doc["models"]["a"]["backend"] == "onnxruntime"
+    res = {r["model"]: r for r in doc["results"]}
+    assert res["a"]["frames_scored"] == 4 and res["a"]["condition"] == "night"  # 12 frames, every 3rd
+    assert res["a"]["metrics"] == res["b"]["metrics"]  # same weights, deterministic
+    assert res["a"]["timing_ms"]["total_ms"]["n"] == 4 and res["a"]["boundary_f1"] is not None
+    report = (out / "report.md").read_text()
+    assert f"{res['a']['metrics']['abs_rel']:.3f}" in report and "night" in report
+    assert (out / f"mosaic_{bag.name}.png").is_file()
+    # The same bag scored against its LiDAR: sparse, no boundary F1, nearest scan within 50 ms.
+    out2 = tmp_path / "lidar"
+    assert _eval(bag, "--model", tiny_model, "--out", out2, "--lidar-topic", "/lidar/points", "--max-frames", "3") == 0
+    lid = json.loads((out2 / "metrics.json").read_text())["overall"][0]
+    assert lid["frames_scored"] == 3 and lid["boundary_f1"] is None
+    assert 100 < lid["pixels"] / 3 < 0.2 * 640 * 512
+
+
+def test_cli_corrupt_bag_exits_2(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(b"\x89MCAP0\r\n" + os.urandom(500))
+    assert _eval(bad, "--model", tiny_model, "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "nothing could be scored" in err and "bad.mcap" in err
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["bags"]["bad"]["status"] == "error"
+
+
+def test_cli_truncated_bag_keeps_other_results_and_exits_1(synth, tiny_model, tmp_path, capsys):
+    trunc = tmp_path / "trunc"
+    shutil.copytree(synth, trunc)
+    storage = next(trunc.glob("*.mcap"))
+    data = storage.read_bytes()
+    storage.write_bytes(data[: len(data) * 6 // 10])
+    code = _eval(synth, trunc, "--model", tiny_model, "--out", tmp_path / "o")
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["bags"]["synth"]["status"] == "ok" and doc["bags"]["trunc"]["status"] == "error"
+    assert "trunc" in captured.err
+    assert {r["bag"]: r["frames_scored"] for r in doc["results"]}["synth"] == 6
+
+
+def test_cli_missing_topic_exits_2(tiny_model, tmp_path, capsys):
+    bag = write_synth_bag(tmp_path / "nogt", frames=2, gt=False, lidar=False)
+    assert _eval(bag, "--model", tiny_model, "--out", tmp_path / "o") == 2
+    assert "lacks topic(s) /gt/depth" in capsys.readouterr().err
+
+
+def test_cli_model_that_fails_to_load(synth, tiny_model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    code = _eval(synth, "--model", f"good={tiny_model}", "--model", f"bad={broken}", "--out", tmp_path / "o")
+    assert code == 1
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["models"]["bad"]["status"] == "error" and "bad" in doc["models"]["bad"]["error"]
+    assert [r["model"] for r in doc["results"]] == ["good"]
+    capsys.readouterr()
+    assert _eval(synth, "--model", tmp_path / "missing", "--out", tmp_path / "o2") == 2
+    assert "no model could be loaded" in capsys.readouterr().err
