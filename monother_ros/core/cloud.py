@@ -75,17 +75,25 @@ class CloudProjector:
         self._fill(z, out)
         return out
 
-    def pack(self, depth: np.ndarray, intensity: np.ndarray | None = None) -> np.ndarray:
+    def pack(self, depth: np.ndarray, intensity: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Organised PointCloud2 data for a depth image: (H * W * 16,) uint8, a view of an internal buffer.
 
         Args:
             depth: (H, W) metres, NaN/inf/<=0 invalid.
             intensity: (H, W) per-point value (intensity, confidence); 0 when None.
+            out: optional writable (H * W * 16,) uint8 array (e.g. a view of a message buffer) to fill
+                instead of the internal buffer (saves the copy into the message).
 
-        The buffer is reused by the next call: copy (``bytes(...)``) before the next frame.
+        Without ``out`` the internal buffer is reused by the next call: copy (``bytes(...)``) before the
+        next frame.
         """
         z = self._clean_depth(depth)
-        buf = self._buffer
+        if out is None:
+            buf = self._buffer
+        else:
+            if out.dtype != np.uint8 or out.size != self.height * self.width * POINT_STEP:
+                raise ValueError(f"out must be ({self.height * self.width * POINT_STEP},) uint8, got {out.shape} {out.dtype}")
+            buf = out.view(_XYZI_DTYPE).reshape(self.height, self.width, 4)
         self._fill(z, buf)
         if intensity is None:
             buf[..., 3] = 0.0
@@ -100,7 +108,8 @@ class CloudProjector:
             raise ValueError(f"depth shape {depth.shape} != camera ({self.height}, {self.width})")
         z = np.asarray(depth, dtype=np.float32)
         with np.errstate(invalid="ignore"):
-            bad = ~(np.isfinite(z) & (z > 0))
+            # NaN needs no replacing (it stays NaN through the products); only <= 0 and inf do.
+            bad = (z <= 0) | np.isinf(z)
         if bad.any():
             z = np.where(bad, np.float32(np.nan), z)
         return z
