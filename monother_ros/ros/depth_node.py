@@ -91,7 +91,8 @@ from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
 
-__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "fuse", "main"]
+__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder", "fuse",
+           "make_cloud", "main"]
 
 DEPTH_PARAMETERS = ParamTable(
     [
@@ -383,6 +384,7 @@ class ThermalDepthNode(Node):
         self._camera = None
         self._bad_info_reason = ""
         self._projector: Optional[CloudProjector] = None
+        self._cloud: Optional[CloudBuilder] = None
         self._last_stamp_ns: Optional[int] = None
         self._first_image_time: Optional[float] = None
         self._rgb_history: list[tuple[int, Image]] = []
@@ -638,8 +640,9 @@ class ThermalDepthNode(Node):
             try:
                 self._camera = camera_from_info(info, image_size=(msg.width, msg.height))
                 self._projector = CloudProjector(self._camera)
+                self._cloud = CloudBuilder(self._projector)
             except CalibrationError as exc:
-                self._camera, self._projector = None, None
+                self._camera, self._projector, self._cloud = None, None, None
                 self._bad_info_reason = str(exc)
         if self._camera is None:
             self.problems.report("camera_info_invalid", f"{self._bad_info_reason}: publishing without "
@@ -755,7 +758,7 @@ class ThermalDepthNode(Node):
                 info.header = header
                 self.pub_info.publish(info)
             if self.pub_points.get_subscription_count():
-                self.pub_points.publish(make_cloud(self._projector, depth, confidence, header))
+                self.pub_points.publish(self._cloud.build(depth, confidence, header))
         with self._lock:
             self.counters["published"] += 1
         self.rate_out.tick()
@@ -816,28 +819,45 @@ class ThermalDepthNode(Node):
         super().destroy_node()
 
 
-def make_cloud(projector: CloudProjector, depth: np.ndarray, confidence: Optional[np.ndarray], header) -> PointCloud2:
-    """Organised ``PointCloud2`` (x, y, z, intensity = confidence; float32; NaN invalid) for a depth image.
+class CloudBuilder:
+    """Organised ``PointCloud2`` messages (x, y, z, intensity = confidence; float32; NaN invalid) for one
+    camera, written straight into a reused message buffer.
 
-    Built vectorised by ``core.cloud.CloudProjector.pack`` into its buffer, then one copy into the
-    message's ``array.array`` (rclpy keeps it as is, no per-element check).
+    ``core.cloud.CloudProjector.pack`` back-projects (hoisted per-row/column factors, vectorised) into a
+    numpy view of the message's ``array.array``, so building a cloud costs no extra copy and no
+    allocation. The message returned by :meth:`build` is therefore only valid until the next call:
+    publish it first (rclpy serialises on ``publish``), as the depth node does.
     """
-    data = projector.pack(depth, confidence)
-    msg = PointCloud2()
-    msg.header = header
-    msg.height, msg.width = projector.height, projector.width
-    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count) for f in POINT_FIELDS]
-    msg.is_bigendian = False  # core.cloud writes little-endian float32
-    msg.point_step = POINT_STEP
-    msg.row_step = POINT_STEP * projector.width
-    msg.is_dense = False
-    buffer = array.array("B")
-    buffer.frombytes(data)
-    if "_data" in getattr(type(msg), "__slots__", ()):
-        msg._data = buffer  # skip the generated setter's copy (see ros/convert.py)
-    else:  # pragma: no cover - other message generators
-        msg.data = buffer
-    return msg
+
+    def __init__(self, projector: CloudProjector) -> None:
+        self.projector = projector
+        h, w = projector.height, projector.width
+        self.msg = PointCloud2()
+        self.msg.height, self.msg.width = h, w
+        self.msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
+                           for f in POINT_FIELDS]
+        self.msg.is_bigendian = False  # core.cloud writes little-endian float32
+        self.msg.point_step = POINT_STEP
+        self.msg.row_step = POINT_STEP * w
+        self.msg.is_dense = False
+        buffer = array.array("B")
+        buffer.frombytes(bytes(POINT_STEP * h * w))
+        if "_data" in getattr(type(self.msg), "__slots__", ()):
+            self.msg._data = buffer  # skip the generated setter's copy (see ros/convert.py)
+        else:  # pragma: no cover - other message generators
+            self.msg.data = buffer
+        self._view = np.frombuffer(self.msg.data, dtype=np.uint8)
+
+    def build(self, depth: np.ndarray, confidence: Optional[np.ndarray], header) -> PointCloud2:
+        """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``."""
+        self.projector.pack(depth, confidence, out=self._view)
+        self.msg.header = header
+        return self.msg
+
+
+def make_cloud(projector: CloudProjector, depth: np.ndarray, confidence: Optional[np.ndarray], header) -> PointCloud2:
+    """A new organised ``PointCloud2`` (a fresh :class:`CloudBuilder`; use one builder per camera in loops)."""
+    return CloudBuilder(projector).build(depth, confidence, header)
 
 
 def _matched_events_supported() -> bool:
