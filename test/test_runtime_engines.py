@@ -17,7 +17,7 @@ from monother_ros.model.branch import DepthBranch
 from monother_ros.model.checkpoints import save_model
 from monother_ros.model.variants import get_preset
 from monother_ros.runtime import engine as E
-from monother_ros.runtime.export import MODEL_ONNX_FILE, export_onnx, read_onnx_info, resolve_onnx
+from monother_ros.runtime.export import MODEL_ONNX_FILE, read_onnx_info, resolve_onnx
 from monother_ros.runtime.onnx_engine import OnnxEngine
 from monother_ros.runtime.torch_engine import TorchEngine
 
@@ -165,7 +165,9 @@ def test_infer_equals_the_pipeline_done_by_hand(tiny):
     config = tiny["config"]
     # ImageNet mean/std differ per channel: [0, 1] thermal, replicated, then per-channel affine
     unit = pp.ThermalPreprocessor(hw, tuple(config.input_size), mean=0.0, std=1.0)(img).copy()
-    x = (unit - np.asarray(config.mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(config.std, np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(config.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1)
+    x = (unit - mean) / std
     np.testing.assert_allclose(engine.preprocess(img), x, rtol=1e-5, atol=1e-5)
     with torch.inference_mode():
         out = engine.model(torch.from_numpy(x), features=False)

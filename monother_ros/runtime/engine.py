@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
@@ -385,6 +385,7 @@ def make_backend(
     min_depth_m: float | None = None,
     max_depth_m: float | None = None,
     min_confidence: float = 0.0,
+    rebuild: bool = True,
 ) -> EngineBase:
     """Build an inference engine.
 
@@ -402,6 +403,7 @@ def make_backend(
         num_threads: CPU threads for ONNX Runtime / torch (default: all cores).
         min_depth_m, max_depth_m: valid depth range; default the model's range.
         min_confidence: NaN where confidence is below this (0 = keep all).
+        rebuild: TensorRT only: rebuild a corrupt or mismatched cached engine (else ``EngineFileError``).
 
     Raises:
         ConfigError: bad arguments (unknown backend, input size not a multiple of 14, bad thresholds).
@@ -435,7 +437,7 @@ def make_backend(
     from monother_ros.runtime.tensorrt_engine import TensorRTEngine
 
     return TensorRTEngine.from_onnx(onnx_path, precision=precision, device=device, cache_dir=cache_dir,
-                                    **thresholds_kw)
+                                    rebuild=rebuild, **thresholds_kw)
 
 
 def thresholds_for(info: EngineInfo, min_depth_m: float | None, max_depth_m: float | None,
@@ -447,7 +449,3 @@ def thresholds_for(info: EngineInfo, min_depth_m: float | None, max_depth_m: flo
         min_confidence=float(min_confidence),
     )
 
-
-def with_precision(info: EngineInfo, precision: Precision) -> EngineInfo:
-    """Copy of ``info`` with another precision."""
-    return replace(info, precision=precision)
