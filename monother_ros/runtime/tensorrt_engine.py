@@ -172,6 +172,8 @@ class TensorRTEngine(EngineBase):
         self._device = device
         self._runtime = runtime
         self._engine = engine
+        self.engine_file: Path | None = None  # set by from_onnx: the cached engine file
+        self.built = False  # set by from_onnx: True when the engine was (re)built, not loaded
         with torch.cuda.device(device):
             self._stream = torch.cuda.Stream(device=device)
             self._context = engine.create_execution_context()
