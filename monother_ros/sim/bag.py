@@ -33,6 +33,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -192,6 +194,8 @@ _WORKER_RIG: SimRig | None = None
 
 def _worker_init(seed: int, scenario: str, family: str) -> None:
     global _WORKER_RIG
+    # Ctrl-C goes to the whole process group: only the writer handles it (and cleans up).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_RIG = SimRig(seed, scenario, family)  # type: ignore[arg-type]
 
 
@@ -337,7 +341,8 @@ def _rendered(events: list[SensorEvent], rig: SimRig, workers: int):
         for e in events:
             yield e, _render_event(e, rig)
         return
-    ctx = multiprocessing.get_context("fork")
+    # fork is fast, but forking a process that runs other threads (an rclpy executor, say) can deadlock.
+    ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
     window = 4 * workers  # bounded read-ahead keeps memory flat
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                              initargs=(rig.seed, rig.scenario, rig.family)) as pool:

@@ -131,8 +131,10 @@ class GroundShadows:
         gy = (y + np.float32(SHADOW_HALF_WIDTH_M)) * np.float32(1.0 / SHADOW_RES_M) - np.float32(0.5)
         np.clip(gx, 0.0, nx - 1.001, out=gx)
         np.clip(gy, 0.0, ny - 1.001, out=gy)
-        ix, iy = gx.astype(np.int32), gy.astype(np.int32)
-        fx, fy = gx - ix, gy - iy
+        fx, fy = np.floor(gx), np.floor(gy)
+        ix, iy = fx.astype(np.int32), fy.astype(np.int32)
+        fx = gx - fx  # (float32 minus int32 would promote to float64)
+        fy = gy - fy
         flat = strip.ravel()
         i00 = iy * nx + ix
         a, b = flat[i00], flat[i00 + 1]
