@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Domain-shift experiment of the online adaptation (issue 7): the table of AbsRel before / after.
+
+A student trained on one scene family (the source) is adapted without labels, by the same
+``adapt.OnlineLearner`` the ``online_adaptation`` node runs, on a stream of another family (the target)
+by day; then scored on held-out frames (other seeds) of the target family by day, of the source family,
+and of the target family at night. Three adaptation runs:
+
+* ``full``: confidence-weighted consistency + confidence keyframe gate (the node's default);
+* ``no_confidence``: the same without the confidence network (loss weights 1, no gate);
+* ``night``: ``full`` on a night stream of the target family, where the RGB teacher is unreliable: the
+  confidence gate should refuse most pairs and the model should not degrade.
+
+Full scale, with a source-trained dual model (student + RGB teacher + confidence network)::
+
+    .venv/bin/python scripts/adaptation_experiment.py --model runs/train/stage1_day_urban \
+        --source urban --target campus --steps 200 --out runs/adapt_experiment
+
+``--model`` is a dual model folder (``save_model(kind="monother_dual")``), a training run folder (its
+latest checkpoint) or a student folder with ``--teacher DUAL_DIR``. Without ``--model`` (no shipped
+model yet) ``--pretrain-steps N`` trains a small source model first (supervised, ground truth of the
+source family for the student; the RGB teacher and confidence network see both families, standing in
+for a general RGB model); the tests use that path at tiny scale (``run_experiment``).
+
+Ground truth is used only to score (and to pre-train the stand-in source model); adaptation never
+reads it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from monother_ros.adapt import LearnerConfig, OnlineLearner, PairSample, collate_samples, evaluate_student, load_dual
+from monother_ros.adapt.buffer import KeyframeConfig
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def render_samples(family: str, scenario: str, seed: int, times: Sequence[float], hw: tuple[int, int]) -> list[PairSample]:
+    """Thermal/RGB pairs (with ground truth for scoring) from the simulated rig at the network size."""
+    from monother_ros.core import preprocess
+    from monother_ros.sim import SimRig
+
+    rig = SimRig(seed=seed, scenario=scenario, family=family)
+    h, w = hw
+    cam_t = rig.thermal_camera.resized(w, h)
+    cam_r = rig.rgb_camera.resized(w, h)
+    out = []
+    for t in times:
+        th = rig.render_thermal(float(t), cam_t)
+        rg = rig.render_rgb(float(t), cam_r)
+        gt_t = np.nan_to_num(th.depth, nan=0.0).astype(np.float32)
+        gt_r = np.nan_to_num(rg.depth, nan=0.0).astype(np.float32)
+        out.append(PairSample(
+            thermal=preprocess.thermal_to_unit(th.counts).astype(np.float32),
+            rgb=np.ascontiguousarray(rg.rgb.transpose(2, 0, 1)).astype(np.float32) / 255.0,
+            K_thermal=cam_t.K, K_rgb=cam_r.K, T_rgb_thermal=rig.T_rgb_thermal, stamp_ns=int(t * 1e9),
+            pose=rig.pose(float(t)), gt_thermal=gt_t, gt_rgb=gt_r))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+def pretrain_source_model(source: Sequence[PairSample], teacher_extra: Sequence[PairSample], *, preset: str,
+                          hw: tuple[int, int], steps: int, confidence_steps: int = 0, batch_size: int = 4,
+                          lr: float = 1e-3, confidence_lr: float = 1e-4, seed: int = 0, log=print) -> torch.nn.Module:
+    """A stand-in source model from stage-1 ``distill.step`` supervised steps, in two phases.
+
+    1. ``steps`` steps without distillation: the student learns the source family only (its SILog and
+       NLL are off on ``teacher_extra`` batches); the RGB teacher learns both lists (a general RGB model).
+    2. ``confidence_steps`` steps training only the confidence network (NLL of the teacher's error
+       against ground truth + its smoothness) on both lists; the branches are left as they are.
+    """
+    from monother_ros.distill.step import prepare_stage, training_step
+    from monother_ros.model.dual import MonotherDual
+    from monother_ros.model.variants import get_preset
+
+    torch.manual_seed(seed)
+    config = get_preset(preset).replace(modality="thermal", input_size=tuple(hw))
+    dual = MonotherDual(config)
+    params = prepare_stage(dual, "supervised")
+    branch_params = [p for n, p in dual.named_parameters() if p.requires_grad and not n.startswith("confidence_net.")]
+    conf_params = [p for n, p in dual.named_parameters() if p.requires_grad and n.startswith("confidence_net.")]
+    opt = torch.optim.AdamW(branch_params, lr=lr, weight_decay=0.01)
+    opt_conf = torch.optim.AdamW(conf_params, lr=confidence_lr, weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    pools = [list(source), list(teacher_extra) or list(source)]
+    total = steps + confidence_steps
+    for step in range(total):
+        which = step % 2
+        pool = pools[which]
+        chosen = [pool[int(i)] for i in rng.choice(len(pool), size=min(batch_size, len(pool)), replace=False)]
+        batch = collate_samples(chosen)
+        batch["gt_depth_thermal"] = torch.from_numpy(np.stack([s.gt_thermal for s in chosen]))
+        batch["gt_depth_rgb"] = torch.from_numpy(np.stack([s.gt_rgb for s in chosen]))
+        if step < steps:
+            own = 1.0 if which == 0 else 0.0
+            weights = {"silog_thermal": own, "student_nll": 0.1 * own}
+            result = training_step(dual, batch, stage="supervised", distillation="none", weights=weights)
+            optimizer, clip = opt, branch_params
+        else:
+            weights = {"silog_rgb": 0.0, "silog_thermal": 0.0, "smoothness": 0.0, "consistency": 0.0,
+                       "student_nll": 0.0, "nll": 1.0, "confidence_smoothness": 1e-3}
+            result = training_step(dual, batch, stage="supervised", distillation="full", weights=weights)
+            optimizer, clip = opt_conf, conf_params
+        optimizer.zero_grad(set_to_none=True)
+        result.total.backward()
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        optimizer.step()
+        if log and (step % max(total // 6, 1) == 0 or step == total - 1):
+            log(f"  pretrain {step + 1}/{total}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.losses.items()))
+    return dual.eval()
+
+
+def load_source_model(model: str, teacher: str = "") -> torch.nn.Module:
+    """A dual model from a dual folder, a student folder + ``teacher``, or a training run / checkpoint."""
+    path = Path(model)
+    if (path / "state.pt").is_file() or (path / "checkpoints").is_dir() or path.name == "checkpoints":
+        from training.checkpointing import latest_checkpoint, read_checkpoint
+        from training.config import TrainConfig
+        from training.train import build_model
+
+        ckpt = path if (path / "state.pt").is_file() else latest_checkpoint(path.parent if path.name == "checkpoints" else path)
+        if ckpt is None:
+            raise SystemExit(f"{model}: no training checkpoint")
+        tensors, state = read_checkpoint(ckpt)
+        cfg = TrainConfig.from_dict(state["config"]).replace(init_from="scratch", student_init="", teacher_init="")
+        dual, _, _ = build_model(cfg)
+        dual.load_state_dict(tensors, strict=True)
+        return dual.eval()
+    dual, _ = load_dual(path, teacher or None)
+    return dual.eval()
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class AdaptRun:
+    """One adaptation run's outcome."""
+
+    name: str
+    before: dict[str, float]
+    after: dict[str, float]
+    status: dict[str, Any]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _absrel(student: torch.nn.Module, samples: Sequence[PairSample], max_depth: float) -> float:
+    return float(evaluate_student(student, samples, max_depth=max_depth).get("abs_rel", float("nan")))
+
+
+def adapt_once(name: str, dual: torch.nn.Module, stream: Sequence[PairSample], eval_sets: dict[str, Sequence[PairSample]],
+               config: LearnerConfig, *, steps: int, log=print) -> AdaptRun:
+    """Offer every stream pair to a fresh learner on a copy of ``dual``, then train ``steps`` steps (in
+    rounds, guards on, no compute budget) and score every evaluation set before and after."""
+    model = copy.deepcopy(dual)
+    max_depth = float(model.student.config.max_depth_m)
+    before = {k: _absrel(model.student, v, max_depth) for k, v in eval_sets.items()}
+    t0 = time.perf_counter()
+    learner = OnlineLearner(model, config)
+    for s in stream:
+        learner.offer(copy.copy(s))
+    rounds = []
+    while learner.counters["steps"] < steps and learner.ready():
+        r = learner.train_round(budget=False)
+        if r is None:
+            break
+        rounds.append({"round": r.round, "decision": r.decision, "candidate": r.candidate_score,
+                       "running": r.running_score, "loss": r.train_loss, "gt_absrel": r.gt_absrel})
+        if log:
+            log(f"  [{name}] round {r.round}: {r.decision} (held-out score {r.candidate_score:.4f} vs "
+                f"{r.running_score:.4f}, loss {r.train_loss:.3f})")
+    # The deployed model is the running (accepted) one, not the last candidate.
+    deployed = copy.deepcopy(model.student)
+    deployed.load_state_dict(learner.running_state)
+    after = {k: _absrel(deployed, v, max_depth) for k, v in eval_sets.items()}
+    return AdaptRun(name, before, after, learner.status(), rounds, time.perf_counter() - t0)
+
+
+def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "test-tiny", hw: tuple[int, int] = (42, 56),
+                   source: str = "urban", target: str = "campus", n_stream: int = 24, n_eval: int = 8,
+                   pretrain_steps: int = 300, confidence_steps: int = 20, steps: int = 40, seed: int = 0, night: bool = True,
+                   no_confidence: bool = True, config: Optional[LearnerConfig] = None, log=print) -> dict[str, Any]:
+    """The whole experiment; returns {"runs": {name: AdaptRun}, "table": markdown, ...}."""
+    t0 = time.perf_counter()
+    stream_t = np.arange(n_stream) * 0.7 + 1.0
+    eval_t = np.arange(n_eval) * 1.3 + 2.0
+    data = {
+        "target_stream": render_samples(target, "day", seed + 11, stream_t, hw),
+        "target_day": render_samples(target, "day", seed + 101, eval_t, hw),
+        "source_day": render_samples(source, "day", seed + 102, eval_t, hw),
+    }
+    if night:
+        data["night_stream"] = render_samples(target, "night", seed + 12, stream_t, hw)
+        data["target_night"] = render_samples(target, "night", seed + 103, eval_t, hw)
+    if log:
+        log(f"rendered {sum(len(v) for v in data.values())} pairs at {hw[0]}x{hw[1]} in {time.perf_counter() - t0:.1f} s")
+    if dual is None:
+        src_train = render_samples(source, "day", seed + 1, np.arange(2 * n_stream) * 0.6 + 0.5, hw)
+        tgt_rgb = render_samples(target, "day", seed + 2, np.arange(n_stream) * 0.9 + 0.5, hw)
+        dual = pretrain_source_model(src_train, tgt_rgb, preset=preset, hw=hw, steps=pretrain_steps,
+                                     confidence_steps=confidence_steps, seed=seed, log=log)
+    eval_sets = {"target_day": data["target_day"], "source_day": data["source_day"]}
+    if night:
+        eval_sets["target_night"] = data["target_night"]
+    base = config or LearnerConfig(
+        buffer_size=64, holdout_every=4, holdout_size=8, min_buffer=2, min_holdout=2, batch_size=2, steps_per_round=10,
+        lr=3e-4, encoder_lr_factor=0.1, max_rejections=3, reject_threshold=0.02, num_threads=0, seed=seed,
+        keyframe=KeyframeConfig(min_confidence=0.002, min_mask_fraction=0.01, min_image_change=0.0,
+                                min_translation_m=0.0, min_rotation_deg=0.0))
+    runs = {"full": adapt_once("full", dual, data["target_stream"], eval_sets, base, steps=steps, log=log)}
+    if no_confidence:
+        nc = base.replace(distillation="no_confidence", confidence_gate=False)
+        runs["no_confidence"] = adapt_once("no_confidence", dual, data["target_stream"], eval_sets, nc, steps=steps, log=log)
+    if night:
+        runs["night"] = adapt_once("night", dual, data["night_stream"], eval_sets, base, steps=steps, log=log)
+    return {"runs": runs, "table": format_table(runs), "seconds": time.perf_counter() - t0, "hw": hw}
+
+
+def format_table(runs: dict[str, AdaptRun]) -> str:
+    """Markdown table: AbsRel before -> after per evaluation set, keyframes admitted, steps, decisions."""
+    sets = list(next(iter(runs.values())).before)
+    head = "| run | " + " | ".join(f"AbsRel {s} before -> after (change)" for s in sets) + \
+           " | keyframes admitted / offered | steps | accepted / rejected / rollbacks |"
+    lines = [head, "|" + "---|" * (len(sets) + 4)]
+    for name, r in runs.items():
+        cells = []
+        for s in sets:
+            b, a = r.before[s], r.after[s]
+            change = (a - b) / b * 100 if b and np.isfinite(b) and np.isfinite(a) else float("nan")
+            cells.append(f"{b:.4f} -> {a:.4f} ({change:+.1f} %)")
+        st = r.status
+        kf = st["keyframes"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {kf['admitted']} / {kf['offered']} | {st['steps']} | "
+                     f"{st['accepted']} / {st['rejected']} / {st['rollbacks']} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="", help="source-trained dual model folder, training run, or student folder")
+    parser.add_argument("--teacher", default="", help="dual folder for teacher + confidence when --model is a student")
+    parser.add_argument("--source", default="urban", choices=["urban", "campus"])
+    parser.add_argument("--target", default="campus", choices=["urban", "campus"])
+    parser.add_argument("--height", type=int, default=0, help="network input height (0 = the model's)")
+    parser.add_argument("--width", type=int, default=0, help="network input width (0 = the model's)")
+    parser.add_argument("--stream", type=int, default=60, help="pairs in each adaptation stream")
+    parser.add_argument("--eval", type=int, default=20, help="held-out pairs per evaluation set")
+    parser.add_argument("--steps", type=int, default=200, help="adaptation optimiser steps per run")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="without --model: source pre-training steps")
+    parser.add_argument("--preset", default="monother-default", help="without --model: model preset")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="folder for results.json and table.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dual = load_source_model(args.model, args.teacher) if args.model else None
+    if dual is not None:
+        hw = (args.height, args.width) if args.height and args.width else tuple(dual.student.config.input_size)
+    else:
+        from monother_ros.model.variants import get_preset
+
+        hw = (args.height, args.width) if args.height and args.width else tuple(get_preset(args.preset).input_size)
+    config = LearnerConfig(
+        buffer_size=max(args.stream, 8), holdout_every=5, holdout_size=16, min_buffer=4, min_holdout=2,
+        batch_size=args.batch, steps_per_round=10, lr=args.lr, num_threads=0, seed=args.seed,
+        keyframe=KeyframeConfig(min_confidence=0.002, min_mask_fraction=0.02, min_image_change=0.0,
+                                min_translation_m=0.3, min_rotation_deg=3.0))
+    result = run_experiment(dual=dual, preset=args.preset, hw=hw, source=args.source, target=args.target,
+                            n_stream=args.stream, n_eval=args.eval, pretrain_steps=args.pretrain_steps, steps=args.steps,
+                            seed=args.seed, config=config)
+    print(result["table"])
+    print(f"total {result['seconds']:.0f} s at {hw[0]}x{hw[1]}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(result["table"] + "\n")
+        (out / "results.json").write_text(json.dumps(
+            {name: {"before": r.before, "after": r.after, "status": r.status, "rounds": r.rounds, "seconds": r.seconds}
+             for name, r in result["runs"].items()}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
