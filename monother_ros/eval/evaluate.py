@@ -727,13 +727,17 @@ def _sample_positions(expected: int, count: int) -> set[int]:
     return set(np.linspace(0, expected - 1, min(count, expected)).round().astype(int).tolist())
 
 
-def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], *,
+def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], *, name: str | None = None,
                  on_frame: Callable[[], None] | None = None, progress: Any = None) -> None:
-    """Score every predictor on one bag, updating ``run`` (errors are recorded, not raised)."""
+    """Score every predictor on one bag, updating ``run`` (errors are recorded, not raised).
+
+    Args:
+        name: the bag's key in the results (default: its file name, made unique within the run).
+    """
     from monother_ros.eval.bag_reader import BagReader
 
     options = run.options
-    name = _unique_name(Path(bag_path), run.bags)
+    name = name or _unique_name(Path(bag_path), run.bags)
     entry: dict[str, Any] = {"path": str(bag_path), "status": "ok", "error": None, "partial": False}
     run.bags[name] = entry
     t_start = time.perf_counter()
