@@ -78,7 +78,7 @@ class GroundShadows:
         self.nx = int(round(SEGMENT_LENGTH_M / SHADOW_RES_M))
         self.ny = int(round(2 * SHADOW_HALF_WIDTH_M / SHADOW_RES_M))
         self._maps: dict[int, np.ndarray] = {}
-        self._strip: tuple[int, int, np.ndarray] | None = None
+        self._strips: dict[tuple[int, int], np.ndarray] = {}
         # Shadows reach this far (horizontally) from their caster: neighbouring segments contribute.
         self._reach = 45.0 / math.tan(math.asin(min(1.0, sun[2])))
 
@@ -115,9 +115,13 @@ class GroundShadows:
         return self._maps[k]
 
     def _strip_for(self, k0: int, k1: int) -> np.ndarray:
-        if self._strip is None or self._strip[0] != k0 or self._strip[1] != k1:
-            self._strip = (k0, k1, np.concatenate([self.segment_map(k) for k in range(k0, k1 + 1)], axis=1))
-        return self._strip[2]
+        """Maps of segments k0..k1 side by side (cached: bands of one frame ask for a few ranges)."""
+        key = (k0, k1)
+        if key not in self._strips:
+            if len(self._strips) >= 12:
+                self._strips.pop(next(iter(self._strips)))
+            self._strips[key] = np.concatenate([self.segment_map(k) for k in range(k0, k1 + 1)], axis=1)
+        return self._strips[key]
 
     def sunlit(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Sunlit fraction (float32, 0-1, bilinear) of ground points (x, y) (float32 arrays)."""
