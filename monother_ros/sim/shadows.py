@@ -118,7 +118,7 @@ class GroundShadows:
         """Maps of segments k0..k1 side by side (cached: bands of one frame ask for a few ranges)."""
         key = (k0, k1)
         if key not in self._strips:
-            if len(self._strips) >= 12:
+            if len(self._strips) >= 6:
                 self._strips.pop(next(iter(self._strips)))
             self._strips[key] = np.concatenate([self.segment_map(k) for k in range(k0, k1 + 1)], axis=1)
         return self._strips[key]
