@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from test_train_data import rig_bag
+from monother_ros.errors import ConfigError
 from training.checkpointing import latest_checkpoint, read_checkpoint
 from training.config import load_config
-from training.train import run
+from training.train import build_model, run
 
 COMMON = ["model=test-tiny", "input_size=[28, 42]", "batch_size=2", "lr=1e-3", "encoder_lr_factor=1.0", "threads=1"]
 
@@ -31,6 +32,13 @@ def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _initial_weights(bag: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The weights every run starts from (run seeds with ``seed`` before building the model)."""
+    torch.manual_seed(0)
+    model, _, _ = build_model(_config(bag, tmp_path / "unused"))
+    return _weights(model)
+
+
 def test_run_logs_metrics_checkpoints_and_counts_skips(bag, tmp_path):
     result = run(_config(bag, tmp_path / "run", "epochs=1", f"val_data=[{bag}]"), progress=False)
     assert result.steps == 2 and result.epochs_done == 1  # 4 pairs (1 skipped), global batch 2
@@ -44,6 +52,8 @@ def test_run_logs_metrics_checkpoints_and_counts_skips(bag, tmp_path):
     assert state["step"] == 2 and state["epoch"] == 1 and state["config"]["model"] == "test-tiny"
     for key, value in result.model.state_dict().items():
         assert torch.equal(tensors[key], value.cpu())
+    with pytest.raises(ConfigError, match="holds a previous run"):
+        run(_config(bag, tmp_path / "run", "epochs=1"), progress=False)
 
 
 @pytest.mark.slow
@@ -57,8 +67,8 @@ def test_resume_equals_uninterrupted_run(bag, tmp_path):
     a, b = _weights(full.model), _weights(resumed.model)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     # And the run did move the weights (the comparison above is not vacuous).
-    start = run(_config(bag, tmp_path / "start", "epochs=1", "stop_after_steps=1"), progress=False)
-    assert max((a[k] - _weights(start.model)[k]).abs().max().item() for k in a if a[k].is_floating_point()) > 1e-4
+    start = _initial_weights(bag, tmp_path)
+    assert max((a[k] - start[k]).abs().max().item() for k in a if a[k].is_floating_point()) > 1e-4
     # The metrics log of the resumed run holds both epochs once each.
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "part/metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
@@ -87,7 +97,7 @@ def test_two_gloo_processes_match_each_other_and_a_single_process(bag, tmp_path)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    init = _weights(run(_config(bag, tmp_path / "init", "epochs=1", "stop_after_steps=1", "lr=1e-12"), progress=False).model)
+    init = _initial_weights(bag, tmp_path)
     accumulated = _weights(run(_config(bag, tmp_path / "acc", "epochs=1", "micro_batch_size=1"), progress=False).model)
     pooled = _weights(run(_config(bag, tmp_path / "single", "epochs=1"), progress=False).model)
 

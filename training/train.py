@@ -145,17 +145,21 @@ def build_model(config: TrainConfig):
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: encoder + DPT at ``lr * encoder_lr_factor``, the rest at ``lr``; only trainable params."""
-    slow, fast = [], []
+    """AdamW groups of the trainable parameters: encoder + DPT at ``lr * encoder_lr_factor``, the
+    confidence network at ``lr * confidence_lr_factor``, the rest (metric heads, student confidence
+    head) at ``lr``. Empty groups are left out."""
+    buckets: dict[str, list[nn.Parameter]] = {"encoder_dpt": [], "confidence_net": [], "heads": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (slow if name.startswith(SLOW_PREFIXES) else fast).append(p)
-    groups = []
-    if slow:
-        groups.append({"params": slow, "lr": config.lr * config.encoder_lr_factor, "name": "encoder_dpt"})
-    if fast:
-        groups.append({"params": fast, "lr": config.lr, "name": "heads"})
+        if name.startswith(SLOW_PREFIXES):
+            buckets["encoder_dpt"].append(p)
+        elif name.startswith("confidence_net."):
+            buckets["confidence_net"].append(p)
+        else:
+            buckets["heads"].append(p)
+    factors = {"encoder_dpt": config.encoder_lr_factor, "confidence_net": config.confidence_lr_factor, "heads": 1.0}
+    groups = [{"params": ps, "lr": config.lr * factors[name], "name": name} for name, ps in buckets.items() if ps]
     if not groups:
         raise ConfigError(f"stage {config.stage}: no trainable parameters")
     return groups
@@ -284,6 +288,28 @@ class TrainResult:
     model: nn.Module | None = None  # this rank's trained model (unwrapped), for callers and tests
 
 
+def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no inf/NaN: such values become null (and are logged)."""
+    out: dict[str, float | None] = {}
+    for k, v in values.items():
+        if math.isfinite(v):
+            out[k] = v
+        else:
+            LOG.warning("epoch mean of %s is %s", k, v)
+            out[k] = None
+    return out
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop log lines of epochs after ``epochs_done`` (written before a crash, redone after resuming)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -331,6 +357,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         sums: dict[str, float] = {}
         count = 0
         history: list[dict[str, Any]] = []
+        if config.init_from != "resume" and (latest_checkpoint(out_dir) is not None or (out_dir / "metrics.jsonl").is_file()):
+            raise ConfigError(f"out_dir {out_dir} holds a previous run: continue it with init_from=resume or choose another out_dir")
         if config.init_from == "resume":
             ckpt = latest_checkpoint(out_dir)
             if ckpt is None:
@@ -340,6 +368,12 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             sums = {k: float(v) for k, v in state["extra"].get("epoch_sums", {}).items()}
             count = int(state["extra"].get("epoch_count", 0))
             LOG.info("resumed from %s at epoch %d step %d", ckpt, start_epoch, step)
+            saved_world = int(state["extra"].get("world_size", ctx.world_size))
+            if saved_world != ctx.world_size and start_in_epoch:
+                LOG.warning("checkpoint written with %d processes, resuming with %d: the rest of epoch %d sees "
+                            "different batches than an uninterrupted run", saved_world, ctx.world_size, start_epoch + 1)
+            if ctx.is_main:
+                _truncate_metrics(out_dir / "metrics.jsonl", start_epoch)
             # Per-rank RNG streams continue from the checkpoint (rank 0's); offset the others as at start.
             if ctx.rank:
                 torch.manual_seed(config.seed + 1000 * ctx.rank + step)
@@ -372,9 +406,11 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             return save_checkpoint(
                 out_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
                 step_in_epoch=in_epoch, config=config.to_dict(),
-                extra={"epoch_sums": dict(sums), "epoch_count": count}, keep=config.keep_checkpoints,
+                extra={"epoch_sums": dict(sums), "epoch_count": count, "world_size": ctx.world_size},
+                keep=config.keep_checkpoints,
             )
 
+        skipped = 0  # optimiser updates skipped for non-finite gradients (this epoch)
         epoch = start_epoch
         for epoch in range(start_epoch, config.epochs):
             train_ds.set_epoch(epoch)
@@ -382,6 +418,7 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             first = start_in_epoch if epoch == start_epoch else 0
             if first == 0:
                 sums, count = {}, 0
+            skipped = 0
             loader = DataLoader(train_ds, batch_sampler=batches[first:], collate_fn=collate, num_workers=config.num_workers)
             prepare_stage(model, config.stage)
             bar = None
@@ -406,9 +443,14 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                         (result.total / len(chunks)).backward()
                     for k, v in result.losses.items():
                         step_losses[k] = step_losses.get(k, 0.0) + float(v) / len(chunks)
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                optimizer.step()
+                # The global gradient norm (one host sync): clip to grad_clip, and skip the update when it
+                # is not finite (a NaN/inf gradient would poison every weight through AdamW).
+                norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else float("inf"))
+                if torch.isfinite(norm):
+                    optimizer.step()
+                else:
+                    skipped += 1
+                    LOG.warning("step %d: non-finite gradient norm, update skipped", step + 1)
                 scheduler.step()
                 step += 1
                 in_epoch += 1
@@ -435,7 +477,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             train_means = _mean_across_ranks(sums, count, ctx)
             elapsed = time.perf_counter() - epoch_start
             record: dict[str, Any] = {
-                "epoch": epoch + 1, "step": step, "train": train_means, "time_s": round(elapsed, 3),
+                "epoch": epoch + 1, "step": step, "train": _finite_or_none(train_means), "time_s": round(elapsed, 3),
+                "skipped_steps": skipped,
                 "samples_per_s": (epoch_samples * 1.0 / elapsed) if elapsed > 0 else None,
                 "lr": [g["lr"] for g in optimizer.param_groups], "world_size": ctx.world_size,
             }
@@ -514,8 +557,9 @@ def _build_tensorrt(onnx_path: Path, *, required: bool) -> str | None:
             raise BackendUnavailableError(f"TensorRT engine requested but unavailable: {reason}")
         LOG.info("TensorRT not available (%s): engine not built", reason)
         return None
-    engine = make_backend("tensorrt", onnx_path)
-    return str(getattr(engine.info, "engine_path", "") or "built")
+    engine = make_backend(onnx_path, "tensorrt")  # exports/builds into the engine cache (keyed, reused)
+    info = engine.info
+    return f"{info.backend} {info.precision} {info.input_hw[0]}x{info.input_hw[1]} model {info.model_hash[:12]}"
 
 
 # ------------------------------------------------------------------------------------------- main
