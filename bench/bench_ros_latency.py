@@ -280,6 +280,7 @@ def main() -> int:
         c = load_section(client, params, logdir / "c.log", args.load_seconds)
     finally:
         executor.shutdown(timeout_sec=2)
+        spinner.join(timeout=5)
         client.node.destroy_node()
         context.try_shutdown()
 
