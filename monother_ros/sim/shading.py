@@ -8,7 +8,12 @@ Thermal model: every material has a day and a night temperature; by day sun-faci
 ``solar * cos(sun angle)`` kelvin; the emitted radiance mixes the surface's own (emissivity e) with the
 reflected surroundings (1 - e: sky above, air-temperature surroundings at the side), in T^4; the air
 path attenuates towards the air temperature. People, engines, lit windows and lamps are warm at night,
-the sky is cold, and sun-heated asphalt dominates by day.
+the sky is cold (clouds less so), and sun-heated asphalt dominates by day; ground in a cast shadow
+(``shadows``) gets no sun, in both the visible and the thermal model.
+
+Visible model: Lambert shading by the sun and a sky hemisphere, sky reflections on glass and paint,
+street lamps as point lights (night), emitters (lamps, lit windows, head and tail lights), exponential
+fog / haze towards the air light, a gradient sky with a seeded cloud layer.
 """
 from __future__ import annotations
 
