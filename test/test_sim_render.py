@@ -214,3 +214,34 @@ def test_ground_shadows_follow_the_sun() -> None:
     assert value[0] < 0.05
     frac = shadows.segment_map(3).mean()  # part of the ground is lit, part shaded
     assert 0.05 < frac < 0.97
+
+
+def test_moving_objects_move_smoothly_and_exist_at_any_time() -> None:
+    from monother_ros.sim.scene import COL_CX, COL_CY, FLOWS, Scene
+
+    scene = Scene(7, "urban")
+    a = _moving_xy(scene, 0.0)
+    b = _moving_xy(scene, 0.5)
+    # Same objects (same order, same y) moved by their flow's speed; static objects do not move.
+    assert a.shape == b.shape and len(a) > 10
+    shifts = b[:, 0] - a[:, 0]
+    np.testing.assert_allclose(a[:, 1], b[:, 1])
+    speeds = {round(f.vx * 0.5, 6) for f in FLOWS["urban"]}
+    assert set(np.round(shifts, 6)) <= speeds and len(set(np.round(shifts, 6))) >= 3
+    # Far in the future the flows still populate the street around any x.
+    late = scene.primitives_near(500.0, 700.0, t=3600.0)
+    static = scene.primitives_near(500.0, 700.0)
+    assert len(late) > len(static)
+    moving = late.params[len(static):]
+    # (whole 100 m flow segments are returned, like static segments)
+    assert np.all((moving[:, COL_CX] > 500.0 - 106.0) & (moving[:, COL_CX] < 700.0 + 106.0))
+    assert np.any((moving[:, COL_CX] > 500.0) & (moving[:, COL_CX] < 700.0))
+    assert np.all(np.abs(moving[:, COL_CY]) > 1.0)  # never in our lane (y < 0 near -1.75 is kept free)
+
+
+def _moving_xy(scene, t: float) -> np.ndarray:
+    from monother_ros.sim.scene import COL_CX, COL_CY, Primitives
+
+    # A window that loads the same flow segments at both times (shifts stay < 5 m).
+    moving = Primitives.concat(scene.moving_at(20.0, 280.0, t))
+    return moving.params[:, [COL_CX, COL_CY]]

@@ -165,9 +165,10 @@ class SimRig:
         """T_world_base at time t (seconds)."""
         return self.trajectory.pose(t)
 
-    def _prims_near(self, T_world_sensor: np.ndarray, behind: float = 30.0, ahead: float = DRAW_DISTANCE_M) -> Primitives:
+    def _prims_near(self, T_world_sensor: np.ndarray, t: float, behind: float = 30.0,
+                    ahead: float = DRAW_DISTANCE_M) -> Primitives:
         x = float(T_world_sensor[0, 3])
-        return self.scene.primitives_near(x - behind, x + ahead)
+        return self.scene.primitives_near(x - behind, x + ahead, t)
 
     def _rng(self, kind: str, t: float) -> np.random.Generator:
         return np.random.default_rng([abs(self.seed), _KIND_CODE[kind], int(round(t * 1e9)) + 2**40])
@@ -176,7 +177,7 @@ class SimRig:
         start = int(rng.integers(0, _NOISE_BANK_SIZE - n))
         return self._bank[start:start + n]
 
-    def _render(self, camera: PinholeCamera, T_world_cam: np.ndarray, mode: Literal["rgb", "thermal"],
+    def _render(self, camera: PinholeCamera, T_world_cam: np.ndarray, t_s: float, mode: Literal["rgb", "thermal"],
                 finish: Callable[[slice, np.ndarray], None] | None = None) -> tuple[np.ndarray | None, np.ndarray]:
         """Shade every pixel; returns (values, z-depth (H, W) float32, NaN invalid).
 
@@ -184,7 +185,7 @@ class SimRig:
         each band of rows is handed to ``finish(rows, values)`` while it is still in the CPU cache and
         no full-frame array is returned.
         """
-        prims = self._prims_near(T_world_cam)
+        prims = self._prims_near(T_world_cam, t_s)
         rays = raycast.pinhole_rays(camera, T_world_cam)
         regions = raycast.pinhole_regions(prims, camera, T_world_cam, DRAW_DISTANCE_M)
         t, prim = raycast.trace(rays, prims, regions, max_distance=DRAW_DISTANCE_M)
@@ -306,7 +307,7 @@ class SimRig:
             np.minimum(c, np.float32(65535.0), out=c)
             counts[rs] = c
 
-        _, depth = self._render(camera, T_world_cam, "thermal", finish)
+        _, depth = self._render(camera, T_world_cam, t, "thermal", finish)
         return ThermalFrame(counts, depth, float(t))
 
     def render_rgb(self, t: float, camera: PinholeCamera | None = None, *, scale: float | None = None,
@@ -339,7 +340,7 @@ class SimRig:
 
         if p.lights_on:
             # Glare spreads light over the whole frame, so it needs the full linear image first.
-            lin, depth = self._render(camera, T_world_cam, "rgb")
+            lin, depth = self._render(camera, T_world_cam, t, "rgb")
             assert lin is not None
             lin *= vignette
             lin += _glare(lin)
@@ -349,14 +350,14 @@ class SimRig:
                 rs = slice(r0, min(H, r0 + band))
                 develop(rs, lin[:, rs])
         else:
-            _, depth = self._render(camera, T_world_cam, "rgb", develop)
+            _, depth = self._render(camera, T_world_cam, t, "rgb", develop)
         return RgbFrame(rgb, depth, float(t))
 
     def lidar_scan(self, t: float, *, noise: bool = True) -> np.ndarray:
         """LiDAR sweep at time t (taken instantaneously): (N, 4) float32 x, y, z (metres, lidar_link) and
         intensity (0-255, from material reflectivity and incidence)."""
         T_world_lidar = self.pose(t) @ self.T_base_lidar
-        prims = self._prims_near(T_world_lidar, behind=MAX_DEPTH_M + 10, ahead=MAX_DEPTH_M + 10)
+        prims = self._prims_near(T_world_lidar, t, behind=MAX_DEPTH_M + 10, ahead=MAX_DEPTH_M + 10)
         d_world = self._lidar_dirs @ T_world_lidar[:3, :3].T
         rays = raycast.RayGrid(T_world_lidar[:3, 3].copy(), d_world[..., 0].astype(np.float32),
                                d_world[..., 1].astype(np.float32), d_world[..., 2].astype(np.float32),
@@ -398,7 +399,7 @@ class SimRig:
             hit primitive ids (N,) int32.
         """
         pose = self.pose(t)
-        prims = self._prims_near(pose)
+        prims = self._prims_near(pose, t)
         d = np.asarray(directions, dtype=np.float32).reshape(1, -1, 3)
         rays = raycast.RayGrid(np.asarray(origin, np.float64), d[..., 0].copy(), d[..., 1].copy(), d[..., 2].copy(),
                                np.linalg.norm(d, axis=-1).astype(np.float32))

@@ -259,11 +259,8 @@ def _urban_segment(b: _Builder, x0: float, x1: float) -> None:
             b.tree(rng.uniform(x0 + 2, x1 - 2), side * rng.uniform(7.3, 7.8), scale=0.8)
         for _ in range(int(rng.integers(2, 7))):
             b.cylinder(Mat.METAL, rng.uniform(x0, x1), side * 6.5, 0.09, 0.0, 1.0, tint=(0.5, 0.5, 0.5))
-        for _ in range(int(rng.integers(4, 12))):
+        for _ in range(int(rng.integers(2, 7))):  # standing; walkers are in the pedestrian flows
             b.person(rng.uniform(x0 + 0.5, x1 - 0.5), side * rng.uniform(7.4, 10.3))
-    # Oncoming traffic in the left lane (our lane stays free: the trajectory drives there).
-    for _ in range(int(rng.integers(1, 4))):
-        b.car(rng.uniform(x0 + 3, x1 - 3), 1.8 + rng.normal(0, 0.15), math.pi + rng.normal(0, 0.02), running=True)
 
 
 def _campus_segment(b: _Builder, x0: float, x1: float) -> None:
@@ -279,7 +276,7 @@ def _campus_segment(b: _Builder, x0: float, x1: float) -> None:
         for _ in range(int(rng.integers(8, 20))):
             y = side * rng.uniform(4.5, 32.0)
             b.tree(rng.uniform(x0 + 1, x1 - 1), y, scale=rng.uniform(0.8, 1.4), max_crown_r=abs(y) - 3.0)
-        for _ in range(int(rng.integers(8, 22))):
+        for _ in range(int(rng.integers(5, 15))):  # standing; walkers are in the pedestrian flows
             b.person(rng.uniform(x0 + 0.5, x1 - 0.5), side * rng.uniform(3.6, 25.0))
         x = x0 + rng.uniform(0.0, 12.0)
         while x < x1:
@@ -293,6 +290,34 @@ def _campus_segment(b: _Builder, x0: float, x1: float) -> None:
         side = 1.0 if rng.uniform() < 0.5 else -1.0
         for k in range(int(rng.integers(2, 6))):
             b.car(lot_x + 2.8 * k, side * 9.0, side * math.pi / 2 + rng.normal(0, 0.05), running=rng.uniform() < 0.2)
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Objects moving along x at one common speed ``vx`` (m/s): generated in the flow's own coordinate
+    u = x - vx t, in 100 m segments like the static scene, so they exist at any time without popping."""
+
+    vx: float
+    kind: Literal["car", "person"]
+    y_range: tuple[float, float]
+    per_100m: tuple[int, int]
+
+
+FLOWS: dict[str, tuple[Flow, ...]] = {
+    # Oncoming traffic in the left lane (our lane stays free: the trajectory drives there), people
+    # walking both ways on both sidewalks.
+    "urban": (
+        Flow(-8.5, "car", (1.65, 1.95), (1, 4)),
+        Flow(1.3, "person", (7.6, 10.2), (2, 6)), Flow(-1.4, "person", (7.6, 10.2), (2, 6)),
+        Flow(1.2, "person", (-10.2, -7.6), (2, 6)), Flow(-1.3, "person", (-10.2, -7.6), (2, 6)),
+    ),
+    # A rare oncoming car on the narrow path; many walkers beside the path and across the lawns.
+    "campus": (
+        Flow(-6.0, "car", (1.45, 1.6), (0, 2)),
+        Flow(1.2, "person", (3.6, 12.0), (3, 9)), Flow(-1.1, "person", (3.6, 12.0), (3, 9)),
+        Flow(1.3, "person", (-12.0, -3.6), (3, 9)), Flow(-1.2, "person", (-12.0, -3.6), (3, 9)),
+    ),
+}
 
 
 class Scene:
@@ -309,6 +334,7 @@ class Scene:
         self.seed = int(seed)
         self.family = family
         self._segments: dict[int, Primitives] = {}
+        self._flow_segments: dict[tuple[int, int], Primitives] = {}
 
     @property
     def road_half_width_m(self) -> float:
@@ -330,11 +356,53 @@ class Scene:
             self._segments[index] = builder.done()
         return self._segments[index]
 
-    def primitives_near(self, x_min: float, x_max: float) -> Primitives:
-        """All objects of the segments overlapping [x_min, x_max] (world x, metres)."""
+    def flow_segment(self, flow: int, index: int) -> Primitives:
+        """Objects of moving flow ``flow`` in its segment ``index``, positioned in flow coordinates (t = 0)."""
+        key = (flow, index)
+        if key not in self._flow_segments:
+            family_code = FAMILIES.index(self.family)
+            rng = np.random.default_rng([abs(self.seed), int(self.seed < 0), family_code, 100 + flow, index + 2**31])
+            spec = FLOWS[self.family][flow]
+            b = _Builder(rng)
+            u0 = index * SEGMENT_LENGTH_M
+            heading = 0.0 if spec.vx > 0 else math.pi
+            for _ in range(int(rng.integers(spec.per_100m[0], spec.per_100m[1] + 1))):
+                u = float(rng.uniform(u0 + 3.0, u0 + SEGMENT_LENGTH_M - 3.0))
+                y = float(rng.uniform(*spec.y_range))
+                if spec.kind == "car":
+                    b.car(u, y, heading + float(rng.normal(0, 0.01)), running=True)
+                else:
+                    b.person(u, y)
+            if len(self._flow_segments) > 256:
+                self._flow_segments.pop(next(iter(self._flow_segments)))
+            self._flow_segments[key] = b.done()
+        return self._flow_segments[key]
+
+    def primitives_near(self, x_min: float, x_max: float, t: float | None = None) -> Primitives:
+        """All objects that can lie in [x_min, x_max] (world x, metres): the static segments overlapping it
+        and, when a time ``t`` (seconds) is given, the moving objects (cars, walkers) at that time."""
         first = math.floor(x_min / SEGMENT_LENGTH_M)
         last = math.floor(x_max / SEGMENT_LENGTH_M)
-        return Primitives.concat([self.segment(k) for k in range(first, last + 1)])
+        parts = [self.segment(k) for k in range(first, last + 1)]
+        if t is not None:
+            parts += self.moving_at(x_min, x_max, t)
+        return Primitives.concat(parts)
+
+    def moving_at(self, x_min: float, x_max: float, t: float) -> list[Primitives]:
+        """Moving objects near [x_min, x_max] at time t, in world coordinates."""
+        out = []
+        for f, spec in enumerate(FLOWS[self.family]):
+            shift = spec.vx * t
+            # A car is up to ~5 m long: widen the range so that objects straddling its ends are included.
+            first = math.floor((x_min - shift - 5.0) / SEGMENT_LENGTH_M)
+            last = math.floor((x_max - shift + 5.0) / SEGMENT_LENGTH_M)
+            for k in range(first, last + 1):
+                seg = self.flow_segment(f, k)
+                if len(seg):
+                    params = seg.params.copy()
+                    params[:, COL_CX] += shift
+                    out.append(Primitives(seg.kind, seg.mat, params, seg.lamps))
+        return out
 
     def ground_material(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Material id (int16) of the ground at world (x, y) (float32 arrays of one shape)."""
