@@ -128,6 +128,10 @@ class Engine(Protocol):
         """Depth (and confidence) at the camera resolution for one (H, W) uint16/uint8 thermal image."""
         ...
 
+    def preprocess(self, thermal: np.ndarray) -> np.ndarray:
+        """The (1, 3, h, w) float32 network input ``infer`` would feed for this thermal image."""
+        ...
+
     def infer_tensor(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw network outputs for a preprocessed (1, 3, h, w) float32 input (h, w = ``info.input_hw``):
         ``(depth (1, 1, h, w) float32 metres, confidence (1, 1, h, w) float32 or None)``, new arrays."""
