@@ -6,6 +6,11 @@ from its own seeded generator, so any segment is identical whatever order segmen
 live rig can run for ever. Primitive 0 is the ground and primitive 1 the sky (pseudo-primitives for the
 shading tables); objects start at index ``FIRST_OBJECT``.
 
+Moving objects (oncoming cars, people walking along the sidewalks) belong to flows: each flow moves at
+one speed along x and is generated in its own coordinate u = x - vx t, in 100 m segments as well, so
+they exist at any time and never pop in or out; they cast no ground shadows. RGB and thermal frames,
+taken at different instants, see them at different places, as a real unsynchronised rig would.
+
 Families differ in their statistics on purpose (a model trained on one is shifted on the other):
 ``urban`` is a street canyon (continuous rows of 8-35 m buildings, parked and oncoming cars, street lamps,
 people on sidewalks); ``campus`` is open (lawns, a narrow path, low yawed buildings far back, many trees,
