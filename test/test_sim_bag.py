@@ -137,7 +137,7 @@ def test_preview_written_next_to_bag(one_second_bag) -> None:
     path, summary = one_second_bag
     assert summary.preview == preview_path_for(path) and summary.preview.is_file()
     with Image.open(summary.preview) as im:
-        assert im.format == "PNG" and im.width >= 3 * 320 and im.height >= 3 * 180
+        assert im.format == "PNG" and im.width >= 320 + 455 + 320 and im.height >= 3 * 256
     leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

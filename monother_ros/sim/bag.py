@@ -373,4 +373,4 @@ def _preview_image(previews: list[dict]) -> np.ndarray:
             row.append(p["rgb"])
         row.append(colorize_depth(p["depth"]))
         rows.append(row)
-    return mosaic(rows)
+    return mosaic(rows, tile_height=256)

@@ -35,19 +35,26 @@ def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
     return apply_colormap(v, _DEPTH)
 
 
-def mosaic(rows: list[list[np.ndarray]], tile_width: int = 320) -> np.ndarray:
-    """Grid of (H, W, 3) uint8 images, each resized to ``tile_width`` wide, rows padded to equal height."""
+def mosaic(rows: list[list[np.ndarray]], tile_width: int = 320, *, tile_height: int | None = None) -> np.ndarray:
+    """Grid of (H, W, 3) uint8 images with 4 px gaps, aspect ratios kept.
+
+    Each image is resized to ``tile_width`` wide (rows padded to equal height), or, when ``tile_height`` is
+    given, to that height (no padding between images of different aspect ratios).
+    """
     from PIL import Image
 
     out_rows = []
     for row in rows:
         tiles = []
         for img in row:
-            h = max(1, round(img.shape[0] * tile_width / img.shape[1]))
-            tiles.append(np.asarray(Image.fromarray(img).resize((tile_width, h), Image.BILINEAR)))
+            if tile_height is not None:
+                size = (max(1, round(img.shape[1] * tile_height / img.shape[0])), tile_height)
+            else:
+                size = (tile_width, max(1, round(img.shape[0] * tile_width / img.shape[1])))
+            tiles.append(np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR)))
         height = max(t.shape[0] for t in tiles)
-        padded = [np.pad(t, ((0, height - t.shape[0]), (0, 4), (0, 0))) for t in tiles]
-        out_rows.append(np.pad(np.concatenate(padded, axis=1), ((0, 4), (0, 0), (0, 0))))
+        padded = [np.pad(t, ((0, height - t.shape[0] + 4), (0, 4), (0, 0))) for t in tiles]
+        out_rows.append(np.concatenate(padded, axis=1))
     width = max(r.shape[1] for r in out_rows)
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in out_rows], axis=0)
 
