@@ -652,13 +652,14 @@ class OnlineLearner:
                     self.counters["rollbacks"] += 1
                     self.consecutive_rejections = 0
                     decision = "rolled_back"
+            if decision == "accepted":
+                # Under the training lock, so a concurrent reset cannot be overtaken by this hand-over.
+                self._publish(state, "accepted", rnd, candidate)
         result = RoundResult(rnd, len(losses), decision, candidate, running, self.last_loss,
                              time.monotonic() - t0, gt.get("abs_rel", float("nan")))
         self.last_round = result
         LOG.info("adaptation round %d: %s (candidate %.4f vs running %.4f, loss %.4f, %.1f s)", rnd, decision,
                  candidate, running, self.last_loss, result.seconds)
-        if decision == "accepted":
-            self._publish(state, "accepted", rnd, candidate)
         return result
 
     # ------------------------------------------------------------------ hand-over and checkpoints
@@ -704,8 +705,8 @@ class OnlineLearner:
         with self._train_lock:
             self._set_running(self.shipped_state, load_training=True)
             self.consecutive_rejections = 0
-            self.counters["resets"] += 1
             update = self._publish(self.shipped_state, "reset", self.counters["rounds"], float("nan"))
+            self.counters["resets"] += 1
         return update
 
     def announce(self) -> Optional[ModelUpdate]:

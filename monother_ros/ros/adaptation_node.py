@@ -1,0 +1,555 @@
+"""``online_adaptation`` node: label-free online adaptation of the thermal student (MonoTher-Depth stage 2).
+
+Topics (relative names; QoS from ``monother_ros.ros.qos``):
+
+| topic                   | dir | type                        | QoS                          | note                              |
+|-------------------------|-----|-----------------------------|------------------------------|-----------------------------------|
+| thermal/image_raw       | in  | sensor_msgs/Image           | sensor                       | paired with RGB (ApproximateTime) |
+| thermal/camera_info     | in  | sensor_msgs/CameraInfo      | sensor (cached)              |                                   |
+| rgb/image_raw           | in  | sensor_msgs/Image           | sensor                       |                                   |
+| rgb/camera_info         | in  | sensor_msgs/CameraInfo      | sensor (cached)              |                                   |
+| /tf, /tf_static         | in  | tf2_msgs/TFMessage          | tf2's                        | extrinsic; odometry when set      |
+| adaptation/status       | out | std_msgs/String (JSON)      | reliable, latched, depth 1   | every ``status_period_s``         |
+| adaptation/model_path   | out | std_msgs/String             | reliable, latched, depth 1   | each accepted checkpoint folder   |
+| /diagnostics            | out | diagnostic_msgs/DiagnosticArray | reliable, 10             |                                   |
+
+Services: ``adaptation/pause``, ``adaptation/resume``, ``adaptation/reset`` (back to the shipped
+weights), ``adaptation/save`` (checkpoint now): ``std_srvs/Trigger``; ``adaptation/enable``
+(``std_srvs/SetBool``: true = resume, false = pause). Reset and save run on a helper thread (they wait
+for the current training step and may export ONNX); the reply says they started, the status topic shows
+the result.
+
+Data flow: thermal and RGB images are paired by the message_filters ApproximateTime policy
+(``ros.pairing``, ``sync.queue_size``, ``sync.slop_s``); a pair goes into a latest-only slot and ONE
+worker thread decodes it, looks up ``T_rgb_thermal`` at the thermal stamp (``ros.tf``), resizes both
+images to the network input and offers the pair to :class:`~monother_ros.adapt.learner.OnlineLearner`
+(keyframe rule: motion, RGB contrast, teacher confidence). The learner trains in its own background
+thread under a compute budget (``train.max_steps_per_second``, ``train.duty_cycle``,
+``train.num_threads``), scores candidates on its held-out slice and hands accepted weights over:
+
+* in-process (``monother rig --adapt``: the depth node shares this node's executor): the depth node
+  (``depth_node`` parameter) is found through the executor and its engine swapped between frames:
+  ``TorchEngine.swap_weights`` (also the teacher path's student), ``OnnxEngine.swap_model`` (the
+  candidate exported to ONNX first), or, for TensorRT, an engine rebuilt from the candidate's ONNX by
+  ``runtime.make_backend`` off the inference thread and swapped in by reference when ready;
+* across processes: the checkpoint folder (written atomically, ``model.safetensors`` + ``model.onnx``
+  with ``checkpoint.export_onnx``) is published on ``adaptation/model_path`` (latched), for a depth node
+  that watches it.
+
+``handover`` picks: ``auto`` (in-process when the depth node is found, and always the topic when a
+checkpoint exists), ``in_process``, ``topic`` or ``none``.
+
+Parameters: :data:`ADAPTATION_PARAMETERS` (config/rig.yaml ``online_adaptation`` section).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+
+from monother_ros.errors import CalibrationError, ConfigError, MonotherError
+from monother_ros.ros import qos
+from monother_ros.ros.convert import ImageDecodeError, camera_from_info, image_to_array, stamp_to_ns
+from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
+from monother_ros.ros.pairing import ApproximateTimeSynchronizer
+from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
+from monother_ros.ros.worker import LatestSlot, Worker
+
+__all__ = ["ADAPTATION_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "OnlineAdaptationNode", "main"]
+
+ADAPTATION_PARAMETERS = ParamTable(
+    [
+        ParamSpec("model", str, "", "dual model folder (student + RGB teacher + confidence network), or a student "
+                  "folder with teacher_model; empty = the shipped default (engines/default)"),
+        ParamSpec("teacher_model", str, "", "dual model folder giving teacher + confidence network when model is a "
+                  "student folder"),
+        ParamSpec("device", str, "cpu", "torch device of the learner: cpu, cuda or cuda:N"),
+        ParamSpec("input_height", int, 0, "network input height, a multiple of 14; 0 = the model's", non_negative),
+        ParamSpec("input_width", int, 0, "network input width, a multiple of 14; 0 = the model's", non_negative),
+        ParamSpec("depth_node", str, "thermal_depth", "name of the depth node to hot-swap in the same process"),
+        ParamSpec("handover", str, "auto", "how improved weights reach the depth node: auto, in_process, topic, none",
+                  one_of("auto", "in_process", "topic", "none")),
+        ParamSpec("start_paused", bool, False, "start paused (resume with the adaptation/resume service)"),
+        ParamSpec("status_period_s", float, 1.0, "period of adaptation/status and /diagnostics, seconds",
+                  in_range(0.1, 60.0)),
+        ParamSpec("sync.slop_s", float, 0.05, "largest stamp difference of a thermal/RGB pair, seconds",
+                  in_range(0.0, 1.0)),
+        ParamSpec("sync.queue_size", int, 10, "messages per stream held by the ApproximateTime pairing",
+                  in_range(1, 1000)),
+        ParamSpec("tf_timeout_s", float, 0.1, "wait for the extrinsic at the thermal stamp (worker thread), seconds",
+                  in_range(0.0, 10.0)),
+        ParamSpec("odom_frame", str, "", "odometry frame for the motion rule (odom -> thermal frame via TF); "
+                  "empty = use the thermal image change"),
+        ParamSpec("buffer.size", int, 64, "replay buffer capacity, pairs", in_range(1, 100000)),
+        ParamSpec("buffer.eviction", str, "fifo", "which pair a full buffer drops: fifo or reservoir",
+                  one_of("fifo", "reservoir")),
+        ParamSpec("buffer.sampling", str, "uniform", "training batch sampling: uniform or recent",
+                  one_of("uniform", "recent")),
+        ParamSpec("buffer.holdout_every", int, 5, "every n-th keyframe is held out to score candidates",
+                  in_range(2, 1000)),
+        ParamSpec("buffer.holdout_size", int, 16, "held-out slice capacity, pairs", in_range(1, 10000)),
+        ParamSpec("buffer.min_pairs", int, 4, "train only with at least this many pairs in the buffer",
+                  in_range(1, 100000)),
+        ParamSpec("buffer.min_holdout", int, 2, "score (and accept) only with this many held-out pairs",
+                  in_range(1, 10000)),
+        ParamSpec("keyframe.min_confidence", float, 0.002, "mean teacher confidence over the consistency mask "
+                  "(NLL scale: c = 0.002 / expected error in m)", in_range(0.0, 1.0)),
+        ParamSpec("keyframe.min_mask_fraction", float, 0.02, "fraction of the RGB grid in the consistency mask",
+                  in_range(0.0, 1.0)),
+        ParamSpec("keyframe.min_rgb_contrast", float, 0.1, "std of the grey RGB image in [0, 1] (night / fog "
+                  "refusal); 0 = off", in_range(0.0, 1.0)),
+        ParamSpec("keyframe.min_image_change", float, 0.02, "mean thermal change since the last keyframe, [0, 1] "
+                  "units (without odometry)", non_negative),
+        ParamSpec("keyframe.min_translation_m", float, 0.5, "motion since the last keyframe, metres (odometry)",
+                  non_negative),
+        ParamSpec("keyframe.min_rotation_deg", float, 5.0, "rotation since the last keyframe, degrees (odometry)",
+                  non_negative),
+        ParamSpec("keyframe.confidence_gate", bool, True, "refuse pairs with low teacher confidence"),
+        ParamSpec("train.distillation", str, "full", "full (confidence-weighted) or no_confidence",
+                  one_of("full", "no_confidence")),
+        ParamSpec("train.batch_size", int, 2, "pairs per training step", in_range(1, 64)),
+        ParamSpec("train.lr", float, 5e-5, "AdamW learning rate (heads; encoder + DPT at lr * encoder_lr_factor)",
+                  positive),
+        ParamSpec("train.encoder_lr_factor", float, 0.1, "learning-rate factor of the encoder and DPT head",
+                  in_range(0.0, 1.0)),
+        ParamSpec("train.grad_clip", float, 0.1, "max gradient norm; 0 = off", non_negative),
+        ParamSpec("train.steps_per_round", int, 10, "steps between two candidate evaluations", in_range(1, 100000)),
+        ParamSpec("train.max_steps_per_second", float, 2.0, "compute budget: most training steps per second; 0 = "
+                  "unlimited", non_negative),
+        ParamSpec("train.duty_cycle", float, 0.5, "compute budget: largest fraction of time spent training",
+                  in_range(0.01, 1.0)),
+        ParamSpec("train.num_threads", int, 1, "torch intra-op threads (process-wide); 0 = leave", non_negative),
+        ParamSpec("guard.reject_threshold", float, 0.02, "reject a candidate scoring worse than the running model "
+                  "by more than this (relative)", non_negative),
+        ParamSpec("guard.max_rejections", int, 3, "rejections in a row that roll back to the last good weights",
+                  in_range(1, 1000)),
+        ParamSpec("checkpoint.dir", str, "", "adapted checkpoints folder; empty = ~/.ros/monother_adaptation"),
+        ParamSpec("checkpoint.keep", int, 3, "checkpoints kept (newest)", in_range(1, 1000)),
+        ParamSpec("checkpoint.resume", bool, True, "start from the newest valid checkpoint"),
+        ParamSpec("checkpoint.export_onnx", bool, True, "write model.onnx into each checkpoint (ONNX Runtime / "
+                  "TensorRT depth nodes in other processes)"),
+    ]
+)
+
+THERMAL_IMAGE_TOPIC = "thermal/image_raw"
+THERMAL_INFO_TOPIC = "thermal/camera_info"
+RGB_IMAGE_TOPIC = "rgb/image_raw"
+RGB_INFO_TOPIC = "rgb/camera_info"
+STATUS_TOPIC = "adaptation/status"
+MODEL_PATH_TOPIC = "adaptation/model_path"
+SERVICE_PREFIX = "adaptation/"
+
+# Latched, reliable: a late subscriber (a depth node started later) gets the last value.
+LATCHED = qos.TF_STATIC_PUBLISHER
+
+INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
+    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1)", "SENSOR", "thermal optical", "paired"),
+    (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
+    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "paired"),
+    (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "cached"),
+    ("/tf", "tf2_msgs/TFMessage", "TF", "", "odometry (odom_frame)"),
+    ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "extrinsic"),
+)
+OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
+    (STATUS_TOPIC, "std_msgs/String (JSON)", "TF_STATIC_PUBLISHER", "", "latched, status_period_s"),
+    (MODEL_PATH_TOPIC, "std_msgs/String (checkpoint folder)", "TF_STATIC_PUBLISHER", "", "latched, per accepted model"),
+    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "status_period_s"),
+)
+
+_THERMAL_ENCODINGS = ("mono16", "16UC1", "mono8", "8UC1")
+_RGB_ENCODINGS = ("rgb8", "bgr8")
+
+
+def learner_config_from_params(p: dict[str, Any], checkpoint_dir: str):
+    """``LearnerConfig`` from the node's validated parameters."""
+    from monother_ros.adapt import LearnerConfig
+    from monother_ros.adapt.buffer import KeyframeConfig
+
+    keyframe = KeyframeConfig(
+        min_confidence=p["keyframe.min_confidence"], min_mask_fraction=p["keyframe.min_mask_fraction"],
+        min_image_change=p["keyframe.min_image_change"], min_translation_m=p["keyframe.min_translation_m"],
+        min_rotation_deg=p["keyframe.min_rotation_deg"], min_rgb_contrast=p["keyframe.min_rgb_contrast"])
+    return LearnerConfig(
+        buffer_size=p["buffer.size"], eviction=p["buffer.eviction"], sampling=p["buffer.sampling"],
+        holdout_every=p["buffer.holdout_every"], holdout_size=p["buffer.holdout_size"],
+        min_buffer=p["buffer.min_pairs"], min_holdout=p["buffer.min_holdout"], keyframe=keyframe,
+        confidence_gate=p["keyframe.confidence_gate"], distillation=p["train.distillation"],
+        batch_size=p["train.batch_size"], lr=p["train.lr"], encoder_lr_factor=p["train.encoder_lr_factor"],
+        grad_clip=p["train.grad_clip"], steps_per_round=p["train.steps_per_round"],
+        max_steps_per_second=p["train.max_steps_per_second"], duty_cycle=p["train.duty_cycle"],
+        num_threads=p["train.num_threads"], reject_threshold=p["guard.reject_threshold"],
+        max_rejections=p["guard.max_rejections"], checkpoint_dir=checkpoint_dir, keep_checkpoints=p["checkpoint.keep"],
+        export_onnx=p["checkpoint.export_onnx"], resume=p["checkpoint.resume"])
+
+
+class OnlineAdaptationNode(Node):
+    """The ``online_adaptation`` node (topics, services, threads: see the module docstring).
+
+    Args:
+        node_name: ROS node name.
+        **kwargs: passed to ``rclpy.node.Node`` (``context``, ``namespace``, ``cli_args``, ...).
+
+    Raises:
+        ConfigError: invalid parameters, or a model without RGB teacher / confidence network.
+        CheckpointError: the model folders cannot be read.
+    """
+
+    def __init__(self, node_name: str = "online_adaptation", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        from monother_ros.adapt import OnlineLearner, load_dual
+        from monother_ros.paths import default_model_dir
+        from monother_ros.ros.tf import TransformBuffer, TransformListener
+
+        self.params = p = ADAPTATION_PARAMETERS.declare(self)
+        self.problems = ProblemTracker(self.get_logger())
+        self._lock = threading.Lock()
+        model = Path(p["model"]).expanduser() if p["model"] else default_model_dir()
+        if not model.exists():
+            raise ConfigError(f"adaptation model {model} does not exist; set model:=<dual model folder>")
+        dual, config = load_dual(model, p["teacher_model"] or None, device=p["device"])
+        if p["input_height"] or p["input_width"]:
+            if not (p["input_height"] and p["input_width"]) or p["input_height"] % 14 or p["input_width"] % 14:
+                raise ConfigError("input_height and input_width must be given together, as multiples of 14")
+            self.input_hw = (p["input_height"], p["input_width"])
+        else:
+            self.input_hw = tuple(config.input_size)
+        checkpoint_dir = p["checkpoint.dir"] or str(Path.home() / ".ros" / "monother_adaptation")
+        self.model_path = model
+        self.learner = OnlineLearner(dual, learner_config_from_params(p, checkpoint_dir), on_update=self._on_update,
+                                     device=p["device"])
+        self.swaps = {"in_process": 0, "topic": 0, "failed": 0}
+        self.last_swap: str = "none"
+        self.counters = {"pairs": 0, "rejected": 0, "no_tf": 0, "no_camera_info": 0}
+        self.decisions: dict[str, int] = {}
+        self.rate_pairs = RateMeter()
+
+        self.pub_status = self.create_publisher(String, STATUS_TOPIC, LATCHED)
+        self.pub_model_path = self.create_publisher(String, MODEL_PATH_TOPIC, LATCHED)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos.DIAGNOSTICS)
+        from std_srvs.srv import SetBool, Trigger
+
+        self.create_service(Trigger, SERVICE_PREFIX + "pause", self._srv_pause)
+        self.create_service(Trigger, SERVICE_PREFIX + "resume", self._srv_resume)
+        self.create_service(Trigger, SERVICE_PREFIX + "reset", self._srv_reset)
+        self.create_service(Trigger, SERVICE_PREFIX + "save", self._srv_save)
+        self.create_service(SetBool, SERVICE_PREFIX + "enable", self._srv_enable)
+
+        self._thermal_info: Optional[CameraInfo] = None
+        self._rgb_info: Optional[CameraInfo] = None
+        self.tf_buffer = TransformBuffer()
+        self._tf_listener = TransformListener(self.tf_buffer, self)
+        self.sync = ApproximateTimeSynchronizer(
+            2, queue_size=p["sync.queue_size"], max_interval_ns=int(round(p["sync.slop_s"] * 1e9)),
+            callback=self._on_pair)
+        self.create_subscription(Image, THERMAL_IMAGE_TOPIC, self._on_thermal, qos.SENSOR)
+        self.create_subscription(Image, RGB_IMAGE_TOPIC, self._on_rgb, qos.SENSOR)
+        self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_thermal_info, qos.SENSOR)
+        self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR)
+        self.slot: LatestSlot[tuple[Image, Image]] = LatestSlot()
+        self.worker: Worker[tuple[Image, Image]] = Worker(self.slot, self._process, name=f"{node_name}-pairs",
+                                                          on_error=self._on_worker_error).start()
+        self.create_timer(p["status_period_s"], self._publish_status)
+        if p["start_paused"]:
+            self.learner.pause()
+        self.learner.start()
+        self._announce_timer = self.create_timer(0.5, self._announce_resumed)
+        self.get_logger().info(
+            f"adapting {config.name} from {model} at {self.input_hw[0]}x{self.input_hw[1]}, distillation "
+            f"{p['train.distillation']}, checkpoints in {checkpoint_dir}"
+            + (f" (resumed from {self.learner.resumed_from.name})" if self.learner.resumed_from else "")
+            + (", paused" if p["start_paused"] else ""))
+
+    # ------------------------------------------------------------------ executor callbacks (never block)
+
+    def _on_thermal(self, msg: Image) -> None:
+        self.sync.add(0, stamp_to_ns(msg.header.stamp), msg)
+
+    def _on_rgb(self, msg: Image) -> None:
+        self.sync.add(1, stamp_to_ns(msg.header.stamp), msg)
+
+    def _on_thermal_info(self, msg: CameraInfo) -> None:
+        self._thermal_info = msg
+
+    def _on_rgb_info(self, msg: CameraInfo) -> None:
+        self._rgb_info = msg
+
+    def _on_pair(self, items) -> None:
+        self.rate_pairs.tick()
+        self.slot.put((items[0].payload, items[1].payload))
+
+    def _announce_resumed(self) -> None:
+        # Once, after the executor runs (so an in-process depth node can be found): resumed weights.
+        self._announce_timer.cancel()
+        if self.learner.resumed_from is not None:
+            threading.Thread(target=self.learner.announce, name="adaptation-announce", daemon=True).start()
+
+    # ------------------------------------------------------------------ services
+
+    def _srv_pause(self, _request, response):
+        self.learner.pause()
+        response.success, response.message = True, "adaptation paused"
+        return response
+
+    def _srv_resume(self, _request, response):
+        self.learner.resume()
+        response.success, response.message = True, "adaptation resumed"
+        return response
+
+    def _srv_enable(self, request, response):
+        (self.learner.resume if request.data else self.learner.pause)()
+        response.success, response.message = True, "adaptation " + ("resumed" if request.data else "paused")
+        return response
+
+    def _in_background(self, name: str, fn) -> None:
+        def run() -> None:
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - report, keep the node up
+                self.problems.report(f"{name}_failed", f"{name} failed: {type(exc).__name__}: {exc}", Level.ERROR)
+            else:
+                self.problems.clear(f"{name}_failed")
+
+        threading.Thread(target=run, name=f"adaptation-{name}", daemon=True).start()
+
+    def _srv_reset(self, _request, response):
+        self._in_background("reset", self.learner.reset)
+        response.success, response.message = True, "reset to the shipped weights started"
+        return response
+
+    def _srv_save(self, _request, response):
+        if self.learner.store is None:
+            response.success, response.message = False, "no checkpoint folder configured"
+            return response
+        self._in_background("save", self.learner.save)
+        response.success, response.message = True, f"saving a checkpoint into {self.learner.store.root}"
+        return response
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self.problems.report("processing_failed", f"{type(exc).__name__}: {exc}", Level.ERROR)
+
+    def _decode(self, msg: Image, encodings: tuple[str, ...], what: str) -> Optional[np.ndarray]:
+        if msg.encoding not in encodings:
+            self.problems.report(f"{what}_bad_encoding", f"{what} encoding {msg.encoding!r} is not one of "
+                                 f"{', '.join(encodings)}; pair dropped")
+            return None
+        try:
+            image = image_to_array(msg)
+        except ImageDecodeError as exc:
+            self.problems.report(f"{what}_bad_image", f"{what} image rejected: {exc}")
+            return None
+        self.problems.clear(f"{what}_bad_encoding")
+        self.problems.clear(f"{what}_bad_image")
+        return image
+
+    def _sample(self, thermal_msg: Image, rgb_msg: Image):
+        """The learner's PairSample for one pair, or None (reason reported)."""
+        from monother_ros.adapt import PairSample
+        from monother_ros.core import preprocess
+        from monother_ros.ros.tf import TransformError
+
+        thermal = self._decode(thermal_msg, _THERMAL_ENCODINGS, "thermal")
+        rgb = self._decode(rgb_msg, _RGB_ENCODINGS, "rgb")
+        if thermal is None or rgb is None:
+            self.counters["rejected"] += 1
+            return None
+        if thermal.ndim == 3:
+            thermal = thermal[..., 0]
+        if rgb_msg.encoding == "bgr8":
+            rgb = rgb[..., ::-1]
+        t_info, r_info = self._thermal_info, self._rgb_info
+        if t_info is None or r_info is None:
+            self.counters["no_camera_info"] += 1
+            self.problems.report("camera_info_missing", "no thermal or RGB camera_info yet: pairs skipped")
+            return None
+        try:
+            cam_t = camera_from_info(t_info, image_size=(thermal_msg.width, thermal_msg.height))
+            cam_r = camera_from_info(r_info, image_size=(rgb_msg.width, rgb_msg.height))
+        except CalibrationError as exc:
+            self.problems.report("camera_info_invalid", f"{exc}: pairs skipped")
+            return None
+        self.problems.clear("camera_info_missing")
+        self.problems.clear("camera_info_invalid")
+        stamp = stamp_to_ns(thermal_msg.header.stamp)
+        timeout = self.params["tf_timeout_s"]
+        try:
+            T = self.tf_buffer.lookup_transform(rgb_msg.header.frame_id, thermal_msg.header.frame_id, stamp, timeout)
+            pose = None
+            if self.params["odom_frame"]:
+                pose = self.tf_buffer.lookup_transform(self.params["odom_frame"], thermal_msg.header.frame_id, stamp,
+                                                       timeout)
+        except TransformError as exc:
+            self.counters["no_tf"] += 1
+            self.problems.report("tf_unavailable", f"no transform at the thermal stamp: {exc}; pair skipped")
+            return None
+        self.problems.clear("tf_unavailable")
+        h, w = self.input_hw
+        thermal_unit = preprocess.resize_bilinear_np(preprocess.thermal_to_unit(np.ascontiguousarray(thermal)), (h, w))
+        rgb_unit = preprocess.resize_bilinear_np(np.ascontiguousarray(rgb[..., :3]).astype(np.float32) / 255.0, (h, w))
+        return PairSample(
+            thermal=thermal_unit.astype(np.float32), rgb=np.ascontiguousarray(rgb_unit.transpose(2, 0, 1)),
+            K_thermal=cam_t.resized(w, h, align_corners=True).K, K_rgb=cam_r.resized(w, h, align_corners=True).K,
+            T_rgb_thermal=np.asarray(T, np.float64), stamp_ns=stamp, pose=pose)
+
+    def _process(self, pair: tuple[Image, Image]) -> None:
+        sample = self._sample(*pair)
+        if sample is None:
+            return
+        with self._lock:
+            self.counters["pairs"] += 1
+        decision = self.learner.offer(sample)
+        with self._lock:
+            self.decisions[decision] = self.decisions.get(decision, 0) + 1
+        self.problems.clear("processing_failed")
+
+    # ------------------------------------------------------------------ hand-over (learner thread)
+
+    def _find_depth_node(self):
+        executor = self.executor
+        if executor is None:
+            return None
+        for node in executor.get_nodes():
+            if node is not self and node.get_name() == self.params["depth_node"] and hasattr(node, "engine"):
+                return node
+        return None
+
+    def _on_update(self, update) -> None:
+        mode = self.params["handover"]
+        if mode == "none":
+            return
+        swapped = False
+        if mode in ("auto", "in_process"):
+            node = self._find_depth_node()
+            if node is not None:
+                try:
+                    self._swap_engine(node, update)
+                    swapped = True
+                    self.swaps["in_process"] += 1
+                    self.last_swap = f"in_process {update.reason} round {update.round}"
+                    self.problems.clear("swap_failed")
+                except Exception as exc:  # noqa: BLE001 - keep the old weights, say why
+                    self.swaps["failed"] += 1
+                    self.problems.report("swap_failed", f"in-process swap failed: {type(exc).__name__}: {exc}",
+                                         Level.ERROR)
+            elif mode == "in_process":
+                self.problems.report("depth_node_not_found", f"no node {self.params['depth_node']!r} with an engine "
+                                     "in this process: weights not handed over")
+        if mode in ("auto", "topic") and update.model_dir is not None:
+            self.pub_model_path.publish(String(data=str(update.model_dir)))
+            self.swaps["topic"] += 1
+            if not swapped:
+                self.last_swap = f"topic {update.reason} round {update.round}"
+
+    def _swap_engine(self, node, update) -> None:
+        """Hand ``update`` to the depth node's engine between frames (see the module docstring)."""
+        engine = node.engine
+        if hasattr(engine, "swap_weights"):
+            engine.swap_weights(update.state_dict)
+            return
+        onnx_path = update.onnx_path or self._export(update, tuple(engine.info.input_hw))
+        if hasattr(engine, "swap_model"):
+            engine.swap_model(onnx_path)
+            return
+        # TensorRT has no in-place swap: build the new engine here (learner thread), swap the reference;
+        # the depth worker picks node.engine up on its next frame.
+        from monother_ros.runtime.engine import make_backend
+
+        info = engine.info
+        fresh = make_backend(onnx_path, info.backend, precision=info.precision)
+        fresh.set_thresholds(engine.thresholds)
+        node.engine, old = fresh, engine
+        old.close()
+
+    def _export(self, update, input_hw: tuple[int, int]) -> Path:
+        """ONNX of an update without one (checkpoint.export_onnx off), next to the checkpoints."""
+        import copy as _copy
+
+        from monother_ros.runtime.export import export_onnx
+
+        student = _copy.deepcopy(self.learner.model.student).cpu().eval()
+        student.load_state_dict(update.state_dict)
+        root = self.learner.store.root if self.learner.store is not None else Path.home() / ".ros"
+        path = root / f".swap-{update.reason}-{update.round}.onnx"
+        export_onnx(student, self.learner.student_config, path, input_hw=input_hw)
+        return path
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """The learner's status plus pairing, hand-over and input counters."""
+        out = self.learner.status()
+        with self._lock:
+            out["pairs"] = dict(self.counters)
+            out["decisions"] = dict(self.decisions)
+        out["pairs_dropped"] = self.slot.dropped
+        out["pair_rate_hz"] = round(self.rate_pairs.rate_hz(), 3)
+        out["swaps"] = dict(self.swaps)
+        out["last_swap"] = self.last_swap
+        return out
+
+    def health(self) -> HealthReport:
+        status = self.status()
+        report = HealthReport(f"{self.get_name()}: online adaptation", hardware_id=str(self.model_path))
+        report.add_rate("pair rate (Hz)", self.rate_pairs)
+        for key in ("state", "buffer", "held_out", "rounds", "steps", "accepted", "rejected", "rollbacks", "resets",
+                    "checkpoints", "running_score", "last_loss", "duty_cycle_used", "last_checkpoint", "last_swap"):
+            report.add_value(key, status.get(key))
+        for key, value in status["keyframes"].items():
+            report.add_value(f"keyframes {key}", value)
+        report.add_value("swaps", status["swaps"])
+        if status["update_errors"]:
+            report.add_check(Level.WARN, f"{status['update_errors']} hand-over/training errors")
+        report.add_problems(self.problems)
+        return report
+
+    def _publish_status(self) -> None:
+        import json
+
+        self.pub_status.publish(String(data=json.dumps(self.status(), sort_keys=True, default=str)))
+        self.pub_diagnostics.publish(make_array([to_status(self.health())], self.get_clock().now().nanoseconds))
+
+    def destroy_node(self) -> None:
+        """Stop the pair worker and the learner, then destroy the node."""
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
+        learner = getattr(self, "learner", None)
+        if learner is not None:
+            learner.stop()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Console entry ``online_adaptation``: run the node until Ctrl-C (exit 2 on a configuration error)."""
+    rclpy.init(args=args)
+    node: Optional[OnlineAdaptationNode] = None
+    try:
+        node = OnlineAdaptationNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except MonotherError as exc:
+        print(f"online_adaptation: error: {'; '.join(line.strip() for line in str(exc).splitlines())}", flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
