@@ -81,7 +81,7 @@ def _session_dir() -> Path:
     return root
 
 
-def sim_bag(seconds: float = 0.4, scenario: str = "night", seed: int = 3) -> Path:
+def sim_bag(seconds: float = 0.3, scenario: str = "night", seed: int = 3) -> Path:
     """A simulated bag (sim.bag.write_bag), built once per test session."""
     from monother_ros.sim.bag import write_bag
 
@@ -184,9 +184,11 @@ def test_cli_on_sim_bag_two_models_side_by_side(tiny_model, tmp_path, capsys):
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["models"]) == {"a", "b"} and doc["models"]["a"]["backend"] == "onnxruntime"
     res = {r["model"]: r for r in doc["results"]}
-    assert res["a"]["frames_scored"] == 4 and res["a"]["condition"] == "night"  # 12 frames, every 3rd
+    n = doc["bags"][bag.name]["thermal_messages"]
+    assert n == 9  # 0.3 s of 30 Hz
+    assert res["a"]["frames_scored"] == 3 and res["a"]["condition"] == "night"  # every 3rd frame
     assert res["a"]["metrics"] == res["b"]["metrics"]  # same weights, deterministic
-    assert res["a"]["timing_ms"]["total_ms"]["n"] == 4 and res["a"]["boundary_f1"] is not None
+    assert res["a"]["timing_ms"]["total_ms"]["n"] == 3 and res["a"]["boundary_f1"] is not None
     report = (out / "report.md").read_text()
     assert f"{res['a']['metrics']['abs_rel']:.3f}" in report and "night" in report
     assert (out / f"mosaic_{bag.name}.png").is_file()
@@ -240,3 +242,25 @@ def test_cli_model_that_fails_to_load(synth, tiny_model, tmp_path, capsys):
     capsys.readouterr()
     assert _eval(synth, "--model", tmp_path / "missing", "--out", tmp_path / "o2") == 2
     assert "no model could be loaded" in capsys.readouterr().err
+
+
+def test_bag_failing_mid_read_keeps_frames_scored_so_far(synth, tmp_path, monkeypatch):
+    from monother_ros.errors import BagError
+    from monother_ros.eval.bag_reader import BagReader
+
+    real = BagReader.messages
+
+    def failing(self, topics=None):
+        for n, message in enumerate(real(self, topics)):
+            if n == 10:  # a few frames in (thermal + info + gt per frame)
+                raise BagError(f"bag {self.path} is truncated or corrupt: simulated")
+            yield message
+
+    monkeypatch.setattr(BagReader, "messages", failing)
+    run = evaluate([synth], [], EvalOptions(progress=False), tmp_path / "o", predictors=[ScaledTruth("p", 1.1)])
+    entry = run.bags["synth"]
+    assert entry["status"] == "error" and entry["partial"] is True and "results so far are kept" in entry["error"]
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    scored = doc["results"][0]["frames_scored"]
+    assert 1 <= scored < 6 and doc["results"][0]["metrics"]["abs_rel"] == pytest.approx(0.1, rel=1e-5)
+    assert "truncated or corrupt" in (tmp_path / "o" / "report.md").read_text()

@@ -212,16 +212,11 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mode: str) -> tuple[np.nd
     raise ValueError(f"unknown alignment {mode!r}; expected one of {ALIGN_MODES}")
 
 
-def _threshold_index(log_ratio: np.ndarray, log_t: np.ndarray) -> np.ndarray:
-    """Number of thresholds strictly below each log-ratio (ratio > t  <=>  t counted), int16.
-
-    Most neighbour pairs are below the smallest threshold: only the others are searched.
-    """
-    out = np.zeros(log_ratio.shape, dtype=np.int16)
-    candidates = np.flatnonzero(log_ratio > log_t[0])
-    if candidates.size:
-        out[candidates] = np.searchsorted(log_t, log_ratio[candidates], side="left")
-    return out
+def _edge_levels(x: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of one direction: ``(indices with x > log t_0, level)`` where level = number of thresholds
+    t with x > log t (ratio > t). Pairs below the smallest threshold (most of an image) are not stored."""
+    idx = np.flatnonzero(x > log_t[0])
+    return idx, np.searchsorted(log_t, x[idx], side="left").astype(np.intp)
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, *,
@@ -259,27 +254,35 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = Non
     n_pred = np.zeros((4, n_t))
     n_gt = np.zeros((4, n_t))
     any_pair = False
+    h, w = gt.shape
+    level_g = np.zeros(h * w, dtype=np.intp)  # dense scratch: the GT level at each pair index
+
+    def counts(levels: np.ndarray) -> np.ndarray:
+        # count(ratio > t_j) = count(level > j): reversed cumulative histogram of the levels (1..n_t).
+        hist = np.bincount(levels, minlength=n_t + 1)
+        return np.cumsum(hist[::-1])[::-1][1:]
+
     for axis in (1, 0):
         if gt.shape[axis] < 2:
             continue
-        a = [slice(None)] * 2
-        b = [slice(None)] * 2
-        a[axis] = slice(None, -1)
-        b[axis] = slice(1, None)
-        pair = ok[tuple(a)] & ok[tuple(b)]
+        a = (slice(None), slice(None, -1)) if axis == 1 else (slice(None, -1), slice(None))
+        b = (slice(None), slice(1, None)) if axis == 1 else (slice(1, None), slice(None))
+        pair = ok[a] & ok[b]
         if not pair.any():
             continue
         any_pair = True
-        dg = (lg[tuple(b)] - lg[tuple(a)])[pair]  # log(depth_next / depth_this)
-        dp = (lp[tuple(b)] - lp[tuple(a)])[pair]
+        # log(depth_next / depth_this), 0 (never an edge) where the pair is not valid.
+        dg = np.where(pair, lg[b] - lg[a], np.float32(0)).ravel()
+        dp = np.where(pair, lp[b] - lp[a], np.float32(0)).ravel()
         for k, sign in enumerate((1.0, -1.0)):  # this pixel in front / the next pixel in front
-            kg = _threshold_index(sign * dg, log_t)
-            kp = _threshold_index(sign * dp, log_t)
             row = (0 if axis == 1 else 2) + k
-            # count(ratio > t_j) = count(index > j): reversed cumulative histogram of the indices.
-            for counts, idx in ((n_gt, kg), (n_pred, kp), (inter, np.minimum(kg, kp))):
-                hist = np.bincount(idx, minlength=n_t + 1)
-                counts[row] = np.cumsum(hist[::-1])[::-1][1:]
+            ig, lvg = _edge_levels(dg if sign > 0 else -dg, log_t)
+            ip, lvp = _edge_levels(dp if sign > 0 else -dp, log_t)
+            n_gt[row] = counts(lvg)
+            n_pred[row] = counts(lvp)
+            level_g[ig] = lvg
+            inter[row] = counts(np.minimum(level_g[ip], lvp))
+            level_g[ig] = 0
     if not any_pair:
         return None
     recall = np.mean(inter / np.maximum(n_gt, 1), axis=0)
