@@ -262,6 +262,28 @@ def test_latest_only_drops_frames_and_executor_stays_free():
         node.destroy_node()
 
 
+def test_lazy_fallback_polls_subscription_counts_without_matched_events(monkeypatch):
+    """Humble has no publisher matched events: the node then polls get_subscription_count()."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from monother_ros.ros import depth_node, qos
+    from ros_harness import Spinner, ros_context, wait_for
+
+    monkeypatch.setattr(depth_node, "_matched_events_supported", lambda: False)
+    with ros_context() as context:
+        node = make_node(context)
+        assert node.health().values["laziness by"] == "subscription count poll"
+        client = Node("client", context=context)
+        with Spinner(context, node, client):
+            assert not node.subscribed
+            sub = client.create_subscription(Image, "depth/confidence", lambda m: None, qos.SENSOR)
+            assert wait_for(lambda: node.subscribed, 10.0)
+            client.destroy_subscription(sub)
+            assert wait_for(lambda: not node.subscribed, 10.0)
+        node.destroy_node()
+
+
 def test_clock_jump_back_resets_with_sim_time():
     from rclpy.node import Node
     from rosgraph_msgs.msg import Clock

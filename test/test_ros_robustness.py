@@ -110,14 +110,16 @@ class Session:
 
         assert wait_for(cached)
 
-    def diagnosed(self, problem: str, timeout: float = 5.0) -> str:
-        """Wait for /diagnostics to carry ``problem``; returns its reason."""
+    def diagnosed(self, problem: str, since: int = 0, timeout: float = 5.0) -> str:
+        """Wait for a /diagnostics message (the ``since``-th received or later) carrying ``problem``;
+        returns its reason."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for array_msg in reversed(self.diagnostics.messages[-5:]):
+            for array_msg in reversed(self.diagnostics.messages[since:]):
                 for status in array_msg.status:
                     for kv in status.values:
                         if kv.key == f"problem: {problem}":
+                            assert status.level[0] >= 1 and problem in status.message  # WARN or ERROR, named
                             return kv.value
             time.sleep(0.02)
         raise AssertionError(f"{problem} never reached /diagnostics; active: {list(self.node.problems.active())}")
@@ -131,10 +133,11 @@ class Session:
             self.pub.publish(make_msg(self.next_stamp()))
             time.sleep(0.03)
         assert wait_for(lambda: self.node.problems.is_active(problem)), (problem, self.node.problems.active())
+        since = len(self.diagnostics)  # older diagnostics may still carry an earlier reason
         # Throttled: one log line however often it happens (per problem name).
         assert wait_for(lambda: self.node.problems.occurrences.get(problem, 0) >= min(repeat, 2))
         assert self.log.count(problem) == 1, (problem, self.log.lines)
-        reason = self.diagnosed(problem)
+        reason = self.diagnosed(problem, since)
         assert reason
         if not expect_output:
             assert self.node.counters["published"] == published_before, problem

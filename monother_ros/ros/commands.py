@@ -84,15 +84,23 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     specs = graph_nodes(use_sim=options.sim, adapt=options.adapt)
     for spec in specs:
         require_available(spec)  # before starting anything: "online_adaptation is not available yet"
+    import yaml
+    from rclpy.parameter import Parameter
+
     values = {"model": options.model, "backend": options.backend}
     nodes: list[Any] = []
     try:
         for spec in specs:
-            overrides = {param: values[arg] for param, arg in spec.parameter_arguments if values.get(arg)}
-            overrides.update(options.extra_overrides.get(spec.name, {}))
+            overrides: dict[str, Any] = {param: values[arg] for param, arg in spec.parameter_arguments if values.get(arg)}
+            # Extra overrides are given as command-line text: typed as a params file would type them.
+            overrides.update({k: yaml.safe_load(v) if isinstance(v, str) else v
+                              for k, v in options.extra_overrides.get(spec.name, {}).items()})
             cls = node_class(spec)
+            # parameter_overrides win over every params-file section (rclpy merges them last), unlike
+            # `-p` arguments, which are `/**` entries ordered with the file's sections.
             nodes.append(cls(context=context, namespace=options.namespace or None,
-                             cli_args=params_file_args(params_file, overrides)))
+                             cli_args=params_file_args(params_file),
+                             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()]))
     except BaseException:
         for node in reversed(nodes):
             node.destroy_node()
