@@ -33,7 +33,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -694,6 +694,7 @@ class EvalRun:
     samples: dict[str, list[SampledFrame]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    load_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -877,10 +878,12 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = run or EvalRun(mode=mode, options=options)
-    t0 = time.perf_counter()
+    t_load = time.perf_counter()
     own = predictors is None
     if predictors is None:
         predictors = load_predictors(models, options, run)
+    run.load_s = time.perf_counter() - t_load
+    t0 = time.perf_counter()  # wall_s: reading, inference and scoring (not model loading)
     if not predictors:
         report.write_metrics(run, out)
         raise ConfigError("no model could be loaded: " + "; ".join(run.errors))

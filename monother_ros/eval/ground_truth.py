@@ -196,7 +196,3 @@ class StampMatcher(Generic[F, T]):
     def pending(self) -> int:
         return len(self._frames)
 
-
-def lidar_extrinsic(tree: Any, camera_frame: str, cloud_frame: str) -> np.ndarray:
-    """``T_camera_cloud`` from a ``bag_reader.StaticTransforms`` tree (``BagError`` when not connected)."""
-    return tree.lookup(camera_frame, cloud_frame)

@@ -5,7 +5,9 @@
     {
       "schema": "monother_ros.eval.metrics", "version": 1, "created_utc": "...", "mode": "offline"|"live",
       "complete": bool,                  # false while the run is in progress (written after every bag)
-      "wall_s": float, "options": {...}, # EvalOptions.to_dict()
+      "wall_s": float,                   # reading + inference + scoring (offline) / replays (live), s
+      "load_s": float,                   # model loading, s
+      "options": {...},                  # EvalOptions.to_dict()
       "models": {NAME: {"path", "status": "ok"|"error", "error"?, "backend", "precision", "model_name",
                         "model_hash", "input_hw", "has_confidence"}},
       "bags":   {NAME: {"path", "status": "ok"|"error"|"empty", "error", "partial", "condition",
@@ -44,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from monother_ros.core.metrics import METRIC_KEYS
 
 __all__ = ["METRICS_SCHEMA", "METRICS_VERSION", "metrics_document", "write_metrics", "write_report", "write_all"]
 
@@ -120,6 +121,7 @@ def metrics_document(run: Any, *, complete: bool) -> dict[str, Any]:
         "mode": run.mode,
         "complete": complete,
         "wall_s": run.wall_s,
+        "load_s": run.load_s,
         "options": run.options.to_dict(),
         "models": run.models,
         "bags": run.bags,
@@ -174,7 +176,8 @@ def _report_lines(doc: dict[str, Any], pictures: dict[str, Any]) -> list[str]:
         "# monother eval report",
         "",
         f"Mode **{doc['mode']}**, {len(doc['bags'])} bag(s), {len(doc['models'])} model(s), "
-        f"wall time {doc['wall_s']:.1f} s, created {doc['created_utc']}.",
+        f"wall time {doc['wall_s']:.1f} s (+ {doc.get('load_s') or 0.0:.1f} s loading models), created "
+        f"{doc['created_utc']}.",
         "",
         f"Ground truth: {opts['gt_source']} on `{opts['gt_topic']}` (stamp tolerance "
         f"{opts['tolerance_ns'] / 1e6:g} ms); range ({opts['min_depth']:g}, {opts['max_depth']:g}) m; alignment "
