@@ -305,12 +305,13 @@ def surface_at(table: np.ndarray, kinds: np.ndarray, prim: np.ndarray, px: np.nd
     nz = np.ones(shape, np.float32)
     lx_full = np.array(px, dtype=np.float32, copy=True)
     ly_full = np.array(py, dtype=np.float32, copy=True)
-    p = prim.ravel()[idx]
+    # intp indices and take(): numpy converts narrower index types on every fancy-indexing call.
+    p = prim.ravel().take(idx).astype(np.intp)
     surf_cache: dict = {}
-    is_cyl = kinds[p] == CYLINDER
-    x, y, z = px.ravel()[idx], py.ravel()[idx], pz.ravel()[idx]
-    cx, cy, c, s, hx, hy, z0, z1 = (table[k][p] for k in (COL_CX, COL_CY, COL_COS, COL_SIN, COL_HX, COL_HY,
-                                                           COL_Z0, COL_Z1))
+    is_cyl = kinds.take(p) == CYLINDER
+    x, y, z = px.ravel().take(idx), py.ravel().take(idx), pz.ravel().take(idx)
+    cx, cy, c, s, hx, hy, z0, z1 = (table[k].take(p) for k in (COL_CX, COL_CY, COL_COS, COL_SIN, COL_HX, COL_HY,
+                                                                COL_Z0, COL_Z1))
     surf_cache.update({COL_HX: hx, COL_HY: hy, COL_Z0: z0, COL_Z1: z1})
     rx, ry = x - cx, y - cy
     lx = c * rx + s * ry
@@ -326,16 +327,24 @@ def surface_at(table: np.ndarray, kinds: np.ndarray, prim: np.ndarray, px: np.nd
     on_y = box & (ey > ex) & (ey >= ez)
     on_z = ~(on_x | on_y) & (box | (ez >= radial / hx))
     side = is_cyl & ~on_z
-    inv_r = np.float32(1.0) / np.maximum(radial, np.float32(1e-6))
-    zero = np.float32(0.0)
-    nlx = np.where(side, lx * inv_r, np.where(on_x, np.sign(lx), zero))
-    nly = np.where(side, ly * inv_r, np.where(on_y, np.sign(ly), zero))
+    # Masks as 0/1 floats and signs from comparisons: blends are several times faster than np.where.
+    inv_r = side.astype(np.float32) / np.maximum(radial, np.float32(1e-6))
+    nlx = lx * inv_r + on_x * _unit_sign(lx)
+    nly = ly * inv_r + on_y * _unit_sign(ly)
     nx.ravel()[idx] = c * nlx - s * nly
     ny.ravel()[idx] = s * nlx + c * nly
-    nz.ravel()[idx] = np.where(on_z, np.sign(zc), zero)
+    nz.ravel()[idx] = on_z * _unit_sign(zc)
     lx_full.ravel()[idx] = lx
     ly_full.ravel()[idx] = ly
     return Surface(nx, ny, nz, lx_full, ly_full, idx, p, on_x, on_y, ~on_z, table, surf_cache)
+
+
+def _unit_sign(a: np.ndarray) -> np.ndarray:
+    """+1 / -1 float32 (0 counts as +1)."""
+    out = (a >= 0).astype(np.float32)
+    out *= np.float32(2.0)
+    out -= np.float32(1.0)
+    return out
 
 
 def padded_kinds(prims: Primitives) -> np.ndarray:

@@ -303,8 +303,7 @@ class SimRig:
                 c += np.float32(THERMAL_NOISE_COUNTS) * temporal[rs]
                 c += row_noise[rs]
             np.rint(c, out=c)
-            np.maximum(c, np.float32(0.0), out=c)
-            np.minimum(c, np.float32(65535.0), out=c)
+            np.clip(c, np.float32(0.0), np.float32(65535.0), out=c)
             counts[rs] = c
 
         _, depth = self._render(camera, T_world_cam, t, "thermal", finish)
@@ -444,7 +443,7 @@ def _pick_camera(native: PinholeCamera, camera: PinholeCamera | None, scale: flo
 
 def _tables(prims: Primitives) -> shading.SceneTables:
     return shading.SceneTables(raycast.padded_params(prims), raycast.padded_kinds(prims),
-                               np.concatenate((np.array([Mat.ASPHALT, Mat.SKY], np.int16), prims.mat)))
+                               np.concatenate((np.array([Mat.ASPHALT, Mat.SKY], np.intp), prims.mat.astype(np.intp))))
 
 
 def _glare(lin: np.ndarray) -> np.ndarray:
@@ -489,6 +488,5 @@ _GAMMA_LUT = _srgb_lut()
 def _tone_map(lin: np.ndarray) -> np.ndarray:
     """(3, h, W) linear -> (h, W, 3) uint8 view through a 12-bit sRGB lookup table."""
     scaled = lin * np.float32(4095.0)
-    np.maximum(scaled, np.float32(0.0), out=scaled)
-    np.minimum(scaled, np.float32(4095.0), out=scaled)
-    return np.moveaxis(_GAMMA_LUT[scaled.astype(np.int16)], 0, -1)
+    np.clip(scaled, np.float32(0.0), np.float32(4095.0), out=scaled)
+    return np.moveaxis(_GAMMA_LUT.take(scaled.astype(np.intp)), 0, -1)

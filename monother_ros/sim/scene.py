@@ -325,6 +325,12 @@ FLOWS: dict[str, tuple[Flow, ...]] = {
 }
 
 
+def _fmod(a: np.ndarray, period: float) -> np.ndarray:
+    """a mod period, float32 (np.mod is ~20x slower)."""
+    p = np.float32(period)
+    return a - np.floor(a * (np.float32(1.0) / p)) * p
+
+
 class Scene:
     """A seeded procedural scene, generated lazily per 100 m segment along x.
 
@@ -412,20 +418,19 @@ class Scene:
     def ground_material(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Material id (int16) of the ground at world (x, y) (float32 arrays of one shape)."""
         ay = np.abs(y)
-        half = self.road_half_width_m
-        mat = np.full(x.shape, Mat.ASPHALT, dtype=np.int16)
+        half = np.float32(self.road_half_width_m)
+        # Integer blends of comparison masks (boolean-mask assignments and np.mod are much slower).
         if self.family == "urban":
-            mat[ay > half] = Mat.CURB
-            mat[ay > half + 0.25] = Mat.CONCRETE
-            paint = (ay < 0.08) & (np.mod(x, 9.0) < 3.0)
-            paint |= np.abs(ay - 3.55) < 0.06
-            mat[paint] = Mat.PAINT
+            curb = ay > half
+            paint = ((ay < 0.08) & (_fmod(x, 9.0) < 3.0)) | (np.abs(ay - np.float32(3.55)) < 0.06)
+            mat = (Mat.ASPHALT + curb * (Mat.CURB - Mat.ASPHALT) + (ay > half + np.float32(0.25)) * (Mat.CONCRETE - Mat.CURB)
+                   + paint * (Mat.PAINT - Mat.ASPHALT))
         else:
-            mat[ay > half] = Mat.CURB
-            mat[ay > half + 0.3] = Mat.GRASS
-            # Footpaths crossing the lawns.
-            path = (ay > half + 0.3) & (np.mod(x + 0.35 * ay, 47.0) < 2.2)
-            mat[path] = Mat.CONCRETE
-            paint = (ay < 0.06) & (np.mod(x, 6.0) < 2.0)
-            mat[paint] = Mat.PAINT
+            curb = ay > half
+            grass = ay > half + np.float32(0.3)
+            path = grass & (_fmod(x + np.float32(0.35) * ay, 47.0) < 2.2)  # footpaths crossing the lawns
+            paint = (ay < 0.06) & (_fmod(x, 6.0) < 2.0)
+            mat = (Mat.ASPHALT + curb * (Mat.CURB - Mat.ASPHALT) + grass * (Mat.GRASS - Mat.CURB)
+                   + path * (Mat.CONCRETE - Mat.GRASS) + paint * (Mat.PAINT - Mat.ASPHALT))
+        mat = mat.astype(np.int16)
         return mat

@@ -136,12 +136,11 @@ class GroundShadows:
         np.clip(gx, 0.0, nx - 1.001, out=gx)
         np.clip(gy, 0.0, ny - 1.001, out=gy)
         fx, fy = np.floor(gx), np.floor(gy)
-        ix, iy = fx.astype(np.int32), fy.astype(np.int32)
-        fx = gx - fx  # (float32 minus int32 would promote to float64)
+        i00 = fy.astype(np.intp) * nx + fx.astype(np.intp)
+        fx = gx - fx  # (float32 minus an integer array would promote to float64)
         fy = gy - fy
         flat = strip.ravel()
-        i00 = iy * nx + ix
-        a, b = flat[i00], flat[i00 + 1]
-        c, d = flat[i00 + nx], flat[i00 + nx + 1]
+        a, b = flat.take(i00), flat.take(i00 + 1)
+        c, d = flat.take(i00 + nx), flat.take(i00 + nx + 1)
         top = a + (b - a) * fx
         return top + ((c + (d - c) * fx) - top) * fy
