@@ -346,9 +346,10 @@ def ms2_extrinsic(calib: Mapping[str, Any]) -> np.ndarray:
     MS2 gives NIR->thermal and NIR->RGB extrinsics (``R_nir2thr``, ``T_nir2thr``, ``R_nir2rgb``,
     ``T_nir2rgb``) with translations in millimetres: T_rgb_thermal = T_rgb_nir @ inv(T_thr_nir).
     """
+    from monother_ros.eval.ms2 import ms2_extrinsics  # shared with `monother import-ms2`
+
     try:
-        T_thr_nir = se3.make_transform(np.asarray(calib["R_nir2thr"], float), np.asarray(calib["T_nir2thr"], float).reshape(3) * 1e-3)
-        T_rgb_nir = se3.make_transform(np.asarray(calib["R_nir2rgb"], float), np.asarray(calib["T_nir2rgb"], float).reshape(3) * 1e-3)
+        T_thr_nir, T_rgb_nir = ms2_extrinsics(calib)
     except KeyError as exc:
         raise ConfigError(f"MS2 calib.npy lacks {exc}") from exc
     return T_rgb_nir @ se3.invert(T_thr_nir)
