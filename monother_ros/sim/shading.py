@@ -307,9 +307,10 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
     wall = building & vert
     if wall.any():
         k = np.flatnonzero(wall)
-        pk = surf.pid[k]
-        col = lambda c, pk=pk: surf.table[c][pk]  # noqa: E731
-        sw, wz, fp = s_all[idx[k]], pz_o[k], fp_o[k]
+        gk = idx.take(k)  # block indices of the wall pixels
+        pk = surf.pid.take(k)
+        col = lambda c, pk=pk: surf.table[c].take(pk)  # noqa: E731
+        sw, wz, fp = s_all.take(gk), pz_o.take(k), fp_o.take(k)
         cs = sw / col(COL_WIN_SX)
         cw = (wz - np.float32(0.6)) / col(COL_WIN_SZ)
         fcs, fcw = np.floor(cs), np.floor(cw)
@@ -320,19 +321,23 @@ def classify(prim: np.ndarray, t: np.ndarray, dx: np.ndarray, dy: np.ndarray, dz
         in_win = (np.abs(fs - np.float32(0.5)) < np.float32(0.5) * frac) & (upper | shop)
         sharp = _fade(fp, 0.8)
         window = sharp * in_win + (np.float32(1.0) - sharp) * frac * np.float32(0.45)
-        is_win = window > 0.5
-        mat.ravel()[idx[k[is_win]]] = Mat.WINDOW
-        lit_k = is_win & in_win & (_hash01(fcs, fcw, col(COL_HASH)) < col(COL_LIT))
-        lit.ravel()[idx[k[lit_k]]] = True
-        brick = mat_o[k] == Mat.BRICK
-        if brick.any():
-            course = wz * np.float32(1.0 / 0.15)
+        wk = np.flatnonzero(window > 0.5)
+        mat.ravel()[gk.take(wk)] = Mat.WINDOW
+        # Which windows are lit: a hash of the window cell, only evaluated on window pixels.
+        lit_w = in_win.take(wk) & (_hash01(fcs.take(wk), fcw.take(wk), col(COL_HASH).take(wk))
+                                   < col(COL_LIT).take(wk))
+        lit.ravel()[gk.take(wk[lit_w])] = True
+        brick = mat_o.take(k) == Mat.BRICK
+        brick[wk] = False
+        bk = np.flatnonzero(brick)
+        if bk.size:
+            wzb, swb = wz.take(bk), sw.take(bk)
+            course = wzb * np.float32(1.0 / 0.15)
             row_i = np.floor(course)
-            along = sw * np.float32(1.0 / 0.4) + np.float32(0.5) * _fmod(row_i, 2.0)
+            along = swb * np.float32(1.0 / 0.4) + np.float32(0.5) * _fmod(row_i, 2.0)
             line = ((course - row_i) < 0.14) | ((along - np.floor(along)) < 0.06)
-            sharp_b = _fade(fp, 0.15)
-            m = sharp_b * line + (np.float32(1.0) - sharp_b) * np.float32(0.2)
-            mortar.ravel()[idx[k[brick & ~is_win]]] = m[brick & ~is_win]
+            sharp_b = _fade(fp.take(bk), 0.15)
+            mortar.ravel()[gk.take(bk)] = sharp_b * line + (np.float32(1.0) - sharp_b) * np.float32(0.2)
     if gidx.size:
         g_mat = mat.ravel()[gidx]
         pave = g_mat == Mat.CONCRETE
