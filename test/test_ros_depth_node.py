@@ -384,3 +384,58 @@ def test_teacher_path_pairs_rgb_warps_confidence_and_fuses():
             np.testing.assert_allclose(t_conf, res.teacher_confidence, rtol=1e-4, atol=1e-5)
             assert stamp >= 6 * S
         node.destroy_node()
+
+
+def test_hot_swap_from_the_model_topic_and_corrupt_model_refused(tmp_path):
+    import torch
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from monother_ros.model.branch import DepthBranch
+    from monother_ros.model.checkpoints import save_model
+    from monother_ros.model.variants import get_preset
+    from monother_ros.ros import qos
+    from monother_ros.ros.convert import array_to_image, image_to_array
+    from monother_ros.runtime.engine import make_backend
+    from ros_harness import Collector, Spinner, ros_context, wait_for, wait_for_subscribers
+
+    config = get_preset("test-tiny")
+    torch.manual_seed(7)
+    new_dir = save_model(DepthBranch(config).eval(), config, tmp_path / "adapted")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in ("config.json", "metadata.json"):
+        (corrupt / name).write_bytes((new_dir / name).read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    image = thermal_frame(4)
+    expected_new = make_backend(new_dir, "torch", num_threads=1).infer(image).depth
+    with ros_context() as context:
+        node = make_node(context, backend="torch")
+        old_hash = node.engine.info.model_hash
+        client = Node("adaptation_stub", context=context)
+        model_pub = client.create_publisher(String, "adaptation/model_path", qos.TF_STATIC_PUBLISHER)
+        pub = client.create_publisher(Image, "thermal/image_raw", qos.SENSOR)
+        depth = Collector(client, Image, "depth/image", qos.SENSOR)
+
+        def depth_now(k):
+            stamp = (50 + k) * S
+            assert wait_for_subscribers(client, "thermal/image_raw")
+            for _ in range(20):
+                pub.publish(array_to_image(image, encoding="mono16", stamp_ns=stamp, frame_id="t"))
+                if wait_for(lambda: any(m.header.stamp.sec == 50 + k for m in depth.messages), 0.5):
+                    return image_to_array(next(m for m in depth.messages if m.header.stamp.sec == 50 + k))
+            raise AssertionError("no depth")
+
+        with Spinner(context, node, client):
+            before = depth_now(0)
+            model_pub.publish(String(data=str(corrupt)))
+            assert wait_for(lambda: node.problems.is_active("model_swap_failed"), 20.0)
+            assert "model.safetensors" in node.problems.active()["model_swap_failed"].reason
+            np.testing.assert_array_equal(depth_now(1), before)  # still the old engine
+            model_pub.publish(String(data=str(new_dir)))
+            assert wait_for(lambda: node.counters["model_swaps"] == 1, 20.0)
+            assert not node.problems.is_active("model_swap_failed")
+            assert node.health().values["model hash"] != old_hash[:16]
+            np.testing.assert_allclose(depth_now(2), expected_new, rtol=1e-5, equal_nan=True)
+        node.destroy_node()

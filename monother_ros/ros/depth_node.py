@@ -124,6 +124,9 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("min_output_rate_hz", float, 0.0,
                   "WARN in /diagnostics when the output rate is below this while input arrives; 0 = off",
                   non_negative),
+        ParamSpec("model_topic", str, "adaptation/model_path",
+                  "latched std_msgs/String topic naming a new model folder to hot-swap (from online_adaptation "
+                  "in another process); empty = off"),
         ParamSpec("teacher.enabled", bool, False,
                   "pair RGB frames and run the RGB teacher + confidence network (needs a dual model, torch)"),
         ParamSpec("teacher.slop_s", float, 0.05, "largest stamp difference of a thermal/RGB pair, seconds",
@@ -157,6 +160,8 @@ INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled, cached"),
     ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled"),
     ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled"),
+    ("adaptation/model_path", "std_msgs/String (model folder)", "TF_STATIC_PUBLISHER", "",
+     "model_topic; hot swap"),
 )
 OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (DEPTH_IMAGE_TOPIC, "sensor_msgs/Image (32FC1, m, NaN invalid)", "SENSOR", "input image's", ""),
@@ -390,7 +395,7 @@ class ThermalDepthNode(Node):
         self._rgb_history: list[tuple[int, Image]] = []
         self._pairs: dict[int, Image] = {}
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
-                         "unpaired": 0, "resets": 0}
+                         "unpaired": 0, "resets": 0, "model_swaps": 0}
         self.rate_in = RateMeter()
         self.rate_out = RateMeter()
         self.rate_rgb = RateMeter()
@@ -409,6 +414,18 @@ class ThermalDepthNode(Node):
                 backward_jump_ns=_BACKWARD_JUMP_NS, callback=self._on_pair)
             self.tf_buffer = TransformBuffer()
             self._tf_listener = TransformListener(self.tf_buffer, self)
+
+        self._swap_lock = threading.Lock()
+        self._swap_thread: Optional[threading.Thread] = None
+        self._pending_swap: Optional[Path] = None
+        self._retired: list[Any] = []  # engines replaced by a hot swap, closed by the worker between frames
+        self._model_sub = None
+        if p["model_topic"]:
+            from std_msgs.msg import String
+
+            # Latched (reliable, transient local, depth 1) like the adaptation node's publisher.
+            self._model_sub = self.create_subscription(String, p["model_topic"], self._on_model_path,
+                                                       qos.TF_STATIC_PUBLISHER)
 
         self._subs: list[Any] = []
         self.slot: LatestSlot[_Frame] = LatestSlot()
@@ -435,7 +452,7 @@ class ThermalDepthNode(Node):
             raise ConfigError(f"model {path} does not exist")
         return path
 
-    def _build_engine(self, p: dict[str, Any]):
+    def _build_engine(self, p: dict[str, Any], model_path: Optional[Path] = None):
         from monother_ros.runtime.engine import make_backend
 
         hw = None
@@ -455,7 +472,7 @@ class ThermalDepthNode(Node):
             return self.teacher.engine
         if p["fusion.enabled"]:
             self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
-        return make_backend(self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
+        return make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
                             num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
 
     def _warm_up(self) -> float:
@@ -466,6 +483,58 @@ class ThermalDepthNode(Node):
         t0 = time.perf_counter()
         self.engine.infer(ramp)
         return (time.perf_counter() - t0) * 1e3
+
+    # ------------------------------------------------------------------ hot swap
+
+    def _on_model_path(self, msg) -> None:
+        path = Path(msg.data).expanduser()
+        if path == self.model_path:
+            return
+        with self._swap_lock:
+            if self._swap_thread is not None and self._swap_thread.is_alive():
+                self._pending_swap = path  # the running swap picks the newest path up when done
+                return
+            self._pending_swap = None
+            self._swap_thread = threading.Thread(target=self._swap_loop, args=(path,), name="model-swap", daemon=True)
+            self._swap_thread.start()
+
+    def _swap_loop(self, path: Path) -> None:
+        while path is not None:
+            self.swap_model(path)
+            with self._swap_lock:
+                path, self._pending_swap = self._pending_swap, None
+
+    def swap_model(self, path: Path) -> bool:
+        """Build an engine for the model at ``path`` (off the inference thread) and use it from the next frame.
+
+        A model that cannot be loaded (missing, corrupt, another input size) is refused: the current
+        engine keeps running and ``model_swap_failed`` is reported. Returns True when swapped.
+        """
+        if self.teacher is not None:
+            self.problems.report("model_swap_unsupported", f"hot swap to {path} ignored: not supported with "
+                                 "teacher.enabled (restart the node with the new model)")
+            return False
+        try:
+            new = self._build_engine({**self.params, "teacher.enabled": False, "fusion.enabled": False}, path)
+            h, w = new.info.input_hw
+            new.infer((np.arange(h * w, dtype=np.uint32).reshape(h, w) * 7 % 65535).astype(np.uint16))
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the running engine
+            self.problems.report("model_swap_failed", f"cannot use model {path}: {type(exc).__name__}: {exc}; "
+                                 f"still running {self.model_path}", Level.ERROR)
+            return False
+        old, self.engine, self.model_path = self.engine, new, path
+        with self._lock:
+            self._retired.append(old)
+            self.counters["model_swaps"] += 1
+        self.problems.clear("model_swap_failed")
+        self.get_logger().info(f"hot-swapped the model: {path} ({new.info.model_hash[:12]})")
+        return True
+
+    def _close_retired(self) -> None:
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for engine in retired:
+            engine.close()
 
     # ------------------------------------------------------------------ laziness
 
@@ -566,6 +635,8 @@ class ThermalDepthNode(Node):
         self.problems.report(name, reason, level)
 
     def _process(self, frame: _Frame) -> None:
+        if self._retired:
+            self._close_retired()  # between frames: nothing uses the old engine any more
         msg = frame.msg
         with self._lock:
             self.counters["received"] += 1
@@ -813,6 +884,7 @@ class ThermalDepthNode(Node):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
+            self._close_retired()
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
