@@ -39,6 +39,7 @@ def _initial_weights(bag: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
     return _weights(model)
 
 
+@pytest.mark.slow
 def test_run_logs_metrics_checkpoints_and_counts_skips(bag, tmp_path):
     result = run(_config(bag, tmp_path / "run", "epochs=1", f"val_data=[{bag}]"), progress=False)
     assert result.steps == 2 and result.epochs_done == 1  # 4 pairs (1 skipped), global batch 2

@@ -51,6 +51,7 @@ def test_supervised_terms_follow_the_ablation_switch(model, distillation, extra)
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_confidence_weighting_changes_the_consistency_term(model):
     prepare_stage(model, "supervised")
     plain = training_step(model, _batch(), stage="supervised", distillation="no_confidence")
@@ -61,6 +62,7 @@ def test_confidence_weighting_changes_the_consistency_term(model):
     assert "consistency" not in no_consistency.losses
 
 
+@pytest.mark.slow
 def test_step_does_not_update_weights_and_label_free_freezes_teacher(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepare_stage(model, "label_free")
