@@ -23,7 +23,8 @@ resize back, NaN for invalid) and publishes. The single-threaded executor never 
 in the slot before the worker took it is dropped and counted.
 
 Confidence: ``depth/confidence`` is the student's own confidence output (1 where the depth is valid and
-0 elsewhere when the model has none), replaced by the fused confidence when the teacher ran.
+0 elsewhere when the model has none), replaced by the fused confidence ``c`` below whenever the teacher
+ran (with or without ``fusion.enabled``, which only decides whether the depth is the fused one).
 
 Laziness: while no output topic has a subscriber the node holds no input subscription and computes
 nothing. Subscriber changes come from publisher *matched* events (``PublisherEventCallbacks(matched=)``,
@@ -138,7 +139,8 @@ DEPTH_PARAMETERS = ParamTable(
                   in_range(0.0, 10.0)),
         ParamSpec("teacher.device", str, "cpu", "torch device of the teacher: cpu, cuda or cuda:N"),
         ParamSpec("fusion.enabled", bool, False,
-                  "publish the confidence-weighted fusion of teacher and student depth when the teacher ran"),
+                  "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
+                  "(depth/confidence is the fused confidence either way)"),
     ]
 )
 
@@ -798,11 +800,10 @@ class ThermalDepthNode(Node):
             self.problems.clear("teacher_failed")
             with self._lock:
                 self.counters["teacher_runs"] += 1
-            if self.params["fusion.enabled"]:
-                depth, confidence = fuse(res.student_depth, res.student_confidence, res.teacher_depth,
-                                         res.teacher_confidence)
-            else:
-                depth, confidence = res.student_depth, res.student_confidence
+            fused_depth, confidence = fuse(res.student_depth, res.student_confidence, res.teacher_depth,
+                                           res.teacher_confidence)
+            # The fused confidence is published whenever the teacher ran; the depth only with fusion.enabled.
+            depth = fused_depth if self.params["fusion.enabled"] else res.student_depth
             return depth, confidence, res.teacher_confidence, res.timings["total_ms"]
         result = self.engine.infer(thermal)
         with self._lock:
