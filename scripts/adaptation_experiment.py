@@ -218,7 +218,7 @@ def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "tes
         eval_sets["target_night"] = data["target_night"]
     base = config or LearnerConfig(
         buffer_size=64, holdout_every=4, holdout_size=8, min_buffer=2, min_holdout=2, batch_size=2, steps_per_round=10,
-        lr=3e-4, encoder_lr_factor=0.1, max_rejections=3, reject_threshold=0.02, num_threads=0, seed=seed,
+        lr=5e-5, encoder_lr_factor=0.1, max_rejections=3, reject_threshold=0.02, num_threads=0, seed=seed,
         keyframe=KeyframeConfig(min_confidence=0.002, min_mask_fraction=0.01, min_image_change=0.0,
                                 min_translation_m=0.0, min_rotation_deg=0.0))
     runs = {"full": adapt_once("full", dual, data["target_stream"], eval_sets, base, steps=steps, log=log)}

@@ -1,0 +1,64 @@
+"""Domain shift at tiny scale (pure learner, no DDS): scripts/adaptation_experiment.py's ``run_experiment``.
+
+A tiny student is trained briefly (supervised, ground truth) on the urban family by day; the RGB teacher
+and confidence network, standing in for a general RGB model, see urban and campus. The learner then
+adapts the student without labels on a campus stream by day, and on a campus stream at night.
+
+Measured (this machine, seed 0, 42x56, 40 steps at lr 5e-5, ~40 s; the test prints the table):
+full: campus AbsRel 0.408 -> 0.296 (-27 %), urban 0.204 -> 0.198 (-3 %); no_confidence: 0.408 -> 0.299
+(-27 %), urban 0.204 -> 0.186 (-9 %); night stream: 2 of 16 pairs admitted, no training, no change. What is NOT asserted, because
+it is not true at this scale: that the confidence-weighted loss gains more than the unweighted one (the
+weighting multiplies the loss by confidences ~0.002-0.02, which at a fixed learning rate and step count
+means far smaller steps; at tiny scale the teacher is also never confidently wrong in a way the
+weighting would filter). Both gains are printed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _experiment():
+    spec = importlib.util.spec_from_file_location("adaptation_experiment", ROOT / "scripts" / "adaptation_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_label_free_adaptation_lowers_target_absrel_keeps_source_and_refrains_at_night():
+    import torch
+
+    ax = _experiment()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # deterministic sums, and fair to the other processes on 2 cores
+    try:
+        result = ax.run_experiment(hw=(42, 56), n_stream=16, n_eval=6, pretrain_steps=200, confidence_steps=12,
+                                   steps=40, seed=0, log=None)
+    finally:
+        torch.set_num_threads(threads)
+    print("\n" + result["table"] + f"\n({result['seconds']:.0f} s)")
+    runs = result["runs"]
+
+    def gain(run, key):
+        return 1.0 - runs[run].after[key] / runs[run].before[key]
+
+    # The source-trained student is much worse on the target family than on its own.
+    assert runs["full"].before["target_day"] > 1.5 * runs["full"].before["source_day"]
+    # Full (confidence-weighted) adaptation: target AbsRel down >= 15 % relative, source not worse by > 5 %.
+    assert gain("full", "target_day") >= 0.15
+    assert runs["full"].after["source_day"] <= 1.05 * runs["full"].before["source_day"]
+    assert runs["full"].status["accepted"] >= 1
+    # Without confidence weighting the learner also adapts (reported; see the module docstring).
+    assert gain("no_confidence", "target_day") > 0.0
+    # Night: the gate refuses most pairs and the deployed model does not degrade.
+    night = runs["night"].status
+    assert night["keyframes"]["admitted"] <= 0.5 * night["keyframes"]["offered"]
+    for key in ("target_day", "source_day", "target_night"):
+        assert runs["night"].after[key] <= 1.05 * runs["night"].before[key]
