@@ -52,12 +52,14 @@ SLOW_PREFIXES = ("student.pretrained.", "student.depth_head.", "teacher.pretrain
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: rank, world size, device."""
+    """Where this process stands: rank, world size, device; ``owns_group`` when ``setup_distributed``
+    created the process group (and so tears it down)."""
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -84,13 +86,16 @@ def setup_distributed(device: str = "auto") -> DistContext:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
+    owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+        owns = True
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
 
 
-def teardown_distributed() -> None:
-    if dist.is_initialized():
+def teardown_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if ``setup_distributed`` created it."""
+    if ctx.owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
@@ -328,6 +333,7 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     from training.data import collate
 
     ctx = setup_distributed(config.device)
+    deterministic_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -499,7 +505,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                            samples_per_s=samples_done / total_time if total_time > 0 else 0.0, stopped_early=stopped_early,
                            model=model)
     finally:
-        teardown_distributed()
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
+        teardown_distributed(ctx)
 
 
 # ----------------------------------------------------------------------------------------- export
