@@ -103,7 +103,9 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
         from monother_ros.ros.bag_player import play_and_record
     except ImportError as exc:
         raise ConfigError(f"live mode needs rclpy and the ROS message packages: {exc}") from exc
-    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic)
+    # RGB goes out too when the bag has it: the node only subscribes with teacher.enabled (a --config
+    # with teacher / fusion on scores the fused output), and unsubscribed topics cost almost nothing.
+    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw", "/rgb/camera_info")
     for spec in models:
         if spec.name in run.models:
             raise ConfigError(f"two models are named {spec.name!r}; use --model NAME=PATH")
