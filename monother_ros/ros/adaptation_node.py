@@ -36,8 +36,9 @@ thread under a compute budget (``train.max_steps_per_second``, ``train.duty_cycl
   with ``checkpoint.export_onnx``) is published on ``adaptation/model_path`` (latched), for a depth node
   that watches it.
 
-``handover`` picks: ``auto`` (in-process when the depth node is found, and always the topic when a
-checkpoint exists), ``in_process``, ``topic`` or ``none``.
+``handover`` picks: ``auto`` (in-process when the depth node is found in this process, else the topic),
+``in_process``, ``topic`` or ``none``. The depth node's side of the topic is its ``model_topic`` parameter
+(it builds an engine for the folder off its inference thread and swaps it in between frames).
 
 Parameters: :data:`ADAPTATION_PARAMETERS` (config/rig.yaml ``online_adaptation`` section).
 """
@@ -445,7 +446,9 @@ class OnlineAdaptationNode(Node):
             elif mode == "in_process":
                 self.problems.report("depth_node_not_found", f"no node {self.params['depth_node']!r} with an engine "
                                      "in this process: weights not handed over")
-        if mode in ("auto", "topic") and update.model_dir is not None:
+        # auto: the topic only when no in-process swap happened (the depth node also watches the topic: a
+        # second, slower swap of the same weights would be wasted work and could land after a newer one).
+        if (mode == "topic" or (mode == "auto" and not swapped)) and update.model_dir is not None:
             self.pub_model_path.publish(String(data=str(update.model_dir)))
             self.swaps["topic"] += 1
             if not swapped:
