@@ -46,7 +46,7 @@ import numpy as np
 from monother_ros.core.se3 import matrix_to_quaternion
 from monother_ros.errors import BagError, ConfigError
 from monother_ros.sim.rig import (
-    BASE_FRAME, LIDAR_FRAME, RGB_FRAME, THERMAL_FRAME, SensorEvent, SimRig,
+    BASE_FRAME, COUNTS_AT_0C, COUNTS_PER_K, LIDAR_FRAME, MAX_DEPTH_M, RGB_FRAME, THERMAL_FRAME, SensorEvent, SimRig,
 )
 from monother_ros.sim.scene import FAMILIES
 from monother_ros.sim.shading import SCENARIOS
@@ -256,7 +256,10 @@ def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "d
     rig = SimRig(seed, scenario, family)  # type: ignore[arg-type]
     info = {"seed": int(seed), "scenario": scenario, "family": family, "seconds": float(seconds),
             "epoch_ns": SIM_EPOCH_NS, "thermal_frame": THERMAL_FRAME, "rgb_frame": RGB_FRAME,
-            "lidar_frame": LIDAR_FRAME, "base_frame": BASE_FRAME, "generator": "monother_ros.sim"}
+            "lidar_frame": LIDAR_FRAME, "base_frame": BASE_FRAME, "generator": "monother_ros.sim",
+            "max_depth_m": MAX_DEPTH_M,
+            # Nominal radiometric scale of the mono16 counts (before fixed-pattern noise and vignetting).
+            "thermal_counts_at_0c": COUNTS_AT_0C, "thermal_counts_per_k": COUNTS_PER_K}
     try:
         counts, previews = _write(tmp, rig, seconds, storage, info, _default_workers() if workers is None else workers,
                                   preview)
