@@ -14,6 +14,9 @@ Sections (a fresh node each, so that the diagnostics cover only that section):
   3. load: thermal 30 Hz + RGB 20 Hz (1280x720 rgb8, not used by a student-only node) for
      ``--load-seconds``. Goals: output rate = min(30 Hz, engine rate) within 10 %; p99 latency <
      2 x engine time + one frame period (33 ms).
+  4. the same load with ``teacher.enabled`` (torch backend, a dual model of the default architecture:
+     student + RGB teacher + confidence U-Net; untrained unless ``--dual-model``), static extrinsic on
+     /tf_static: the engine time then mixes student-only and teacher frames. Skipped with ``--no-teacher``.
 Model: ``--model`` or the demo's model (engines/default, else the untrained placeholder with the default
 architecture: its speed is the real one).
 """
@@ -84,6 +87,8 @@ class Client:
         self.pub = self.node.create_publisher(Image, "thermal/image_raw", qos.SENSOR)
         self.pub_info = self.node.create_publisher(CameraInfo, "thermal/camera_info", qos.SENSOR)
         self.pub_rgb = self.node.create_publisher(Image, "rgb/image_raw", qos.SENSOR)
+        self.pub_rgb_info = self.node.create_publisher(CameraInfo, "rgb/camera_info", qos.SENSOR)
+        self.rgb_camera = PinholeCamera.from_hfov(1280, 720, 70.0)
         self.lock = threading.Lock()
         self.sent: dict[int, float] = {}
         self.received: dict[str, dict[int, float]] = {}
@@ -140,9 +145,19 @@ class Client:
             self.sent[stamp_ns] = t
 
     def send_rgb(self, stamp_ns: int) -> None:
-        from monother_ros.ros.convert import array_to_image
+        from monother_ros.ros.convert import array_to_image, camera_to_info
 
+        self.pub_rgb_info.publish(camera_to_info(self.rgb_camera, stamp_ns=stamp_ns, frame_id="rgb_optical_frame"))
         self.pub_rgb.publish(array_to_image(self.rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id="rgb_optical_frame"))
+
+    def send_extrinsic(self) -> None:
+        """Static thermal -> RGB transform (5 cm baseline) on /tf_static, latched."""
+        from monother_ros.ros.tf import StaticTransformBroadcaster, transform_to_msg
+
+        T = np.eye(4)
+        T[0, 3] = -0.05
+        self._static = StaticTransformBroadcaster(self.node)
+        self._static.send(transform_to_msg("rgb_optical_frame", "thermal_optical_frame", 0, T))
 
     def latencies(self, topic: str = "depth/image") -> np.ndarray:
         with self.lock:
@@ -240,7 +255,45 @@ def load_section(client: Client, params, log, seconds: float) -> dict[str, float
             "engine_mean": float(diag.get("engine time mean (ms)", "nan")),
             "engine_p50": float(diag.get("engine time p50 (ms)", "nan")),
             "latency_p50": float(np.median(lat) * 1e3), "latency_p99": float(np.percentile(lat, 99) * 1e3),
-            "dropped": float(diag.get("frames dropped (worker busy)", "nan"))}
+            "dropped": float(diag.get("frames dropped (worker busy)", "nan")),
+            "teacher_runs": float(diag.get("frames teacher_runs", "nan")),
+            "student_only": float(diag.get("frames student_only", "nan"))}
+
+
+def _dual_model(path: str) -> Path:
+    """``path``, or an untrained dual model of the default architecture built once into engines/cache."""
+    if path:
+        return Path(path)
+    from monother_ros.paths import engines_dir
+
+    target = engines_dir() / "cache" / "untrained-dual-placeholder"
+    if not (target / "config.json").is_file():
+        import torch
+
+        from monother_ros.model.checkpoints import save_model
+        from monother_ros.model.dual import MonotherDual
+        from monother_ros.model.variants import get_preset
+
+        torch.manual_seed(0)
+        config = get_preset("monother-default")
+        save_model(MonotherDual(config).eval(), config, target, kind=MonotherDual.checkpoint_kind,
+                   metadata={"note": "UNTRAINED dual placeholder for benchmarks"})
+    return target
+
+
+def _print_load(title: str, c: dict[str, float], seconds: float) -> None:
+    engine_rate = 1000.0 / c["engine_mean"]
+    expected = min(c["input_rate"], engine_rate)
+    rate_ratio = c["output_rate"] / expected
+    p99_goal = 2 * c["engine_mean"] + 1000.0 / 30
+    print()
+    print(f"{title}: thermal {c['input_rate']:.1f} Hz + RGB 20 Hz for {seconds:g} s ({c['sent']:.0f} frames; "
+          f"teacher runs {c['teacher_runs']:.0f}, student only {c['student_only']:.0f})")
+    print(f"   output rate {c['output_rate']:.2f} Hz vs min(input {c['input_rate']:.1f}, engine {engine_rate:.1f}) = "
+          f"{expected:.2f} Hz: ratio {rate_ratio:.3f} -> {'met' if abs(rate_ratio - 1) <= 0.1 else 'NOT met'} (within 10 %)")
+    print(f"   latency p50 {c['latency_p50']:.1f} ms, p99 {c['latency_p99']:.1f} ms vs 2 x engine {c['engine_mean']:.1f} "
+          f"+ 33.3 = {p99_goal:.1f} ms: ratio {c['latency_p99'] / p99_goal:.2f} -> "
+          f"{'met' if c['latency_p99'] < p99_goal else 'NOT met'}; dropped (latest-only) {c['dropped']:.0f}")
 
 
 def main() -> int:
@@ -251,6 +304,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=4.0, help="frame rate of the latency sections (Hz)")
     parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=0, help="engine CPU threads (0 = backend default)")
+    parser.add_argument("--no-teacher", action="store_true", help="skip section 4 (teacher enabled)")
+    parser.add_argument("--dual-model", default="", help="dual model for section 4 (default: untrained placeholder)")
     args = parser.parse_args()
     import rclpy
     from rclpy.context import Context
@@ -270,6 +325,7 @@ def main() -> int:
     executor.add_node(client.node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    d = None
     try:
         print(f"model {model}{' (UNTRAINED placeholder: speed only)' if placeholder else ''}, thermal {w}x{h}, "
               f"node in another process, ONNX Runtime, {os.cpu_count()} CPUs")
@@ -278,6 +334,11 @@ def main() -> int:
                             ["depth/image", "depth/confidence", "depth/camera_info", "depth/points"], args.frames,
                             args.rate)
         c = load_section(client, params, logdir / "c.log", args.load_seconds)
+        if not args.no_teacher:
+            client.send_extrinsic()
+            teacher_params = {**params, "model": str(_dual_model(args.dual_model)), "backend": "torch",
+                              "teacher.enabled": "true", "fusion.enabled": "true"}
+            d = load_section(client, teacher_params, logdir / "d.log", args.load_seconds)
     finally:
         executor.shutdown(timeout_sec=2)
         spinner.join(timeout=5)
@@ -291,18 +352,11 @@ def main() -> int:
         overhead = r["latency_p50"] - r["engine_p50"]
         goal = max(0.1 * r["engine_p50"], 5.0)
         print(f"{name:44s} {r['latency_p50']:8.2f} {r['latency_p99']:8.2f} {r['engine_p50']:11.2f} {overhead:9.2f} "
-              f"{goal:7.2f} {overhead / goal:6.2f}  {'met' if overhead <= goal else 'NOT met'}  ({r['frames']:.0f} frames; in node {r['in_node_p50']:.2f})")
-    engine_rate = 1000.0 / c["engine_mean"]
-    expected = min(c["input_rate"], engine_rate)
-    rate_ratio = c["output_rate"] / expected
-    p99_goal = 2 * c["engine_mean"] + 1000.0 / 30
-    print()
-    print(f"3. load: thermal {c['input_rate']:.1f} Hz + RGB 20 Hz for {args.load_seconds:g} s ({c['sent']:.0f} frames)")
-    print(f"   output rate {c['output_rate']:.2f} Hz vs min(input {c['input_rate']:.1f}, engine {engine_rate:.1f}) = "
-          f"{expected:.2f} Hz: ratio {rate_ratio:.3f} -> {'met' if abs(rate_ratio - 1) <= 0.1 else 'NOT met'} (within 10 %)")
-    print(f"   latency p50 {c['latency_p50']:.1f} ms, p99 {c['latency_p99']:.1f} ms vs 2 x engine {c['engine_mean']:.1f} "
-          f"+ 33.3 = {p99_goal:.1f} ms: ratio {c['latency_p99'] / p99_goal:.2f} -> "
-          f"{'met' if c['latency_p99'] < p99_goal else 'NOT met'}; dropped (latest-only) {c['dropped']:.0f}")
+              f"{goal:7.2f} {overhead / goal:6.2f}  {'met' if overhead <= goal else 'NOT met'}  "
+              f"({r['frames']:.0f} frames; in node {r['in_node_p50']:.2f})")
+    _print_load("3. load, student only", c, args.load_seconds)
+    if d is not None:
+        _print_load("4. load, teacher + fusion (torch)", d, args.load_seconds)
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (shared machine)")
     print(f"node logs: {logdir}")
     return 0
