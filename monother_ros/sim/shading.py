@@ -516,8 +516,8 @@ class SceneTables:
     mat: np.ndarray
 
 
-LAMP_RADIUS_M = 14.0  # beyond this a street lamp's light is negligible (smoothly windowed to 0)
-LAMP_INTENSITY = 6.0
+LAMP_RADIUS_M = 11.0  # beyond this a street lamp's light is negligible (smoothly windowed to 0)
+LAMP_INTENSITY = 7.0
 
 
 def lamp_irradiance_block(lamps: list[tuple[tuple[float, float, float], slice, slice]], hits: Hits) -> np.ndarray:
