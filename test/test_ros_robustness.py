@@ -340,6 +340,7 @@ def test_hostile_rgb_and_tf_inputs_with_the_teacher():
         node.destroy_node()
 
 
+@pytest.mark.slow
 def test_corrupt_engine_file_and_bad_parameters_exit_with_one_clear_line(tmp_path):
     from ros_harness import NodeProcess
     from tiny_models import tiny_student_dir

@@ -484,6 +484,12 @@ class ThermalDepthNode(Node):
         ramp = (np.arange(h * w, dtype=np.uint32).reshape(h, w) * 7 % 65535).astype(np.uint16)
         t0 = time.perf_counter()
         self.engine.infer(ramp)
+        if self.teacher is not None:
+            from monother_ros.core.camera import PinholeCamera
+
+            camera = PinholeCamera.from_hfov(w, h, 60.0)
+            rgb = np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, axis=2)
+            self.teacher.run(ramp, rgb, camera, camera, np.eye(4))
         return (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------ hot swap
