@@ -77,7 +77,8 @@ def test_bag_encodings_frames_stamps_rates(one_second_bag) -> None:
         ("/rgb/image_raw", "rgb8", "rgb_optical_frame", (720, 1280), 3840),
     ):
         for bag_t, m, _ in msgs[topic]:
-            assert (m.encoding, m.header.frame_id, (m.height, m.width), m.step, m.is_bigendian) == (enc, frame, shape, step, 0)
+            got = (m.encoding, m.header.frame_id, (m.height, m.width), m.step, m.is_bigendian)
+            assert got == (enc, frame, shape, step, 0)
             assert stamp_ns(m) == bag_t and bag_t >= SIM_EPOCH_NS
     th_t = np.array([t for t, _, _ in msgs["/thermal/image_raw"]])
     rgb_t = np.array([t for t, _, _ in msgs["/rgb/image_raw"]])
@@ -89,8 +90,9 @@ def test_bag_encodings_frames_stamps_rates(one_second_bag) -> None:
     np.testing.assert_allclose(np.diff([t for t, _, _ in msgs["/lidar/points"]]), 1e8, atol=1)
     # GT depth at every thermal stamp; camera_info at every image stamp, matching the rig's intrinsics.
     assert [t for t, _, _ in msgs["/gt/depth"]] == th_t.tolist()
-    for topic, image_topic, cam, frame in (("/thermal/camera_info", "/thermal/image_raw", rig.thermal_camera, "thermal_optical_frame"),
-                                           ("/rgb/camera_info", "/rgb/image_raw", rig.rgb_camera, "rgb_optical_frame")):
+    for topic, image_topic, cam, frame in (
+            ("/thermal/camera_info", "/thermal/image_raw", rig.thermal_camera, "thermal_optical_frame"),
+            ("/rgb/camera_info", "/rgb/image_raw", rig.rgb_camera, "rgb_optical_frame")):
         assert [t for t, _, _ in msgs[topic]] == [t for t, _, _ in msgs[image_topic]]
         info = msgs[topic][0][1]
         assert info.header.frame_id == frame and (info.width, info.height) == (cam.width, cam.height)
@@ -145,7 +147,8 @@ def test_preview_written_next_to_bag(one_second_bag) -> None:
 @pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     def images(p: Path, seed: int, storage: str) -> dict[str, list[bytes]]:
-        write_bag(p, seconds=0.12, seed=seed, scenario="day", family="campus", storage=storage, workers=0, preview=False)
+        write_bag(p, seconds=0.12, seed=seed, scenario="day", family="campus", storage=storage, workers=0,
+                  preview=False)
         msgs, _, _ = _read_all(p)
         return {t: [raw for _, _, raw in msgs[t]] for t in ("/thermal/image_raw", "/rgb/image_raw", "/gt/depth")}
 

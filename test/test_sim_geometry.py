@@ -98,7 +98,8 @@ def test_rendered_depth_matches_unculled_ray_cast(rig: SimRig, camera: str) -> N
     against every primitive."""
     cam = rig.thermal_camera if camera == "thermal" else rig.rgb_camera
     T_world_cam = rig.pose(T_CHECK) @ (rig.T_base_thermal if camera == "thermal" else rig.T_base_rgb)
-    depth = (rig.render_thermal(T_CHECK, noise=False) if camera == "thermal" else rig.render_rgb(T_CHECK, noise=False)).depth
+    render = rig.render_thermal if camera == "thermal" else rig.render_rgb
+    depth = render(T_CHECK, noise=False).depth
     rng = np.random.default_rng(0)
     u = rng.integers(0, cam.width, 4000)
     v = rng.integers(0, cam.height, 4000)

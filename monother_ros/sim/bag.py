@@ -290,18 +290,20 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     counts: dict[str, int] = {}
     n_thermal = sum(e.kind == "thermal" for e in events)
-    preview_idx = set(np.linspace(0, max(n_thermal - 1, 0), min(_PREVIEW_FRAMES, n_thermal)).round().astype(int).tolist())
+    picks = np.linspace(0, max(n_thermal - 1, 0), min(_PREVIEW_FRAMES, n_thermal))
+    preview_idx = set(picks.round().astype(int).tolist())
     previews: list[dict] = []
     last_rgb = None
     with Writer(tmp, version=9, storage_plugin=plugin) as writer:
         writer.set_custom_data(CUSTOM_DATA_KEY, json.dumps(info, sort_keys=True))
         conns = {}
+        image, info_t, cloud_t = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "sensor_msgs/msg/PointCloud2"
         specs = [(TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", True), (TOPIC_INFO, "std_msgs/msg/String", True),
-                 (TOPIC_THERMAL, "sensor_msgs/msg/Image", False), (TOPIC_THERMAL_INFO, "sensor_msgs/msg/CameraInfo", False),
-                 (TOPIC_DEPTH, "sensor_msgs/msg/Image", False), (TOPIC_RGB, "sensor_msgs/msg/Image", False),
-                 (TOPIC_RGB_INFO, "sensor_msgs/msg/CameraInfo", False), (TOPIC_LIDAR, "sensor_msgs/msg/PointCloud2", False)]
+                 (TOPIC_THERMAL, image, False), (TOPIC_THERMAL_INFO, info_t, False), (TOPIC_DEPTH, image, False),
+                 (TOPIC_RGB, image, False), (TOPIC_RGB_INFO, info_t, False), (TOPIC_LIDAR, cloud_t, False)]
         for topic, msgtype, latched in specs:
-            conns[topic] = writer.add_connection(topic, msgtype, typestore=msgs.store, offered_qos_profiles=_qos(latched))
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=msgs.store,
+                                                 offered_qos_profiles=_qos(latched))
             counts[topic] = 0
 
         def put(topic: str, stamp_ns: int, msg, msgtype: str) -> None:
@@ -319,7 +321,8 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
             stamp = SIM_EPOCH_NS + event.stamp_ns
             if event.kind == "thermal":
                 counts_img, depth = result
-                put(TOPIC_THERMAL, stamp, msgs.image(stamp, THERMAL_FRAME, counts_img, "mono16"), "sensor_msgs/msg/Image")
+                put(TOPIC_THERMAL, stamp, msgs.image(stamp, THERMAL_FRAME, counts_img, "mono16"),
+                    "sensor_msgs/msg/Image")
                 put(TOPIC_THERMAL_INFO, stamp, msgs.camera_info(stamp, THERMAL_FRAME, rig.thermal_camera),
                     "sensor_msgs/msg/CameraInfo")
                 put(TOPIC_DEPTH, stamp, msgs.image(stamp, THERMAL_FRAME, depth, "32FC1"), "sensor_msgs/msg/Image")
@@ -328,7 +331,8 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
                 thermal_index += 1
             elif event.kind == "rgb":
                 put(TOPIC_RGB, stamp, msgs.image(stamp, RGB_FRAME, result, "rgb8"), "sensor_msgs/msg/Image")
-                put(TOPIC_RGB_INFO, stamp, msgs.camera_info(stamp, RGB_FRAME, rig.rgb_camera), "sensor_msgs/msg/CameraInfo")
+                put(TOPIC_RGB_INFO, stamp, msgs.camera_info(stamp, RGB_FRAME, rig.rgb_camera),
+                    "sensor_msgs/msg/CameraInfo")
                 last_rgb = result
                 for p in previews:
                     if p["rgb"] is None:

@@ -26,7 +26,7 @@ import numpy as np
 from monother_ros.core.camera import PinholeCamera
 from monother_ros.core.se3 import OPTICAL_FROM_BODY_ROTATION, invert, make_transform, rotation_about_axis
 from monother_ros.sim import raycast, shading
-from monother_ros.sim.scene import FAMILIES, FIRST_OBJECT, GROUND_ID, SKY_ID, Family, Mat, Primitives, Scene
+from monother_ros.sim.scene import FAMILIES, GROUND_ID, Family, Mat, Primitives, Scene
 from monother_ros.sim.shading import SCENARIO_PARAMS, SCENARIOS, Scenario
 from monother_ros.sim.shadows import GroundShadows
 from monother_ros.sim.trajectory import Trajectory
@@ -157,7 +157,8 @@ class SimRig:
         el = np.radians(np.linspace(-15.0, 15.0, LIDAR_BEAMS))
         self._lidar_az = (np.arange(LIDAR_COLUMNS) * (2 * math.pi / LIDAR_COLUMNS) - math.pi).astype(np.float64)
         self._lidar_dirs = np.stack(
-            (np.cos(el)[:, None] * np.cos(self._lidar_az)[None, :], np.cos(el)[:, None] * np.sin(self._lidar_az)[None, :],
+            (np.cos(el)[:, None] * np.cos(self._lidar_az)[None, :],
+             np.cos(el)[:, None] * np.sin(self._lidar_az)[None, :],
              np.repeat(np.sin(el)[:, None], LIDAR_COLUMNS, axis=1)), axis=-1)  # (beams, columns, 3) lidar frame
 
     # ---------------------------------------------------------------------------------------------
@@ -267,7 +268,8 @@ class SimRig:
         if key not in self._fpn:
             rng = np.random.default_rng([abs(self.seed), 4242, camera.width, camera.height])
             gain = (1.0 + 0.012 * rng.standard_normal((camera.height, camera.width))).astype(np.float32)
-            offset = 14.0 * rng.standard_normal((camera.height, camera.width)) + 7.0 * rng.standard_normal(camera.width)[None, :]
+            pixel = 14.0 * rng.standard_normal((camera.height, camera.width))
+            offset = pixel + 7.0 * rng.standard_normal(camera.width)[None, :]  # plus column stripes
             self._fpn[key] = (gain, offset.astype(np.float32))
         return self._fpn[key]
 

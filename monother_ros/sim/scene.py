@@ -168,7 +168,8 @@ class _Builder:
 
     def tint(self, spread: float) -> tuple[float, float, float]:
         base = 1.0 + spread * self.rng.uniform(-1, 1)
-        return tuple(float(base * (1.0 + 0.3 * spread * self.rng.uniform(-1, 1))) for _ in range(3))  # type: ignore[return-value]
+        r, g, b = (float(base * (1.0 + 0.3 * spread * self.rng.uniform(-1, 1))) for _ in range(3))
+        return r, g, b
 
     def done(self) -> Primitives:
         params = np.array(self.rows) if self.rows else np.zeros((0, N_COLS))
@@ -208,8 +209,8 @@ class _Builder:
     def person(self, cx: float, cy: float) -> None:
         rng = self.rng
         height = rng.uniform(1.55, 1.9)
-        shirt = tuple(float(v) for v in rng.uniform(0.1, 0.9, 3))
-        self.cylinder(Mat.CLOTHING, cx, cy, rng.uniform(0.18, 0.25), 0.0, height - 0.27, tint=shirt,  # type: ignore[arg-type]
+        r, g, b = (float(v) for v in rng.uniform(0.1, 0.9, 3))
+        self.cylinder(Mat.CLOTHING, cx, cy, rng.uniform(0.18, 0.25), 0.0, height - 0.27, tint=(r, g, b),
                       toff=rng.normal(0, 1.2))
         self.cylinder(Mat.SKIN, cx, cy, rng.uniform(0.09, 0.12), height - 0.27, height,
                       tint=self.tint(0.4), toff=rng.normal(0, 0.6))
@@ -423,7 +424,8 @@ class Scene:
         if self.family == "urban":
             curb = ay > half
             paint = ((ay < 0.08) & (_fmod(x, 9.0) < 3.0)) | (np.abs(ay - np.float32(3.55)) < 0.06)
-            mat = (Mat.ASPHALT + curb * (Mat.CURB - Mat.ASPHALT) + (ay > half + np.float32(0.25)) * (Mat.CONCRETE - Mat.CURB)
+            walk = ay > half + np.float32(0.25)
+            mat = (Mat.ASPHALT + curb * (Mat.CURB - Mat.ASPHALT) + walk * (Mat.CONCRETE - Mat.CURB)
                    + paint * (Mat.PAINT - Mat.ASPHALT))
         else:
             curb = ay > half

@@ -26,7 +26,7 @@ import numpy as np
 from monother_ros.sim.raycast import Surface, surface_at
 from monother_ros.sim.scene import (
     COL_AUX, COL_B, COL_G, COL_HASH, COL_HX, COL_HY, COL_LIT, COL_R, COL_TOFF, COL_WIN_FRAC, COL_WIN_SX,
-    COL_WIN_SZ, COL_Z0, COL_Z1, FIRST_OBJECT, GROUND_ID, SKY_ID, Mat,
+    COL_WIN_SZ, COL_Z0, COL_Z1, GROUND_ID, SKY_ID, Mat,
 )
 
 Scenario = Literal["day", "night", "fog"]
@@ -499,7 +499,8 @@ def shade_thermal(hits: Hits, params: ScenarioParams) -> np.ndarray:
     app = app * tau + air_k * (np.float32(1.0) - tau)
     sidx = np.flatnonzero(hits.sky.ravel())
     elev = np.maximum(hits.dz.ravel()[sidx] / hits.norm.ravel()[sidx], np.float32(0.0))
-    sky_t = np.float32(params.sky_horizon_c + KELVIN) + np.float32(params.sky_zenith_c - params.sky_horizon_c) * np.sqrt(elev)
+    sky_t = (np.float32(params.sky_horizon_c + KELVIN)
+             + np.float32(params.sky_zenith_c - params.sky_horizon_c) * np.sqrt(elev))
     if hits.cloud is not None:
         # Clouds are far warmer than the clear sky in LWIR (low clouds: a few K below the air).
         sky_t = sky_t + (air_k - np.float32(6.0) - sky_t) * hits.cloud.ravel()[sidx]
