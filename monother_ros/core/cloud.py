@@ -12,6 +12,7 @@ layer wraps the bytes and :data:`POINT_FIELDS` into a message; nothing here impo
 from __future__ import annotations
 
 import logging
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -51,6 +52,7 @@ POINT_FIELDS: tuple[PointField, ...] = (
 )
 
 _XYZI_DTYPE = np.dtype("<f4")
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class CloudProjector:
@@ -66,6 +68,9 @@ class CloudProjector:
         self._x_factor = ((np.arange(camera.width, dtype=np.float64) - camera.cx) / camera.fx).astype(np.float32)
         self._y_factor = ((np.arange(camera.height, dtype=np.float64) - camera.cy) / camera.fy).astype(np.float32)
         self._buffer = np.empty((camera.height, camera.width, 4), _XYZI_DTYPE)
+        # x and y are adjacent float32 in the packed layout: seen as one complex64, both come from one
+        # multiply z * (x_factor + i y_factor) (exact: the cross terms are z * 0), one pass instead of two.
+        self._xy_factor = (self._x_factor[None, :] + 1j * self._y_factor[:, None]).astype(np.complex64)
 
     def points(self, depth: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(H, W) metres -> (H, W, 3) float32 points in the camera's optical frame (NaN for invalid)."""
@@ -94,7 +99,11 @@ class CloudProjector:
             if out.dtype != np.uint8 or out.size != self.height * self.width * POINT_STEP:
                 raise ValueError(f"out must be ({self.height * self.width * POINT_STEP},) uint8, got {out.shape} {out.dtype}")
             buf = out.view(_XYZI_DTYPE).reshape(self.height, self.width, 4)
-        self._fill(z, buf)
+        if _LITTLE_ENDIAN:
+            np.multiply(z, self._xy_factor, out=buf.view(np.complex64)[..., 0])
+            buf[..., 2] = z
+        else:  # pragma: no cover - the buffer is little-endian, native complex64 would not be
+            self._fill(z, buf)
         if intensity is None:
             buf[..., 3] = 0.0
         else:
