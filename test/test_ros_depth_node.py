@@ -313,7 +313,6 @@ def test_clock_jump_back_resets_with_sim_time():
 
 @pytest.mark.slow
 def test_teacher_path_pairs_rgb_warps_confidence_and_fuses():
-    from geometry_msgs.msg import TransformStamped  # noqa: F401 - message package present
     from rclpy.node import Node
     from sensor_msgs.msg import CameraInfo, Image
 

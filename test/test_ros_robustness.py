@@ -246,13 +246,12 @@ def test_hostile_thermal_and_camera_info_inputs():
 
 @pytest.mark.slow
 def test_hostile_rgb_and_tf_inputs_with_the_teacher():
-    from geometry_msgs.msg import TransformStamped
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
 
     from monother_ros.core.camera import PinholeCamera
     from monother_ros.ros import qos
-    from monother_ros.ros.convert import array_to_image, camera_to_info, ns_to_stamp
+    from monother_ros.ros.convert import array_to_image, camera_to_info
     from monother_ros.ros.tf import transform_to_msg
     from ros_harness import Spinner, ros_context, wait_for, wait_for_subscribers
     from test_ros_depth_node import camera, make_node
