@@ -264,3 +264,20 @@ def test_bag_failing_mid_read_keeps_frames_scored_so_far(synth, tmp_path, monkey
     scored = doc["results"][0]["frames_scored"]
     assert 1 <= scored < 6 and doc["results"][0]["metrics"]["abs_rel"] == pytest.approx(0.1, rel=1e-5)
     assert "truncated or corrupt" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_interrupt_writes_what_was_scored(synth, tmp_path):
+    class Interrupting(ScaledTruth):
+        calls = 0
+
+        def predict(self, frame):
+            Interrupting.calls += 1
+            if Interrupting.calls == 4:
+                raise KeyboardInterrupt
+            return super().predict(frame)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate([synth], [], EvalOptions(progress=False), tmp_path / "o", predictors=[Interrupting("p", 1.1)])
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["complete"] is False and doc["results"][0]["frames_scored"] == 3
+    assert any("interrupted" in e for e in doc["errors"])

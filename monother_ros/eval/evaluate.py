@@ -72,6 +72,8 @@ BOUNDARY_MIN_DENSITY = 0.5
 # Fine bins of the error-vs-distance plot, metres.
 CURVE_BIN_M = 2.0
 CONDITIONS_KNOWN: tuple[str, ...] = ("day", "night", "fog")
+# metrics.json is rewritten at least this often during a long bag, seconds.
+WRITE_PERIOD_S = 30.0
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -865,8 +867,9 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
              run: EvalRun | None = None) -> EvalRun:
     """Evaluate ``models`` (or ready ``predictors``) on ``bags`` and write the outputs into ``out_dir``.
 
-    ``metrics.json`` is rewritten atomically after each bag (so an interrupted run keeps what was scored);
-    ``report.md`` and the pictures are written at the end.
+    ``metrics.json`` is rewritten atomically after each bag, every ``WRITE_PERIOD_S`` within a bag and when
+    the run is interrupted (so what was scored is kept, with ``complete`` false); ``report.md`` and the
+    pictures are written at the end.
 
     Raises:
         ConfigError: bad options, or no model could be loaded.
@@ -892,11 +895,27 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
         from tqdm import tqdm
 
         bar = tqdm(total=0, unit="frame", desc="eval", leave=True)
+    last_write = [time.perf_counter()]
+
+    def checkpoint() -> None:
+        # Long bags: keep metrics.json current every WRITE_PERIOD_S, not only at bag ends.
+        now = time.perf_counter()
+        if now - last_write[0] >= WRITE_PERIOD_S:
+            run.wall_s = now - t0
+            report.write_metrics(run, out)
+            last_write[0] = now
+
     try:
         for bag_path in bags:
-            evaluate_bag(run, Path(bag_path), predictors, progress=bar)
+            evaluate_bag(run, Path(bag_path), predictors, progress=bar, on_frame=checkpoint)
             run.wall_s = time.perf_counter() - t0
             report.write_metrics(run, out)
+            last_write[0] = time.perf_counter()
+    except BaseException as exc:  # Ctrl-C or a bug: what was scored so far is written before leaving
+        run.errors.append(f"interrupted: {type(exc).__name__}: {exc}")
+        run.wall_s = time.perf_counter() - t0
+        report.write_metrics(run, out)
+        raise
     finally:
         if bar is not None:
             bar.close()
