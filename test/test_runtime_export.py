@@ -169,3 +169,13 @@ def test_corrupt_or_foreign_onnx_is_a_clear_error(tiny, tmp_path):
         read_onnx_info(foreign)
     with pytest.raises(CheckpointError, match="not found"):
         read_onnx_info(tmp_path / "missing.onnx")
+
+
+def test_failed_verification_leaves_no_file(tiny, tmp_path, monkeypatch):
+    from monother_ros.runtime import export as X
+
+    config, model, _, _ = tiny
+    monkeypatch.setattr(X, "_run_onnxruntime", lambda path, x: [np.zeros((1, 1, *config.input_size), np.float32)] * 2)
+    with pytest.raises(MonotherError, match="differs from PyTorch"):
+        export_onnx(model, config, tmp_path / "m.onnx", model_hash="0" * 64)
+    assert list(tmp_path.iterdir()) == []

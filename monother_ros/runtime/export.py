@@ -254,21 +254,22 @@ def export_onnx(
     proto.producer_name = "monother_ros"
     _check_graph_io(proto, hw, output_names)
 
-    _save_atomic(proto, out_path)
-    info = read_onnx_info(out_path)
-    if verify:
+    def check(candidate: Path) -> None:
+        """ONNX Runtime on the written file vs PyTorch, before the file replaces ``out_path``."""
         with torch.inference_mode():
             ref = wrapper(example)
-        ref = ref if isinstance(ref, tuple) else (ref,)
-        got = _run_onnxruntime(out_path, example.numpy())
-        for name, r, g in zip(output_names, ref, got):
+        refs = ref if isinstance(ref, tuple) else (ref,)
+        got = _run_onnxruntime(candidate, example.numpy())
+        for name, r, g in zip(output_names, refs, got):
             r = r.numpy()
             err = float(np.max(np.abs(r - g))) / max(float(np.max(np.abs(r))), 1e-12)
             if not np.isfinite(err) or err > rtol:
                 raise MonotherError(f"ONNX Runtime output {name!r} differs from PyTorch by {err:.2e} relative "
                                     f"(> {rtol:.0e}) for {config.name} at {hw[0]}x{hw[1]}")
             _logger.debug("ONNX Runtime vs PyTorch %s: %.2e relative", name, err)
-    return info
+
+    _save_atomic(proto, out_path, check=check if verify else None)
+    return read_onnx_info(out_path)
 
 
 @contextlib.contextmanager
@@ -296,8 +297,9 @@ def _check_graph_io(proto: "onnx.ModelProto", hw: tuple[int, int], output_names:
             raise MonotherError(f"exported tensor {value.name!r} has shape {dims}, expected {expected}")
 
 
-def _save_atomic(proto: "onnx.ModelProto", out_path: Path) -> None:
-    """Write next to the destination, then ``os.replace`` (external data first, graph last)."""
+def _save_atomic(proto: "onnx.ModelProto", out_path: Path, check: "Any | None" = None) -> None:
+    """Write next to the destination, run ``check(temp_path)``, then ``os.replace`` (external data
+    first, graph last). A failed write or check leaves any existing ``out_path`` untouched."""
     import onnx
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,9 +310,12 @@ def _save_atomic(proto: "onnx.ModelProto", out_path: Path) -> None:
         if large:
             onnx.save_model(proto, tmp_file, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
-            os.replace(Path(tmp) / data_name, out_path.parent / data_name)
         else:
             onnx.save_model(proto, tmp_file)
+        if check is not None:
+            check(tmp_file)
+        if large:
+            os.replace(Path(tmp) / data_name, out_path.parent / data_name)
         os.replace(tmp_file, out_path)
 
 
