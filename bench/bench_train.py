@@ -7,7 +7,9 @@ Writes (or reuses) a simulated day bag, then trains one epoch of the default rec
 same data: once in one process using every core (``threads`` = CPU count), once as two gloo processes
 (torchrun semantics, each with CPU count / 2 threads, per-rank batch 2). Throughput is the epoch's
 samples / s from the run's ``metrics.jsonl`` (training steps only: data decoding, validation and
-checkpoints excluded). Prints both and the ratio (two processes / one).
+checkpoints excluded). Prints both and the ratio (two processes / one). On a CPU shared with other
+work, compare with ``--single-threads 1 --skip-ddp`` (one process, one thread): OpenMP threads of one
+process wait for each other at every op, which costs most when cores are oversubscribed.
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ def main() -> int:
     parser.add_argument("--model", default="monother-default")
     parser.add_argument("--stage", default="supervised", choices=("supervised", "label_free"))
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--single-threads", type=int, default=0, help="threads of the one-process run (default: all cores)")
+    parser.add_argument("--skip-ddp", action="store_true", help="only the one-process run")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -77,11 +81,14 @@ def main() -> int:
     from training.train import run
 
     # Decode once into the cache so neither timed run pays for it.
-    single_out = work / "single"
+    threads = args.single_threads or cores
+    single_out = work / f"single{threads}"
     t = time.perf_counter()
-    run(load_config(None, _overrides(args, single_out, cores)), progress=False)
+    run(load_config(None, _overrides(args, single_out, threads)), progress=False)
     single = _epoch_rate(single_out)
-    print(f"1 process, {cores} threads: {single:.3f} samples/s (run {time.perf_counter() - t:.1f} s)")
+    print(f"1 process, {threads} thread(s): {single:.3f} samples/s (run {time.perf_counter() - t:.1f} s)")
+    if args.skip_ddp:
+        return 0
     ddp_out = work / "ddp2"
     t = time.perf_counter()
     mp.spawn(_worker, args=(2, _free_port(), _overrides(args, ddp_out, max(cores // 2, 1))), nprocs=2, join=True)

@@ -13,8 +13,6 @@ lr/50, weight decay 0.01, OneCycle (pct_start 0.7, div_factor 1, final_div_facto
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_args, get_origin, get_type_hints
@@ -84,6 +82,7 @@ class TrainConfig:
     # --- model ---
     model: str = "monother-default"  # student preset (model.variants.PRESETS)
     teacher_model: str = ""  # teacher preset; "" = the student's preset with RGB normalisation
+    confidence_width: int = 64  # confidence U-Net base width (official 64; smaller trains faster on CPU)
 
     # --- stage and losses ---
     stage: Stage = "supervised"
@@ -126,6 +125,8 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        if self.confidence_width <= 0:
+            raise ConfigError(f"confidence_width must be positive, got {self.confidence_width}")
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or not 0 < self.pct_start < 1:

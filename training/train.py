@@ -14,9 +14,13 @@ Stage ``supervised`` trains all three networks with ground truth; stage ``label_
 and the confidence network and trains the student with the confidence-weighted consistency loss (see
 ``monother_ros.distill.step``). ``batch_size`` is the global batch: each of the ``W`` ranks takes
 ``batch_size / W`` samples of the same seeded permutation (``DistributedSampler`` + ``set_epoch``), so a
-run with W ranks sees the same global batches as a single process. Rank 0 logs (tqdm bar with loss and
-samples/s, ``metrics.jsonl`` per epoch) and writes checkpoints; ``init_from=resume`` continues from the
-latest checkpoint in ``out_dir`` and reproduces the uninterrupted run.
+run with W ranks sees the same global batches as a single process. DDP averages the ranks' gradients,
+which equals one process accumulating W micro-batches (``micro_batch_size=batch_size/W``) exactly; one
+process taking the whole batch at once differs slightly, because SILog and the top-k masks pool the
+pixels of the batch. Rank 0 logs (tqdm bar with loss and samples/s, ``metrics.jsonl`` per epoch) and
+writes checkpoints; ``init_from=resume`` continues from the latest checkpoint in ``out_dir`` and
+reproduces the uninterrupted run. An update whose gradient norm is not finite is skipped and counted
+(``skipped_steps`` in the log).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -131,7 +135,8 @@ def build_model(config: TrainConfig):
     if config.input_size:
         student_cfg = student_cfg.replace(input_size=tuple(config.input_size))
         teacher_cfg = teacher_cfg.replace(input_size=tuple(config.input_size))
-    model = MonotherDual(student_cfg, teacher_cfg, confidence=True, freeze_bn=config.freeze_batchnorm)
+    model = MonotherDual(student_cfg, teacher_cfg, confidence=True, freeze_bn=config.freeze_batchnorm,
+                         confidence_width=config.confidence_width)
     for branch_name, path in (("student", config.student_init), ("teacher", config.teacher_init)):
         if path:
             tensors, _, _ = read_model_dir(path)
