@@ -221,11 +221,10 @@ def _trace_small(o: tuple[float, float, float], rays: RayGrid, prims: Primitives
     """
     W = rays.shape[1]
     n = len(regions)
-    r0 = np.fromiter((g.r0 for g in regions), np.intp, n)
-    c0 = np.fromiter((g.c0 for g in regions), np.intp, n)
-    w = np.fromiter((g.c1 - g.c0 for g in regions), np.intp, n)
-    sizes = np.fromiter(((g.r1 - g.r0) * (g.c1 - g.c0) for g in regions), np.intp, n)
-    obj = np.fromiter((g.index for g in regions), np.intp, n)
+    table = np.array([(g.r0, g.r1, g.c0, g.c1, g.index) for g in regions], dtype=np.intp).reshape(n, 5)
+    r0, c0, obj = table[:, 0], table[:, 2], table[:, 4]
+    w = table[:, 3] - c0
+    sizes = (table[:, 1] - r0) * w
     rid = np.repeat(np.arange(n), sizes)
     local = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     wr = w.take(rid)
