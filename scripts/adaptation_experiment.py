@@ -261,6 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--eval", type=int, default=20, help="held-out pairs per evaluation set")
     parser.add_argument("--steps", type=int, default=200, help="adaptation optimiser steps per run")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="without --model: source pre-training steps")
+    parser.add_argument("--confidence-steps", type=int, default=40, help="without --model: confidence-network steps")
     parser.add_argument("--preset", default="monother-default", help="without --model: model preset")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch", type=int, default=4)
@@ -283,7 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         keyframe=KeyframeConfig(min_confidence=0.002, min_mask_fraction=0.02, min_image_change=0.0,
                                 min_translation_m=0.3, min_rotation_deg=3.0))
     result = run_experiment(dual=dual, preset=args.preset, hw=hw, source=args.source, target=args.target,
-                            n_stream=args.stream, n_eval=args.eval, pretrain_steps=args.pretrain_steps, steps=args.steps,
+                            n_stream=args.stream, n_eval=args.eval, pretrain_steps=args.pretrain_steps,
+                            confidence_steps=args.confidence_steps, steps=args.steps,
                             seed=args.seed, config=config)
     print(result["table"])
     print(f"total {result['seconds']:.0f} s at {hw[0]}x{hw[1]}")

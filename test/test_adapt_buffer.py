@@ -127,3 +127,11 @@ def test_keyframe_contrast_and_confidence_rules():
     assert sel.confident(float("nan"), float("nan")) == "small_mask"
     with pytest.raises(ValueError):
         KeyframeConfig(min_confidence=2.0)
+
+
+def test_keyframe_rate_limit_uses_stamps_and_restarts_after_a_jump_back():
+    sel = KeyframeSelector(KeyframeConfig(max_rate_hz=2.0))
+    ok = [sel.rate_ok(int(t * 1e9)) for t in (10.0, 10.1, 10.4, 10.5, 10.9, 11.0)]
+    assert ok == [True, False, False, True, False, True]
+    assert sel.rate_ok(int(3e9))  # bag loop: stamps went back
+    assert all(KeyframeSelector(KeyframeConfig(max_rate_hz=0.0)).rate_ok(i) for i in range(3))

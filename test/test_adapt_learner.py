@@ -19,7 +19,8 @@ from monother_ros.adapt import CheckpointStore, LearnerConfig, OnlineLearner, Pa
 from monother_ros.adapt.buffer import KeyframeConfig
 
 HW = (28, 42)
-OPEN = KeyframeConfig(min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.0)
+OPEN = KeyframeConfig(min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.0,
+                      max_rate_hz=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +81,13 @@ def test_offer_routes_keyframes_and_applies_the_gates(dual):
     assert 0 < s.confidence_score < 1 and 0 < s.mask_fraction <= 1
 
     strict = OnlineLearner(copy.deepcopy(dual), _config(keyframe=KeyframeConfig(min_confidence=1.0, min_mask_fraction=0.0,
-                                                                               min_rgb_contrast=0.0, min_image_change=0.0)))
+                                                                               min_rgb_contrast=0.0, min_image_change=0.0,
+                                                                               max_rate_hz=0.0)))
     assert _fill(strict, 2) == ["low_confidence"] * 2 and len(strict.buffer) == 0
-    dark = OnlineLearner(copy.deepcopy(dual), _config(keyframe=KeyframeConfig(min_rgb_contrast=0.9)))
+    dark = OnlineLearner(copy.deepcopy(dual), _config(keyframe=KeyframeConfig(min_rgb_contrast=0.9, max_rate_hz=0.0)))
     assert _fill(dark, 2) == ["low_contrast"] * 2
     still = OnlineLearner(copy.deepcopy(dual), _config(keyframe=KeyframeConfig(
-        min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.5)))
+        min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.5, max_rate_hz=0.0)))
     same = _samples(1)[0]
     assert [still.offer(copy.copy(same)) for _ in range(3)] == ["admitted", "no_motion", "no_motion"]
     still.pause()

@@ -122,7 +122,8 @@ def test_adapt_graph_trains_swaps_and_obeys_services_over_dds(tmp_path):
     adapt_params = params["/**/online_adaptation"]["ros__parameters"]
     adapt_params.update(model=str(dual_dir), status_period_s=0.2)
     adapt_params["checkpoint"].update(dir=str(ckpt), export_onnx=False)
-    adapt_params["keyframe"].update(min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.0)
+    adapt_params["keyframe"].update(min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.0,
+                                    max_rate_hz=0.0)
     adapt_params["buffer"].update(min_pairs=2, min_holdout=1, holdout_every=3)
     adapt_params["train"].update(batch_size=1, steps_per_round=2, max_steps_per_second=0.0, duty_cycle=1.0, num_threads=0)
     adapt_params["guard"].update(reject_threshold=1000.0)
@@ -194,7 +195,7 @@ def test_accepted_checkpoints_reach_a_depth_node_of_another_participant_over_the
 
     overrides = {"model": str(tiny_dual_dir()), "checkpoint.dir": str(tmp_path / "ckpt"), "checkpoint.export_onnx": False,
                  "keyframe.min_confidence": 0.0, "keyframe.min_mask_fraction": 0.0, "keyframe.min_rgb_contrast": 0.0,
-                 "keyframe.min_image_change": 0.0, "buffer.min_pairs": 2, "buffer.min_holdout": 1,
+                 "keyframe.min_image_change": 0.0, "keyframe.max_rate_hz": 0.0, "buffer.min_pairs": 2, "buffer.min_holdout": 1,
                  "buffer.holdout_every": 3, "train.batch_size": 1, "train.steps_per_round": 2,
                  "train.max_steps_per_second": 0.0, "train.duty_cycle": 1.0, "train.num_threads": 0,
                  "guard.reject_threshold": 1000.0}

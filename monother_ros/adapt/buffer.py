@@ -7,6 +7,9 @@ thermal -> RGB extrinsic. Ground truth, when a simulated rig provides it, rides 
 
 Keyframe rule (:class:`KeyframeSelector`), checked in this order, cheapest first:
 
+0. rate: at most ``max_rate_hz`` pairs per second (by header stamp, so bag replay behaves the same) are
+   considered at all: the teacher forward of step 3 costs about a third of a training step, and must
+   not run at the camera rate beside the depth engine.
 1. motion since the last keyframe: with odometry (a (4, 4) pose per sample, e.g. ``odom -> base`` from
    TF), translation >= ``min_translation_m`` or rotation >= ``min_rotation_deg``; without odometry, the
    mean absolute change of the [0, 1] thermal image (at network resolution) >= ``min_image_change``.
@@ -255,12 +258,13 @@ class KeyframeConfig:
     min_image_change: float = 0.02  # mean |thermal - last keyframe thermal|, [0, 1] units (no odometry)
     min_translation_m: float = 0.5  # with odometry
     min_rotation_deg: float = 5.0  # with odometry
+    max_rate_hz: float = 2.0  # pairs considered per second of stamps; 0 = every pair
 
     def __post_init__(self) -> None:
         for name in ("min_confidence", "min_mask_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("min_image_change", "min_translation_m", "min_rotation_deg", "min_rgb_contrast"):
+        for name in ("min_image_change", "min_translation_m", "min_rotation_deg", "min_rgb_contrast", "max_rate_hz"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -271,6 +275,7 @@ class KeyframeCounters:
 
     offered: int = 0
     admitted: int = 0
+    rate_limited: int = 0
     no_motion: int = 0
     low_contrast: int = 0
     low_confidence: int = 0
@@ -290,7 +295,18 @@ class KeyframeSelector:
         self.config = config
         self._last_thermal: Optional[np.ndarray] = None
         self._last_pose: Optional[np.ndarray] = None
+        self._last_considered_ns: Optional[int] = None
         self.counters = KeyframeCounters()
+
+    def rate_ok(self, stamp_ns: int) -> bool:
+        """Whether a pair stamped ``stamp_ns`` may be considered (and if so, remember it). A stamp going
+        back (bag loop) restarts the rule."""
+        rate = self.config.max_rate_hz
+        last = self._last_considered_ns
+        if rate > 0 and last is not None and 0 <= stamp_ns - last < 1e9 / rate:
+            return False
+        self._last_considered_ns = int(stamp_ns)
+        return True
 
     def motion(self, sample: PairSample) -> tuple[bool, float]:
         """(enough motion since the last keyframe, the measured amount: metres or degrees with
@@ -328,3 +344,4 @@ class KeyframeSelector:
     def reset(self) -> None:
         self._last_thermal = None
         self._last_pose = None
+        self._last_considered_ns = None

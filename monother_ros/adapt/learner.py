@@ -517,13 +517,16 @@ class OnlineLearner:
         """Apply the keyframe rule to one pair and store it when admitted.
 
         Returns:
-            ``paused``, ``no_motion``, ``low_contrast``, ``low_confidence``, ``small_mask``, ``held_out`` or
+            ``paused``, ``rate_limited``, ``no_motion``, ``low_contrast``, ``low_confidence``, ``small_mask``, ``held_out`` or
             ``admitted``.
         """
         kc = self.keyframes.counters
         kc.offered += 1
         if self._paused.is_set():
             return "paused"
+        if not self.keyframes.rate_ok(sample.stamp_ns):
+            kc.rate_limited += 1
+            return "rate_limited"
         moved, _ = self.keyframes.motion(sample)
         if not moved:
             kc.no_motion += 1
@@ -790,7 +793,8 @@ class OnlineLearner:
             "state": "paused" if self.paused else ("training" if self.ready() else "collecting"),
             "buffer": len(self.buffer),
             "held_out": len(self.holdout),
-            "keyframes": {"offered": kc.offered, "admitted": kc.admitted, "no_motion": kc.no_motion,
+            "keyframes": {"offered": kc.offered, "admitted": kc.admitted, "rate_limited": kc.rate_limited,
+                          "no_motion": kc.no_motion,
                           "low_contrast": kc.low_contrast, "low_confidence": kc.low_confidence,
                           "small_mask": kc.small_mask},
             **{k: int(v) for k, v in self.counters.items()},

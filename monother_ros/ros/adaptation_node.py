@@ -113,6 +113,8 @@ ADAPTATION_PARAMETERS = ParamTable(
                   non_negative),
         ParamSpec("keyframe.min_rotation_deg", float, 5.0, "rotation since the last keyframe, degrees (odometry)",
                   non_negative),
+        ParamSpec("keyframe.max_rate_hz", float, 2.0, "pairs considered per second (each costs a teacher "
+                  "forward); 0 = every pair", non_negative),
         ParamSpec("keyframe.confidence_gate", bool, True, "refuse pairs with low teacher confidence"),
         ParamSpec("train.distillation", str, "full", "full (confidence-weighted) or no_confidence",
                   one_of("full", "no_confidence")),
@@ -177,7 +179,8 @@ def learner_config_from_params(p: dict[str, Any], checkpoint_dir: str):
     keyframe = KeyframeConfig(
         min_confidence=p["keyframe.min_confidence"], min_mask_fraction=p["keyframe.min_mask_fraction"],
         min_image_change=p["keyframe.min_image_change"], min_translation_m=p["keyframe.min_translation_m"],
-        min_rotation_deg=p["keyframe.min_rotation_deg"], min_rgb_contrast=p["keyframe.min_rgb_contrast"])
+        min_rotation_deg=p["keyframe.min_rotation_deg"], min_rgb_contrast=p["keyframe.min_rgb_contrast"],
+        max_rate_hz=p["keyframe.max_rate_hz"])
     return LearnerConfig(
         buffer_size=p["buffer.size"], eviction=p["buffer.eviction"], sampling=p["buffer.sampling"],
         holdout_every=p["buffer.holdout_every"], holdout_size=p["buffer.holdout_size"],
