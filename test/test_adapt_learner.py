@@ -219,3 +219,26 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pat
         assert torch.all(t["weight"] == float(m["i"]))
     store.cleanup()
     assert not any(p.name.startswith(".") for p in root.iterdir())
+
+
+@pytest.mark.slow
+def test_load_dual_from_a_student_folder_with_its_teacher(dual, tmp_path):
+    from monother_ros.adapt import load_dual
+    from monother_ros.errors import ConfigError
+    from monother_ros.model.checkpoints import save_model
+
+    student = copy.deepcopy(dual.student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5)
+    folder = save_model(student, student.config, tmp_path / "student")
+    with pytest.raises(ConfigError, match="student only"):
+        load_dual(folder)
+    save_model(dual, dual.student.config, folder / "dual", kind="monother_dual")
+    loaded, config = load_dual(folder)  # teacher + confidence from <folder>/dual, student from the folder
+    assert config.input_size == HW
+    assert _equal(loaded.student.state_dict(), student.state_dict())
+    assert _equal(loaded.teacher.state_dict(), dual.teacher.state_dict())
+    other = save_model(dual.student, dual.student.config.replace(max_depth_m=20.0), tmp_path / "other")
+    with pytest.raises(ConfigError, match="does not match"):
+        load_dual(other, folder / "dual")

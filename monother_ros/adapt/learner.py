@@ -191,7 +191,8 @@ def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
         model_dir: a dual model folder (``kind monother_dual``: student, RGB teacher, confidence network)
             or a student folder (``depth_branch``) whose weights replace the dual's student.
         teacher_dir: dual folder supplying teacher and confidence network when ``model_dir`` is a
-            student folder (ignored otherwise).
+            student folder (ignored otherwise); default ``<model_dir>/dual`` when that folder exists (how a
+            shipped student can carry its teacher: ``engines/default/dual``).
         device: torch device.
 
     Returns:
@@ -207,9 +208,11 @@ def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
     if str(meta.get("kind")) == "monother_dual":
         dual, config = load_model(model_dir, map_location=device)
     else:
+        if not teacher_dir and (Path(model_dir) / "dual" / "config.json").is_file():
+            teacher_dir = Path(model_dir) / "dual"
         if not teacher_dir:
             raise ConfigError(f"{model_dir} holds a student only; adaptation needs the RGB teacher and the confidence "
-                              "network: give a dual model folder (teacher_model)")
+                              f"network: give a dual model folder (teacher_model), or put one in {model_dir}/dual")
         _, _, tmeta = read_model_dir(teacher_dir)
         if str(tmeta.get("kind")) != "monother_dual":
             raise ConfigError(f"teacher model {teacher_dir} is a '{tmeta.get('kind')}' model, not a dual model")
