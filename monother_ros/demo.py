@@ -220,8 +220,10 @@ def _summary_markdown(data: dict[str, Any]) -> str:
               f"- pictures: `{data['pictures']}` (columns: thermal input, depth 1-80 m log scale, confidence 0-1)",
               "", "| measure | value |", "|---|---|"]
     rows = [
-        ("depth/image received (rate)", f"{rec['received'].get('depth/image', 0)} ({rec['rates_hz'].get('depth/image', 0):.1f} Hz)"),
-        ("depth/points recorded / received", f"{rec['recorded'].get('depth/points', 0)} / {rec['received'].get('depth/points', 0)}"),
+        ("depth/image received (rate)",
+         f"{rec['received'].get('depth/image', 0)} ({rec['rates_hz'].get('depth/image', 0):.1f} Hz)"),
+        ("depth/points recorded / received",
+         f"{rec['recorded'].get('depth/points', 0)} / {rec['received'].get('depth/points', 0)}"),
         ("latency stamp -> received mean / p99 (ms)", f"{lat['mean'] * 1e3:.1f} / {lat['p99'] * 1e3:.1f}"),
     ]
     for key in ("input rate (Hz)", "output rate (Hz)", "engine time mean (ms)", "latency receive->publish p99 (ms)",

@@ -91,7 +91,8 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     nodes: list[Any] = []
     try:
         for spec in specs:
-            overrides: dict[str, Any] = {param: values[arg] for param, arg in spec.parameter_arguments if values.get(arg)}
+            overrides: dict[str, Any] = {param: values[arg] for param, arg in spec.parameter_arguments
+                                         if values.get(arg)}
             # Extra overrides are given as command-line text: typed as a params file would type them.
             overrides.update({k: yaml.safe_load(v) if isinstance(v, str) else v
                               for k, v in options.extra_overrides.get(spec.name, {}).items()})

@@ -87,13 +87,21 @@ from monother_ros.ros.convert import (
     image_to_array,
     stamp_to_ns,
 )
-from monother_ros.ros.diagnostics import HealthReport, LatencyStats, Level, ProblemTracker, RateMeter, make_array, to_status
+from monother_ros.ros.diagnostics import (
+    HealthReport,
+    LatencyStats,
+    Level,
+    ProblemTracker,
+    RateMeter,
+    make_array,
+    to_status,
+)
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
 
-__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder", "fuse",
-           "make_cloud", "main"]
+__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder",
+           "fuse", "make_cloud", "main"]
 
 DEPTH_PARAMETERS = ParamTable(
     [
@@ -107,7 +115,8 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("input_width", int, 0, "network input width in pixels, a multiple of 14; 0 = the model's",
                   non_negative),
         ParamSpec("num_threads", int, 0, "CPU threads for the engine; 0 = the backend's default", non_negative),
-        ParamSpec("cache_dir", str, "", "where exported ONNX files and TensorRT engines are cached; empty = engines/cache"),
+        ParamSpec("cache_dir", str, "",
+                  "where exported ONNX files and TensorRT engines are cached; empty = engines/cache"),
         ParamSpec("min_depth_m", float, 0.0, "depth at or below this is invalid (NaN), metres; 0 = the model's",
                   non_negative),
         ParamSpec("max_depth_m", float, 0.0, "depth at or above this is invalid (NaN), metres; 0 = the model's",
@@ -369,12 +378,13 @@ class ThermalDepthNode(Node):
 
         # Publishers first: their matched events drive the lazy input subscriptions.
         self._matched_events = _matched_events_supported()
-        events = None
-        if self._matched_events:
-            from rclpy.event_handler import PublisherEventCallbacks
+        def make(msg_type, topic):
+            events = None
+            if self._matched_events:
+                from rclpy.event_handler import PublisherEventCallbacks
 
-            events = lambda: PublisherEventCallbacks(matched=self._on_matched)  # noqa: E731 - one per publisher
-        make = lambda t, name: self.create_publisher(t, name, qos.SENSOR, event_callbacks=events() if events else None)  # noqa: E731
+                events = PublisherEventCallbacks(matched=self._on_matched)  # one per publisher
+            return self.create_publisher(msg_type, topic, qos.SENSOR, event_callbacks=events)
         self.pub_depth = make(Image, DEPTH_IMAGE_TOPIC)
         self.pub_info = make(CameraInfo, DEPTH_INFO_TOPIC)
         self.pub_confidence = make(Image, CONFIDENCE_TOPIC)
