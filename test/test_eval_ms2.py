@@ -109,7 +109,7 @@ def test_imported_bag_scores_with_frames_without_gt(tmp_path):
     root = tmp_path / "ms2"
     write_ms2(root, "seq")
     import_sequence(root, "seq", tmp_path / "seq_bag")
-    run = evaluate([tmp_path / "seq_bag"], [], EvalOptions(progress=False), tmp_path / "out",
+    run = evaluate([tmp_path / "seq_bag"], [], EvalOptions(progress=False, pictures=False), tmp_path / "out",
                    predictors=[ScaledTruth("p", 1.25)])
     s = run.per_bag[("p", "seq_bag")].to_dict()
     assert s["frames_scored"] == 2 and s["frames_without_gt"] == 1

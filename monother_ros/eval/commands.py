@@ -3,7 +3,8 @@
     monother eval BAG [BAG ...] --model [NAME=]M [--model ...] --out DIR [--backend onnxruntime|torch|...]
                   [--gt-topic /gt/depth | --lidar-topic /lidar/points] [--gt-tolerance-ms T]
                   [--align none|median|lsq] [--condition day|night|fog] [--min-depth 1e-3 --max-depth 80]
-                  [--bins 0,10,20,40,80] [--every N] [--max-frames N] [--no-boundary] [--live [--rate R]]
+                  [--bins 0,10,20,40,80] [--every N] [--max-frames N] [--no-boundary] [--no-pictures]
+                  [--live [--rate R] [--config rig.yaml]]
     monother import-ms2 ROOT --sequence S --out BAG [--storage mcap|sqlite3] [--rate HZ] [--condition C]
                   [--max-frames N]
 
@@ -52,6 +53,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--max-frames", type=int, default=0, help="at most N frames per bag (0 = all)")
     p.add_argument("--mosaic-frames", type=int, default=3, help="frames per bag in the picture mosaic")
     p.add_argument("--no-boundary", action="store_true", help="skip the boundary F1 metric")
+    p.add_argument("--no-pictures", action="store_true", help="no mosaics or plots (metrics.json and report.md only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--live", action="store_true", help="play the bag into DDS and score the running node graph")
     p.add_argument("--rate", type=float, default=1.0, help="live: playback speed factor (1 = real time)")
@@ -100,6 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
         align=args.align, condition=args.condition, min_depth=args.min_depth, max_depth=args.max_depth,
         every=args.every, max_frames=args.max_frames, bins=parse_bins(args.bins), backend=args.backend,
         num_threads=args.num_threads, mosaic_frames=args.mosaic_frames, boundary=not args.no_boundary,
+        pictures=not args.no_pictures,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     options.validate()

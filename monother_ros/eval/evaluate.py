@@ -113,6 +113,7 @@ class EvalOptions:
         backend, num_threads: engine options (offline mode).
         mosaic_frames: frames per bag pictured in the mosaic.
         boundary: compute boundary F1.
+        pictures: draw the mosaics and plots (``report.md`` and ``metrics.json`` are always written).
         progress: show a tqdm bar.
     """
 
@@ -133,6 +134,7 @@ class EvalOptions:
     num_threads: int | None = None
     mosaic_frames: int = 3
     boundary: bool = True
+    pictures: bool = True
     progress: bool = True
 
     def validate(self) -> None:
@@ -172,7 +174,7 @@ class EvalOptions:
             "gt_source": self.gt_source, "gt_topic": self.truth_topic, "tolerance_ns": self.effective_tolerance_ns,
             "align": self.align, "condition": self.condition, "min_depth": self.min_depth,
             "max_depth": self.max_depth, "every": self.every, "max_frames": self.max_frames,
-            "bins": list(self.bins), "backend": self.backend, "boundary": self.boundary,
+            "bins": list(self.bins), "backend": self.backend, "boundary": self.boundary, "pictures": self.pictures,
         }
 
 

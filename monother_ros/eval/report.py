@@ -364,8 +364,9 @@ def write_all(run: Any, out_dir: Path) -> dict[str, Path]:
     doc = metrics_document(run, complete=True)
     pictures: dict[str, str] = {}
     try:
-        pictures.update(_mosaics(run, out_dir))
-        pictures.update(_plots(doc, out_dir))
+        if run.options.pictures:
+            pictures.update(_mosaics(run, out_dir))
+            pictures.update(_plots(doc, out_dir))
     except Exception as exc:  # a picture failing must not lose the numbers
         LOG.error("could not draw the pictures: %s: %s", type(exc).__name__, exc)
         run.errors.append(f"pictures failed: {type(exc).__name__}: {exc}")
