@@ -36,7 +36,8 @@ def synth_depth(k: int) -> np.ndarray:
     return d
 
 
-def write_synth_bag(path: Path, frames: int = 6, *, gt: bool = True, lidar: bool = True, condition: str = "fog") -> Path:
+def write_synth_bag(path: Path, frames: int = 6, *, gt: bool = True, lidar: bool = True, condition: str = "fog",
+                    storage: str = "mcap") -> Path:
     items = [("/tf_static", TF, EPOCH, make_tf([("base_link", "thermal_optical_frame", T_BASE_CAM),
                                                 ("base_link", "lidar_link", T_BASE_LIDAR)], EPOCH)),
              ("/rig/info", STRING, EPOCH, T["std_msgs/msg/String"](data=json.dumps({"scenario": condition})))]
@@ -55,7 +56,7 @@ def write_synth_bag(path: Path, frames: int = 6, *, gt: bool = True, lidar: bool
             T_lidar_cam = se3.invert(T_BASE_LIDAR) @ T_BASE_CAM
             pts = se3.transform_points(T_lidar_cam, pts_cam)
             items.append(("/lidar/points", CLOUD, stamp + 3, make_cloud(pts, stamp + 3_000_000, "lidar_link")))
-    return write_messages(path, items)
+    return write_messages(path, items, storage)
 
 
 class ScaledTruth:
@@ -173,6 +174,15 @@ def test_frames_without_gt_are_counted(tmp_path):
     assert s.frames == 4 and s.without_gt == 0
     frames = [f for f in run.frames if f["index"] in (0, 3)]
     assert all(f["abs_rel"] < 1e-5 for f in frames)
+
+
+def test_sqlite3_bag_scores_like_mcap(synth, tmp_path):
+    db = write_synth_bag(tmp_path / "db", storage="sqlite3")
+    assert list(db.glob("*.db3"))
+    runs = [evaluate([bag], [], EvalOptions(progress=False, pictures=False), tmp_path / bag.name,
+                     predictors=[ScaledTruth("p", 1.2)]) for bag in (synth, db)]
+    a, b = (r.overall["p"].to_dict() for r in runs)
+    assert a["frames_scored"] == b["frames_scored"] == 6 and a["metrics"] == b["metrics"]
 
 
 def test_every_and_max_frames(synth, tmp_path):
