@@ -222,3 +222,32 @@ def test_accepted_checkpoints_reach_a_depth_node_of_another_participant_over_the
             spin_other.stop()
             for node in (adapt, feeder.node, depth):
                 node.destroy_node()
+
+
+@pytest.mark.slow
+def test_in_process_swap_of_an_onnx_runtime_engine(tmp_path):
+    """The ONNX Runtime branch of the in-process hand-over: the candidate's model.onnx replaces the session."""
+    import types
+
+    import torch
+
+    from monother_ros.adapt import ModelUpdate
+    from monother_ros.model.checkpoints import load_model, save_model
+    from monother_ros.ros.adaptation_node import OnlineAdaptationNode
+    from monother_ros.runtime.engine import make_backend
+    from monother_ros.runtime.export import MODEL_ONNX_FILE, export_model_dir
+
+    engine = make_backend(tiny_student_dir(), "onnxruntime", num_threads=1)
+    student, config = load_model(tiny_student_dir())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(1.1)
+    folder = save_model(student, config, tmp_path / "adapt-000001")
+    info = export_model_dir(folder, folder / MODEL_ONNX_FILE, verify=False)
+    frame = (np.arange(56 * 70, dtype=np.uint32).reshape(56, 70) * 13 % 65535).astype(np.uint16)
+    before = engine.infer(frame).depth
+    update = ModelUpdate(student.state_dict(), "accepted", folder, folder / MODEL_ONNX_FILE, 1, 0.0)
+    OnlineAdaptationNode._swap_engine(types.SimpleNamespace(), types.SimpleNamespace(engine=engine), update)
+    assert engine.info.model_hash == info.model_hash
+    after = engine.infer(frame).depth
+    assert not np.allclose(np.nan_to_num(before), np.nan_to_num(after))
