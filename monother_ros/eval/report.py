@@ -208,6 +208,12 @@ def _report_lines(doc: dict[str, Any], pictures: dict[str, Any]) -> list[str]:
     lines += ["", "## Results per model x bag", ""] + _metric_table(doc["results"], ("model", "bag", "condition"))
     lines += ["", "## Per condition", ""] + _metric_table(doc["by_condition"], ("model", "condition"))
     lines += ["", "## Overall", ""] + _metric_table(doc["overall"], ("model",))
+    if opts["align"] != "none":
+        lines += ["", f"Per-frame `{opts['align']}` alignment scale applied to the predictions (1 = metric already):", ""]
+        for row in doc["overall"]:
+            st = row.get("scale")
+            if st:
+                lines.append(f"- {row['model']}: mean {st['mean']:.3f}, median {st['p50']:.3f}, p95 {st['p95']:.3f}")
     # Distance bins.
     lines += ["", "## Per distance bin (pixels pooled over frames)", ""]
     if doc["overall"]:
