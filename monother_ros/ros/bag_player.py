@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -331,7 +332,6 @@ def _header_stamp_ns(raw: bytes, fallback: int) -> int:
     """
     if len(raw) < 12:
         return fallback
-    little = raw[1] == 1  # encapsulation kind 0x0001 = CDR_LE, 0x0000 = CDR_BE
-    order = "<" if little else ">"
-    sec, nanosec = np.frombuffer(bytes(raw[4:12]), dtype=f"{order}i4")[0], np.frombuffer(bytes(raw[8:12]), dtype=f"{order}u4")[0]
-    return int(sec) * 1_000_000_000 + int(nanosec)
+    order = "<" if raw[1] == 1 else ">"  # encapsulation kind 0x0001 = CDR_LE, 0x0000 = CDR_BE
+    sec, nanosec = struct.unpack_from(f"{order}iI", bytes(raw[4:12]))
+    return sec * 1_000_000_000 + nanosec
