@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare engine      : {n / b:7.2f} frames/s ({b / n * 1e3:6.1f} ms/frame wall, {bc / n * 1e3:6.1f} ms CPU)")
     print(f"offline eval     : {n / e:7.2f} frames/s ({e / n * 1e3:6.1f} ms/frame wall, {ec / n * 1e3:6.1f} ms CPU)  "
           f"overhead wall {100 * (e / b - 1):+.1f} % (goal < 15 %), CPU {100 * (ec / bc - 1):+.1f} %")
-    print(f"eval, no bF1     : {n / enb:7.2f} frames/s ({enb / n * 1e3:6.1f} ms/frame wall, {enbc / n * 1e3:6.1f} ms CPU)  "
+    print(f"eval, no bF1     : {n / enb:7.2f} frames/s ({enb / n * 1e3:6.1f} ms/frame wall, "
+          f"{enbc / n * 1e3:6.1f} ms CPU)  "
           f"overhead wall {100 * (enb / b - 1):+.1f} %, CPU {100 * (enbc / bc - 1):+.1f} %")
     for label, samples in (("with bF1", eval_s), ("no bF1", eval_nb_s)):
         sc = med(samples, 2)

@@ -102,8 +102,8 @@ def test_lidar_projection_equals_simulator_depth_away_from_edges():
     # Sub-pixel rounding only: the projected return equals the rendered depth at that pixel.
     assert np.median(rel) < 2e-3
     assert np.mean(rel < 0.01) > 0.9
-    # The rest (~5 %, scene dependent) is parallax (the LiDAR sits 0.5 m higher and sees background the camera cannot): such
-    # returns are behind the camera's surface, never in front of it.
+    # The rest (~5 %, scene dependent) is parallax (the LiDAR sits 0.5 m higher and sees background the
+    # camera cannot): such returns are behind the camera's surface, never in front of it.
     off = rel >= 0.01
     assert np.all(lidar[sel][off] > gt[sel][off])
     # A wrong extrinsic (the inverse) does not agree.

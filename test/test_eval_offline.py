@@ -46,7 +46,8 @@ def write_synth_bag(path: Path, frames: int = 6, *, gt: bool = True, lidar: bool
         stamp = EPOCH + k * 33_333_333
         depth = synth_depth(k)
         thermal = (8000 + 40 * np.nan_to_num(30 - depth, nan=-10) + rng.integers(0, 5, depth.shape)).astype(np.uint16)
-        items.append(("/thermal/image_raw", IMAGE, stamp, make_image(thermal, "mono16", stamp, "thermal_optical_frame")))
+        items.append(("/thermal/image_raw", IMAGE, stamp,
+                      make_image(thermal, "mono16", stamp, "thermal_optical_frame")))
         items.append(("/thermal/camera_info", INFO, stamp + 1, make_info(CAM, stamp, "thermal_optical_frame")))
         if gt:
             items.append(("/gt/depth", IMAGE, stamp + 2, make_image(depth, "32FC1", stamp, "thermal_optical_frame")))

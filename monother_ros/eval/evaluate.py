@@ -141,7 +141,8 @@ class EvalOptions:
         """Raise ``ConfigError`` for inconsistent options."""
         if self.align not in ALIGN_MODES:
             raise ConfigError(f"--align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}")
-        if not (math.isfinite(self.min_depth) and math.isfinite(self.max_depth)) or not 0 <= self.min_depth < self.max_depth:
+        finite = math.isfinite(self.min_depth) and math.isfinite(self.max_depth)
+        if not finite or not 0 <= self.min_depth < self.max_depth:
             raise ConfigError(f"need 0 <= --min-depth < --max-depth, got {self.min_depth}, {self.max_depth}")
         if self.every < 1:
             raise ConfigError(f"--every must be >= 1, got {self.every}")
@@ -584,7 +585,8 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
                 gt = depth_image_to_metres(image_to_numpy(truth), truth.encoding)
                 if gt.shape != image.shape:
                     raise BagError(f"bag {bag.path}: {options.gt_topic} is {gt.shape[1]}x{gt.shape[0]}, the thermal "
-                                   f"image {image.shape[1]}x{image.shape[0]}; ground truth must be in the thermal camera")
+                                   f"image {image.shape[1]}x{image.shape[0]}; ground truth must be in the thermal "
+                                   "camera")
         return EvalFrame(index, stamp, image, gt, truth_stamp)
 
     for message in bag.messages(topics):
@@ -595,7 +597,8 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
                 continue
             image = image_to_numpy(message.msg)
             if image.ndim != 2:
-                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding {message.msg.encoding}; expected mono16/mono8")
+                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding {message.msg.encoding}; "
+                               "expected mono16/mono8")
             matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
             taken += 1
             if options.max_frames and taken >= options.max_frames:

@@ -134,7 +134,8 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
             predictor = RecordedPredictor(spec.name, recording, run.models[spec.name])
             name = _bag_name(run, bag, spec.name)
             evaluate_bag(run, bag, [predictor], name=name)
-            rate_hz = (recording.received - 1) / recording.output_wall_span_s if recording.output_wall_span_s > 0 else None
+            span = recording.output_wall_span_s
+            rate_hz = (recording.received - 1) / span if span > 0 else None
             in_hz = recording.published / recording.play_wall_s if recording.play_wall_s > 0 else None
             live_stats["bags"][name] = {
                 "published": recording.published, "received": recording.received,

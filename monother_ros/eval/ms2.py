@@ -89,9 +89,11 @@ def read_calib(path: str | Path) -> dict[str, np.ndarray]:
 
 def ms2_extrinsics(calib: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``(T_thr_nir, T_rgb_nir)``: 4x4, metres (MS2 translations are millimetres)."""
-    T_thr_nir = se3.make_transform(np.asarray(calib["R_nir2thr"], float), np.asarray(calib["T_nir2thr"], float).reshape(3) * 1e-3)
-    T_rgb_nir = se3.make_transform(np.asarray(calib["R_nir2rgb"], float), np.asarray(calib["T_nir2rgb"], float).reshape(3) * 1e-3)
-    return T_thr_nir, T_rgb_nir
+    def extrinsic(target: str) -> np.ndarray:
+        translation_m = np.asarray(calib[f"T_nir2{target}"], float).reshape(3) * 1e-3  # MS2: millimetres
+        return se3.make_transform(np.asarray(calib[f"R_nir2{target}"], float), translation_m)
+
+    return extrinsic("thr"), extrinsic("rgb")
 
 
 def sequence_condition(root: str | Path, sequence: str) -> str | None:
@@ -136,16 +138,17 @@ class _Builder:
 
     def header(self, stamp_ns: int, frame_id: str) -> Any:
         t = self.t
-        return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9),
-                                        frame_id=frame_id)
+        stamp = t["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+        return t["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
 
     def image(self, stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str) -> Any:
         data = np.ascontiguousarray(array)
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("<"))
         h, w = data.shape[:2]
-        return self.t["sensor_msgs/msg/Image"](header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=encoding,
-                                               is_bigendian=0, step=data.nbytes // h, data=data.view(np.uint8).reshape(-1))
+        return self.t["sensor_msgs/msg/Image"](header=self.header(stamp_ns, frame_id), height=h, width=w,
+                                               encoding=encoding, is_bigendian=0, step=data.nbytes // h,
+                                               data=data.view(np.uint8).reshape(-1))
 
     def camera_info(self, stamp_ns: int, frame_id: str, camera: PinholeCamera) -> Any:
         t = self.t
@@ -166,7 +169,8 @@ class _Builder:
                 header=self.header(stamp_ns, parent), child_frame_id=child,
                 transform=t["geometry_msgs/msg/Transform"](
                     translation=t["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
-                    rotation=t["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))))
+                    rotation=t["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
+                                                               w=float(q[3])))))
         return t["tf2_msgs/msg/TFMessage"](transforms=out)
 
 
@@ -249,7 +253,8 @@ def import_sequence(root: str | Path, sequence: str, out: str | Path, *, storage
         with Writer(tmp, version=9, storage_plugin=plugin) as writer:
             writer.set_custom_data(CUSTOM_DATA_KEY, json.dumps(info, sort_keys=True))
             specs = [(TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", True), (TOPIC_INFO, "std_msgs/msg/String", True),
-                     (TOPIC_THERMAL, "sensor_msgs/msg/Image", False), (TOPIC_THERMAL_INFO, "sensor_msgs/msg/CameraInfo", False),
+                     (TOPIC_THERMAL, "sensor_msgs/msg/Image", False),
+                     (TOPIC_THERMAL_INFO, "sensor_msgs/msg/CameraInfo", False),
                      (TOPIC_DEPTH, "sensor_msgs/msg/Image", False), (TOPIC_RGB, "sensor_msgs/msg/Image", False),
                      (TOPIC_RGB_INFO, "sensor_msgs/msg/CameraInfo", False)]
             conns = {topic: writer.add_connection(topic, msgtype, typestore=b.store,
@@ -262,10 +267,11 @@ def import_sequence(root: str | Path, sequence: str, out: str | Path, *, storage
             t0 = MS2_EPOCH_NS
             # base_link (x forward, z up) -> NIR optical frame looking along x, then the calibration.
             T_base_nir = se3.make_transform(se3.OPTICAL_FROM_BODY_ROTATION.T, np.zeros(3))
-            put(TOPIC_TF_STATIC, t0, b.tf(t0, [(BASE_FRAME, NIR_FRAME, T_base_nir),
-                                               (NIR_FRAME, THERMAL_FRAME, se3.invert(T_thr_nir)),
-                                               (NIR_FRAME, RGB_FRAME, se3.invert(T_rgb_nir))]), "tf2_msgs/msg/TFMessage")
-            put(TOPIC_INFO, t0, b.t["std_msgs/msg/String"](data=json.dumps(info, sort_keys=True)), "std_msgs/msg/String")
+            tf = b.tf(t0, [(BASE_FRAME, NIR_FRAME, T_base_nir), (NIR_FRAME, THERMAL_FRAME, se3.invert(T_thr_nir)),
+                           (NIR_FRAME, RGB_FRAME, se3.invert(T_rgb_nir))])
+            put(TOPIC_TF_STATIC, t0, tf, "tf2_msgs/msg/TFMessage")
+            info_msg = b.t["std_msgs/msg/String"](data=json.dumps(info, sort_keys=True))
+            put(TOPIC_INFO, t0, info_msg, "std_msgs/msg/String")
             for k, thermal_file in enumerate(files):
                 stamp = t0 + int(round(k * 1e9 / rate))
                 thermal = _read_png(thermal_file)

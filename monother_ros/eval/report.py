@@ -203,13 +203,15 @@ def _report_lines(doc: dict[str, Any], pictures: dict[str, Any]) -> list[str]:
     for name, b in doc["bags"].items():
         status = b.get("status", "?") + (" (partial)" if b.get("partial") else "")
         lines.append(f"| {name} | {b.get('condition', '–')} ({b.get('condition_source', '–')}) | "
-                     f"{_fmt(b.get('duration_s'), 2)} | {b.get('thermal_messages', '–')} | {b.get('frames_read', '–')} | "
+                     f"{_fmt(b.get('duration_s'), 2)} | {b.get('thermal_messages', '–')} | "
+                     f"{b.get('frames_read', '–')} | "
                      f"{status} |")
     lines += ["", "## Results per model x bag", ""] + _metric_table(doc["results"], ("model", "bag", "condition"))
     lines += ["", "## Per condition", ""] + _metric_table(doc["by_condition"], ("model", "condition"))
     lines += ["", "## Overall", ""] + _metric_table(doc["overall"], ("model",))
     if opts["align"] != "none":
-        lines += ["", f"Per-frame `{opts['align']}` alignment scale applied to the predictions (1 = metric already):", ""]
+        lines += ["", f"Per-frame `{opts['align']}` alignment scale applied to the predictions "
+                      "(1 = metric already):", ""]
         for row in doc["overall"]:
             st = row.get("scale")
             if st:
@@ -226,7 +228,8 @@ def _report_lines(doc: dict[str, Any], pictures: dict[str, Any]) -> list[str]:
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("| " + " | ".join([row["model"], "pixels"] + [str(b["pixels"]) for b in row["bins"]]) + " |")
     # Timing.
-    lines += ["", "## Timing (ms per frame)", "", "| model | stage | mean | p50 | p95 | max | n |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Timing (ms per frame)", "", "| model | stage | mean | p50 | p95 | max | n |",
+              "|---|---|---|---|---|---|---|"]
     for row in doc["overall"]:
         for key, st in row["timing_ms"].items():
             if st:

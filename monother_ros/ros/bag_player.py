@@ -77,7 +77,8 @@ class BagPlayer:
         BagError: the bag cannot be opened or a requested topic is missing.
     """
 
-    def __init__(self, node: Any, bag: str | Path, topics: Optional[Sequence[str]] = None, *, clock: bool = True) -> None:
+    def __init__(self, node: Any, bag: str | Path, topics: Optional[Sequence[str]] = None, *,
+                 clock: bool = True) -> None:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import Reader
 
