@@ -587,7 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export", action="store_true", help="after training, save the student, export ONNX (+TensorRT)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # Only rank 0 logs progress; the other ranks report warnings and errors.
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     config_path = args.config
     overrides = list(args.overrides)
     if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
