@@ -406,10 +406,12 @@ class OnlineLearner:
         self.max_depth = float(self.student_config.max_depth_m)
         self.min_depth = float(self.student_config.min_depth_m)
         self._trainable = prepare_stage(self.model, "label_free")
-        self.shipped_state = {k: v.detach().to("cpu", copy=True) for k, v in (shipped_state or self.model.student.state_dict()).items()}
+        shipped = shipped_state if shipped_state is not None else self.model.student.state_dict()
+        self.shipped_state = {k: v.detach().to("cpu", copy=True) for k, v in shipped.items()}
         self.on_update = on_update
 
-        self.buffer = ReplayBuffer(config.buffer_size, eviction=config.eviction, sampling=config.sampling, seed=config.seed)
+        self.buffer = ReplayBuffer(config.buffer_size, eviction=config.eviction, sampling=config.sampling,
+                                   seed=config.seed)
         self.holdout = HeldOutSlice(config.holdout_size)
         self.keyframes = KeyframeSelector(config.keyframe)
         self._keyframe_count = 0
@@ -454,7 +456,8 @@ class OnlineLearner:
             if p.requires_grad:
                 (slow if name.startswith(_SLOW_PREFIXES) else fast).append(p)
         c = self.config
-        groups = [g for g in ({"params": slow, "lr": c.lr * c.encoder_lr_factor}, {"params": fast, "lr": c.lr}) if g["params"]]
+        groups = [g for g in ({"params": slow, "lr": c.lr * c.encoder_lr_factor}, {"params": fast, "lr": c.lr})
+                  if g["params"]]
         if not groups:
             raise ConfigError("the student has no trainable parameters")
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
@@ -520,8 +523,8 @@ class OnlineLearner:
         """Apply the keyframe rule to one pair and store it when admitted.
 
         Returns:
-            ``paused``, ``rate_limited``, ``no_motion``, ``low_contrast``, ``low_confidence``, ``small_mask``, ``held_out`` or
-            ``admitted``.
+            ``paused``, ``rate_limited``, ``no_motion``, ``low_contrast``, ``low_confidence``, ``small_mask``,
+            ``held_out`` or ``admitted``.
         """
         kc = self.keyframes.counters
         kc.offered += 1
@@ -670,13 +673,14 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------ hand-over and checkpoints
 
-    def _checkpoint(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int, score: float) -> tuple[Optional[Path], Optional[Path]]:
+    def _checkpoint(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int,
+                    score: float) -> tuple[Optional[Path], Optional[Path]]:
         if self.store is None:
             return None, None
         holder = copy.deepcopy(self._eval_student)
         holder.load_state_dict(state, strict=True)
         meta = {"adapt_reason": reason, "adapt_round": rnd, "adapt_score": None if not math.isfinite(score) else score,
-                "adapt_counters": {k: v for k, v in self.counters.items()}, "adapt_distillation": self.config.distillation}
+                "adapt_counters": dict(self.counters), "adapt_distillation": self.config.distillation}
         path, onnx = self.store.write(holder, self.student_config, meta, onnx=self.config.export_onnx,
                                       input_hw=self.student_config.input_size)
         self.counters["checkpoints"] += 1
@@ -719,9 +723,9 @@ class OnlineLearner:
         """Hand the running weights over once (after a resume, so the depth engine runs them)."""
         if self.resumed_from is None or self.on_update is None:
             return None
+        onnx = self.resumed_from / "model.onnx"
         update = ModelUpdate({k: v.clone() for k, v in self.running_state.items()}, "resume", self.resumed_from,
-                             (self.resumed_from / "model.onnx") if (self.resumed_from / "model.onnx").is_file() else None,
-                             self.counters["rounds"], float("nan"))
+                             onnx if onnx.is_file() else None, self.counters["rounds"], float("nan"))
         try:
             self.on_update(update)
             self.counters["updates_sent"] += 1
