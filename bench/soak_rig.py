@@ -107,12 +107,19 @@ def main() -> int:
             print(f"{t:7.0f} {rss:9.1f} {depth:11d} {clouds:7d} {(depth - last_depth) / args.every:10.2f}", flush=True)
             last_depth = depth
     finally:
+        stop_s = float("nan")
         if proc.poll() is None:
+            t_stop = time.monotonic()
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                proc.wait(15)
+                proc.wait(30)
+                stop_s = time.monotonic() - t_stop
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGUSR1)  # the rig prints every thread's stack (faulthandler)
+                time.sleep(1.0)
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"the rig did not stop within 30 s of SIGINT: killed; stacks in {work / 'rig.log'}")
         executor.shutdown(timeout_sec=2)
         spinner.join(timeout=5)
         node.destroy_node()
@@ -126,7 +133,7 @@ def main() -> int:
         growth = last - second
         verdict = "possible leak" if growth > max(0.05 * second, 50.0) else "flat"
         print(f"RSS second quarter {second:.1f} MB, last quarter {last:.1f} MB: growth {growth:+.1f} MB "
-              f"({100 * growth / second:+.1f} %) -> {verdict}; exit code {proc.returncode}")
+              f"({100 * growth / second:+.1f} %) -> {verdict}; exit code {proc.returncode} after {stop_s:.1f} s")
     return 0
 
 

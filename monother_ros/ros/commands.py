@@ -121,6 +121,12 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
         on_stopping: called with the graph's nodes (those with ``health()``) before they are destroyed.
     """
     _use_shipped_dds_profile()
+    import faulthandler
+    import signal
+
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck rig is doing.
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
