@@ -231,3 +231,19 @@ def test_student_confidence_against_teacher_in_thermal_frame():
     assert "student_nll" in out
     out["total"].backward()
     assert student_conf.grad is not None and float(student_conf.grad.abs().sum()) > 0
+
+
+def test_nll_stays_finite_when_a_confidence_saturates_to_zero():
+    import torch
+
+    from monother_ros.distill.losses import confidence_nll_loss
+
+    pred = torch.tensor([[[[1.0, 2.0]]]])
+    gt = torch.tensor([[[[1.5, 2.0]]]])
+    logits = torch.tensor([[[[-200.0, 0.0]]]], requires_grad=True)  # sigmoid(-200) == 0 in float32
+    confidence = torch.sigmoid(logits)
+    assert confidence[0, 0, 0, 0].item() == 0.0
+    loss = confidence_nll_loss(confidence, pred, gt)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all()

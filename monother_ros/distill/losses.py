@@ -189,7 +189,10 @@ def confidence_nll_loss(
     keep = keep.detach()
     if not bool(keep.any()):
         return _zero_like_graph(confidence)
-    return (r * confidence)[keep].mean() - beta * torch.log(confidence[keep]).mean()
+    # A saturated sigmoid can give exactly 0 in float32 (log -> -inf, NaN gradients); the smallest normal
+    # float changes nothing wherever the reference's value is finite.
+    safe_confidence = confidence[keep].clamp_min(torch.finfo(confidence.dtype).tiny)
+    return (r * confidence)[keep].mean() - beta * torch.log(safe_confidence).mean()
 
 
 def edge_aware_smoothness(
