@@ -104,6 +104,10 @@ def test_other_size_without_confidence(tmp_path):
         ("monother-default", (252, 322), {}),
         ("test-tiny", (70, 56), {"name": "tiny-zoe", "head": "zoe_bins", "n_bins": 16, "bin_embedding_dim": 16}),
         ("test-tiny", (28, 42), {"name": "tiny-relative", "head": "relative", "confidence_head": False}),
+        # the official MonoTher layout (DA v1 taps, official 64-bin / 128-dim ZoeDepth head, thermal
+        # mean/std) with a narrow, shallow encoder and decoder so that it exports in seconds
+        ("monother-ms2-vitl", (70, 168), {"name": "ms2-narrow", "embed_dim": 64, "depth": 4, "num_heads": 2,
+                                           "taps": (0, 1, 2, 3), "features": 32, "out_channels": (16, 32, 64, 64)}),
     ],
 )
 def test_presets_and_sizes_match_torch(tmp_path, preset, hw, overrides):
