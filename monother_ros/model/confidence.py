@@ -133,25 +133,31 @@ class ConfidenceUNet(nn.Module):
 
     Args:
         in_channels: metadata channels (8 in MonoTher-Depth).
+        base_width: channels of the first level (official: 64); every level scales with it
+            (w, 2w, 4w, 8w, 8w down, 4w, 2w, w, w up), so the cost falls with its square. The
+            small shipped default uses 16 to train on a CPU; keys are the same for any width.
     """
 
     checkpoint_kind = "confidence_unet"  # model kind in our saved model directories
 
-    def __init__(self, in_channels: int = CONFIDENCE_IN_CHANNELS) -> None:
+    def __init__(self, in_channels: int = CONFIDENCE_IN_CHANNELS, base_width: int = 64) -> None:
         super().__init__()
         if in_channels <= 0:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
+        if base_width <= 0:
+            raise ValueError(f"base_width must be positive, got {base_width}")
         self.in_channels = int(in_channels)
-        self.inc = DoubleConv(in_channels, 64)
-        self.down1 = Down(64, 128)
-        self.down2 = Down(128, 256)
-        self.down3 = Down(256, 512)
-        self.down4 = Down(512, 512)
-        self.up1 = Up(1024, 256)
-        self.up2 = Up(512, 128)
-        self.up3 = Up(256, 64)
-        self.up4 = Up(128, 64)
-        self.outc_unc = nn.Sequential(OutConv(64, 1), GradientClip(), nn.Sigmoid())
+        self.base_width = w = int(base_width)
+        self.inc = DoubleConv(in_channels, w)
+        self.down1 = Down(w, 2 * w)
+        self.down2 = Down(2 * w, 4 * w)
+        self.down3 = Down(4 * w, 8 * w)
+        self.down4 = Down(8 * w, 8 * w)
+        self.up1 = Up(16 * w, 4 * w)
+        self.up2 = Up(8 * w, 2 * w)
+        self.up3 = Up(4 * w, w)
+        self.up4 = Up(2 * w, w)
+        self.outc_unc = nn.Sequential(OutConv(w, 1), GradientClip(), nn.Sigmoid())
 
     def forward(self, metadata: Tensor) -> Tensor:
         """Confidence of the teacher depth.

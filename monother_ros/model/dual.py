@@ -88,18 +88,19 @@ class MonotherDual(nn.Module):
         confidence: build the confidence U-Net.
         freeze_bn: keep BatchNorm layers frozen (eval mode, no gradients) across ``train()`` calls,
             as the official training does.
+        confidence_width: base width of the confidence U-Net (official 64; see ``ConfidenceUNet``).
     """
 
     checkpoint_kind = "monother_dual"  # model kind in our saved model directories
 
     def __init__(self, student_config: ModelConfig, teacher_config: ModelConfig | None = None,
-                 confidence: bool = True, *, freeze_bn: bool = True) -> None:
+                 confidence: bool = True, *, freeze_bn: bool = True, confidence_width: int = 64) -> None:
         super().__init__()
         self.student = DepthBranch(student_config)
         self.teacher = DepthBranch(teacher_config if teacher_config is not None
                                    else teacher_config_for(student_config))
         self.confidence_net: ConfidenceUNet | None = (
-            ConfidenceUNet(CONFIDENCE_IN_CHANNELS) if confidence else None
+            ConfidenceUNet(CONFIDENCE_IN_CHANNELS, base_width=confidence_width) if confidence else None
         )
         self.freeze_bn = bool(freeze_bn)
         if self.freeze_bn:
