@@ -127,12 +127,22 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck rig is doing.
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    import threading
+
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
+    # Our own SIGINT/SIGTERM handling: a flag the spin loop checks every 0.1 s. rclpy's handler does not
+    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT.
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     context = Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Any] = []
     try:
         nodes = start_rig(options, context)
@@ -147,7 +157,7 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
             on_started(nodes)
         deadline = time.monotonic() + duration_s if duration_s > 0 else None
         try:
-            while context.ok() and (deadline is None or time.monotonic() < deadline):
+            while context.ok() and not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 executor.spin_once(timeout_sec=0.1)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
@@ -158,6 +168,8 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
         for node in reversed(nodes):
             node.destroy_node()
         context.try_shutdown()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 
