@@ -263,3 +263,25 @@ def test_in_process_swap_of_an_onnx_runtime_engine(tmp_path):
     assert engine.info.model_hash == info.model_hash
     after = engine.infer(frame).depth
     assert not np.allclose(np.nan_to_num(before), np.nan_to_num(after))
+
+
+def test_engines_without_in_place_swap_go_through_the_depth_nodes_hot_swap(tmp_path):
+    """TensorRT (no GPU here): the hand-over asks the depth node to build and swap an engine for the folder."""
+    import types
+
+    from monother_ros.adapt import ModelUpdate
+    from monother_ros.ros.adaptation_node import OnlineAdaptationNode
+
+    calls, answer = [], [True]
+    engine = types.SimpleNamespace(info=types.SimpleNamespace(backend="tensorrt", input_hw=(56, 70)))
+    node = types.SimpleNamespace(engine=engine, get_name=lambda: "thermal_depth",
+                                 swap_model=lambda path: calls.append(path) or answer[0])
+    update = ModelUpdate({}, "accepted", tmp_path / "adapt-000007", None, 7, 0.1)
+    OnlineAdaptationNode._swap_engine(types.SimpleNamespace(), node, update)
+    assert calls == [tmp_path / "adapt-000007"]
+    answer[0] = False
+    with pytest.raises(RuntimeError, match="refused"):
+        OnlineAdaptationNode._swap_engine(types.SimpleNamespace(), node, update)
+    with pytest.raises(RuntimeError, match="no hot swap"):
+        OnlineAdaptationNode._swap_engine(types.SimpleNamespace(), types.SimpleNamespace(
+            engine=engine, get_name=lambda: "thermal_depth"), update)

@@ -30,8 +30,9 @@ thread under a compute budget (``train.max_steps_per_second``, ``train.duty_cycl
 * in-process (``monother rig --adapt``: the depth node shares this node's executor): the depth node
   (``depth_node`` parameter) is found through the executor and its engine swapped between frames:
   ``TorchEngine.swap_weights`` (also the teacher path's student), ``OnnxEngine.swap_model`` (the
-  candidate exported to ONNX first), or, for TensorRT, an engine rebuilt from the candidate's ONNX by
-  ``runtime.make_backend`` off the inference thread and swapped in by reference when ready;
+  candidate exported to ONNX first), or, for TensorRT, the depth node's own ``swap_model`` (an engine
+  built for the checkpoint folder off the inference thread, swapped in by reference between frames, the
+  old one retired when no frame uses it); untested here (no GPU), by construction;
 * across processes: the checkpoint folder (written atomically, ``model.safetensors`` + ``model.onnx``
   with ``checkpoint.export_onnx``) is published on ``adaptation/model_path`` (latched), for a depth node
   that watches it.
@@ -463,19 +464,17 @@ class OnlineAdaptationNode(Node):
         if hasattr(engine, "swap_weights"):
             engine.swap_weights(update.state_dict)
             return
-        onnx_path = update.onnx_path or self._export(update, tuple(engine.info.input_hw))
         if hasattr(engine, "swap_model"):
-            engine.swap_model(onnx_path)
+            engine.swap_model(update.onnx_path or self._export(update, tuple(engine.info.input_hw)))
             return
-        # TensorRT has no in-place swap: build the new engine here (learner thread), swap the reference;
-        # the depth worker picks node.engine up on its next frame.
-        from monother_ros.runtime.engine import make_backend
-
-        info = engine.info
-        fresh = make_backend(onnx_path, info.backend, precision=info.precision)
-        fresh.set_thresholds(engine.thresholds)
-        node.engine, old = fresh, engine
-        old.close()
+        # TensorRT has no in-place swap. The depth node's own hot swap builds an engine for the folder off
+        # its inference thread and retires the old one between frames (closing it here could free it under
+        # a running frame).
+        target = update.model_dir or update.onnx_path or self._export(update, tuple(engine.info.input_hw))
+        if not hasattr(node, "swap_model"):
+            raise RuntimeError(f"{node.get_name()} has no hot swap for a {engine.info.backend} engine")
+        if not node.swap_model(Path(target)):
+            raise RuntimeError(f"{node.get_name()} refused {target} (see its diagnostics)")
 
     def _export(self, update, input_hw: tuple[int, int]) -> Path:
         """ONNX of an update without one (checkpoint.export_onnx off), next to the checkpoints."""
