@@ -48,8 +48,10 @@ class DemoResult:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``demo``."""
-    p = subparsers.add_parser("demo", help="run the simulated rig and write a short bag + pictures",
-                              description="Write a short simulated bag and preview pictures into DIR.")
+    p = subparsers.add_parser("demo", help="the whole pipeline on the simulated rig: bags, pictures, summary",
+                              description="Write a short simulated bag and preview pictures into OUT, then run "
+                                          "the simulated rig + thermal_depth (monother rig --sim) for --seconds, "
+                                          "recording the depth outputs (rosbag2) with pictures and a summary.")
     p.add_argument("--out", default="out/demo", help="output folder (created; default out/demo)")
     p.add_argument("--seconds", type=float, default=DEMO_PIPELINE_SECONDS,
                    help=f"how long the pipeline runs (default {DEMO_PIPELINE_SECONDS:g}; 0 skips it)")

@@ -32,7 +32,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--adapt", action="store_true", help="also start online_adaptation")
     p.add_argument("--config", default=None, help="params file (default: the shipped config/rig.yaml)")
     p.add_argument("--model", default="", help="model folder or .onnx for thermal_depth (default: the params file's)")
-    p.add_argument("--backend", default="", choices=["", "auto", "tensorrt", "onnxruntime", "torch"],
+    p.add_argument("--backend", default="", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend (default: the params file's)")
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
