@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from monother_ros.core.metrics import METRIC_KEYS, metrics_from_sums, pixel_sums
+from monother_ros.core.metrics import METRIC_KEYS, N_SUMS, Workspace, grouped_pixel_sums, metrics_from_sums
 from monother_ros.errors import BagError, ConfigError, MonotherError
 
 __all__ = [
@@ -217,15 +218,14 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mode: str) -> tuple[np.nd
     raise ValueError(f"unknown alignment {mode!r}; expected one of {ALIGN_MODES}")
 
 
-def _edge_levels(x: np.ndarray, log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges of one direction: ``(indices with x > log t_0, level)`` where level = number of thresholds
-    t with x > log t (ratio > t). Pairs below the smallest threshold (most of an image) are not stored."""
-    idx = np.flatnonzero(x > log_t[0])
-    return idx, np.searchsorted(log_t, x[idx], side="left").astype(np.intp)
+def _levels(counts_of: np.ndarray, n_t: int) -> np.ndarray:
+    # count(ratio > t_j) = count(level > j): reversed cumulative histogram of the levels (1..n_t).
+    hist = np.bincount(counts_of, minlength=n_t + 1)
+    return np.cumsum(hist[::-1])[::-1][1:]
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, *,
-                thresholds: np.ndarray = BOUNDARY_THRESHOLDS) -> float | None:
+                thresholds: np.ndarray = BOUNDARY_THRESHOLDS, workspace: Workspace | None = None) -> float | None:
     """Scale-invariant boundary F1 (Depth Pro, Bochkovskii et al. 2024, their ``SI_boundary_F1``).
 
     For a threshold t, pixel i has an occluding contour towards neighbour j (right, left, down, up) when
@@ -235,59 +235,89 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = Non
     t = 1.05 ... 1.25 (10 values) of F1(t) weighted by t / sum(t). Only neighbour pairs where both ground
     truth pixels are valid (and both predictions finite) are considered (our ground truth has holes).
 
+    The ratio tests are done on float32 log depth (log(d_j) - log(d_i) > log t, compared in float64).
+    Only pairs whose log ratio exceeds the smallest threshold in size are looked at further (few in an
+    image); their validity is checked on those candidates alone.
+
     Args:
         pred, gt: (H, W) depth, metres (positive where valid).
         valid: (H, W) bool ground-truth validity (default: finite and > 0).
-        thresholds: depth-ratio thresholds (> 1).
+        thresholds: depth-ratio thresholds (> 1, ascending).
+        workspace: scratch buffers to reuse (None: fresh ones).
 
     Returns:
         The weighted F1 in [0, 1], or None when no neighbour pair is valid.
     """
-    pred = np.asarray(pred, dtype=np.float32)
-    gt = np.asarray(gt, dtype=np.float32)
+    pred = np.ascontiguousarray(pred, dtype=np.float32)
+    gt = np.ascontiguousarray(gt, dtype=np.float32)
     if pred.shape != gt.shape or pred.ndim != 2:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must be the same (H, W)")
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    if valid is not None and np.shape(valid) != gt.shape:
+        raise ValueError(f"valid {np.shape(valid)} must be gt's shape {gt.shape}")
+    ws = workspace if workspace is not None else Workspace()
+    h, w = gt.shape
+    hw = h * w
+    g1, p1 = gt.reshape(-1), pred.reshape(-1)
+    ok = ws.get("bf_ok", hw, np.bool_)  # both GT and prediction finite and > 0 (and GT valid)
+    tmp = ws.get("bf_tmp", hw, np.bool_)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ok_g = (np.isfinite(gt) & (gt > 0)) if valid is None else (np.asarray(valid, bool) & np.isfinite(gt) & (gt > 0))
-        ok = ok_g & np.isfinite(pred) & (pred > 0)
-        lg = np.log(np.where(ok, gt, np.float32(1.0)))
-        lp = np.log(np.where(ok, pred, np.float32(1.0)))
+        np.greater(g1, 0, out=ok)
+        for arr, cmp, value in ((g1, np.less, np.inf), (p1, np.greater, 0), (p1, np.less, np.inf)):
+            cmp(arr, value, out=tmp)
+            ok &= tmp
+        if valid is not None:
+            ok &= np.asarray(valid, dtype=bool).reshape(-1)
+        # Logs of the raw arrays: invalid pixels give NaN / inf, and pairs touching them are dropped below.
+        lg = np.log(g1, out=ws.get("bf_lg", hw, np.float32))
+        lp = np.log(p1, out=ws.get("bf_lp", hw, np.float32))
     log_t = np.log(thresholds)
+    lt0 = log_t[0]  # a float64 scalar: comparisons happen in float64, as searchsorted's
     n_t = thresholds.size
     inter = np.zeros((4, n_t))
     n_pred = np.zeros((4, n_t))
     n_gt = np.zeros((4, n_t))
     any_pair = False
-    h, w = gt.shape
-    level_g = np.zeros(h * w, dtype=np.intp)  # dense scratch: the GT level at each pair index
+    ok2 = ok.reshape(h, w)
+    diff = ws.get("bf_diff", hw, np.float32)
+    absd = ws.get("bf_abs", hw, np.float32)
+    big = ws.get("bf_big", hw, np.bool_)
 
-    def counts(levels: np.ndarray) -> np.ndarray:
-        # count(ratio > t_j) = count(level > j): reversed cumulative histogram of the levels (1..n_t).
-        hist = np.bincount(levels, minlength=n_t + 1)
-        return np.cumsum(hist[::-1])[::-1][1:]
-
-    for axis in (1, 0):
-        if gt.shape[axis] < 2:
+    for horizontal, step, row0 in ((True, 1, 0), (False, w, 2)):
+        if (horizontal and w < 2) or (not horizontal and h < 2):
             continue
-        a = (slice(None), slice(None, -1)) if axis == 1 else (slice(None, -1), slice(None))
-        b = (slice(None), slice(1, None)) if axis == 1 else (slice(1, None), slice(None))
-        pair = ok[a] & ok[b]
-        if not pair.any():
+        pair_any = (ok2[:, 1:] & ok2[:, :-1]).any() if horizontal else (ok2[1:] & ok2[:-1]).any()
+        if not pair_any:
             continue
         any_pair = True
-        # log(depth_next / depth_this), 0 (never an edge) where the pair is not valid.
-        dg = np.where(pair, lg[b] - lg[a], np.float32(0)).ravel()
-        dp = np.where(pair, lp[b] - lp[a], np.float32(0)).ravel()
+        m = hw - step
+        found = []
+        for logs in (lg, lp):
+            with np.errstate(invalid="ignore"):  # inf - inf next to invalid pixels
+                d = np.subtract(logs[step:], logs[:-step], out=diff[:m])
+                np.greater(np.abs(d, out=absd[:m]), lt0, out=big[:m])
+            idx = np.flatnonzero(big[:m])
+            keep = ok[idx] & ok[idx + step]
+            if horizontal:
+                keep &= (idx % w) != w - 1  # no pair across a row end
+            idx = idx[keep]
+            found.append((idx, d[idx].astype(np.float64)))
+        (ig, xg), (ip, xp) = found
         for k, sign in enumerate((1.0, -1.0)):  # this pixel in front / the next pixel in front
-            row = (0 if axis == 1 else 2) + k
-            ig, lvg = _edge_levels(dg if sign > 0 else -dg, log_t)
-            ip, lvp = _edge_levels(dp if sign > 0 else -dp, log_t)
-            n_gt[row] = counts(lvg)
-            n_pred[row] = counts(lvp)
-            level_g[ig] = lvg
-            inter[row] = counts(np.minimum(level_g[ip], lvp))
-            level_g[ig] = 0
+            row = row0 + k
+            sg, sp = xg * sign > lt0, xp * sign > lt0
+            ig_s, ip_s = ig[sg], ip[sp]
+            lvg = np.searchsorted(log_t, xg[sg] * sign, side="left").astype(np.intp)
+            lvp = np.searchsorted(log_t, xp[sp] * sign, side="left").astype(np.intp)
+            n_gt[row] = _levels(lvg, n_t)
+            n_pred[row] = _levels(lvp, n_t)
+            # GT level of each predicted edge pair (0 where GT has no edge there); both index lists are sorted.
+            at = np.minimum(np.searchsorted(ig_s, ip_s), max(ig_s.size - 1, 0))
+            both = np.zeros(ip_s.size, dtype=np.intp)
+            if ig_s.size:
+                hitm = ig_s[at] == ip_s
+                both[hitm] = lvg[at[hitm]]
+            inter[row] = _levels(np.minimum(both, lvp), n_t)
     if not any_pair:
         return None
     recall = np.mean(inter / np.maximum(n_gt, 1), axis=0)
@@ -325,62 +355,108 @@ class FrameScore:
         return self.pixels / self.gt_pixels if self.gt_pixels else 0.0
 
 
-def score_frame(pred: np.ndarray, gt: np.ndarray, options: EvalOptions) -> tuple[FrameScore | None, np.ndarray | None]:
+_THREAD_STATE = threading.local()
+
+
+def _workspace() -> Workspace:
+    """This thread's scoring scratch buffers (the scoring worker keeps its own across frames)."""
+    ws = getattr(_THREAD_STATE, "workspace", None)
+    if ws is None:
+        ws = _THREAD_STATE.workspace = Workspace()
+    return ws
+
+
+def score_frame(pred: np.ndarray, gt: np.ndarray, options: EvalOptions, *,
+                keep_aligned: bool = True) -> tuple[FrameScore | None, np.ndarray | None]:
     """Score one prediction against its ground truth.
+
+    The valid pixels are gathered once; the metric sums of every distance bin and of the error curve
+    come from one pass over them (``core.metrics.grouped_pixel_sums`` on a joint bin x curve-bin index);
+    temporaries live in a per-thread workspace.
 
     Args:
         pred: (H, W) float32 metres, NaN where the model gave nothing (resized to gt's size if needed).
         gt: (H, W) float32 metres, NaN / <= 0 where there is no ground truth.
         options: range, alignment, bins, boundary.
+        keep_aligned: return the aligned prediction (else None is returned in its place: saves a copy).
 
     Returns:
         ``(score, the aligned and clamped prediction (H, W), NaN where the model gave nothing)``, or
         ``(None, None)`` when no pixel can be scored.
     """
-    gt = np.asarray(gt, dtype=np.float32)
-    pred = np.asarray(pred, dtype=np.float32)
+    gt = np.ascontiguousarray(gt, dtype=np.float32)
+    pred = np.ascontiguousarray(pred, dtype=np.float32)
     if pred.shape != gt.shape:
         from monother_ros.core.preprocess import resize_depth
 
-        pred = resize_depth(pred, gt.shape)
+        pred = np.ascontiguousarray(resize_depth(pred, gt.shape), dtype=np.float32)
+    ws = _workspace()
+    hw = gt.size
+    g1, p1 = gt.reshape(-1), pred.reshape(-1)
     lo, hi = options.min_depth, options.max_depth
+    gt_ok = ws.get("sf_gt_ok", hw, np.bool_)  # NaN compares false: no isfinite needed
+    valid = ws.get("sf_valid", hw, np.bool_)
     with np.errstate(invalid="ignore"):
-        gt_ok = np.isfinite(gt) & (gt > lo) & (gt < hi)
+        np.greater(g1, lo, out=gt_ok)
+        np.less(g1, hi, out=valid)
+    gt_ok &= valid
     gt_pixels = int(np.count_nonzero(gt_ok))
-    valid = gt_ok & np.isfinite(pred)
+    np.isfinite(p1, out=valid)
+    valid &= gt_ok
     n = int(np.count_nonzero(valid))
     if n == 0:
         return None, None
-    g = gt[valid]
-    p, scale, shift = align_prediction(pred[valid], g, options.align)
-    p = np.clip(p, lo, hi).astype(np.float32)
+    g = np.compress(valid, g1, out=ws.get("sf_g", n, np.float32))
+    p = np.compress(valid, p1, out=ws.get("sf_p", n, np.float32))
+    p, scale, shift = align_prediction(p, g, options.align)
+    np.clip(p, lo, hi, out=p)
+    # Pixels are grouped by fine curve bin (2 m). When every distance-bin edge is a multiple of it, each
+    # fine bin lies in one distance bin (g >= 2k <=> floor(g / 2) >= k, exact in float32), so the bins'
+    # sums are sums of fine-bin rows; otherwise the groups are (distance bin x fine bin) pairs.
     edges = np.asarray(options.bins, dtype=np.float32)
-    bin_idx = np.searchsorted(edges, g, side="right") - 1  # bin k = [e_k, e_k+1)
-    sums = np.zeros((edges.size - 1, 10))
-    # One pass over the pixels: the frame's sums are the bins' sums plus those of pixels outside the bins.
-    for k in range(edges.size - 1):
-        sel = bin_idx == k
-        if sel.any():
-            sums[k] = pixel_sums(g[sel], p[sel])
-    total = sums.sum(axis=0)
-    outside = (bin_idx < 0) | (bin_idx >= edges.size - 1)
-    if outside.any():
-        total = total + pixel_sums(g[outside], p[outside])
-    metrics = metrics_from_sums(total)
+    nb = edges.size - 1
     n_fine = int(math.ceil(hi / CURVE_BIN_M))
-    fine = np.minimum((g / CURVE_BIN_M).astype(np.int64), n_fine - 1)
-    err = np.abs(p.astype(np.float64) - g)
-    curve = np.stack([np.bincount(fine, minlength=n_fine).astype(np.float64),
-                      np.bincount(fine, weights=err, minlength=n_fine),
-                      np.bincount(fine, weights=err / g, minlength=n_fine)])
+    fine = ws.get("sf_fine", n, np.intp)
+    np.copyto(fine, np.divide(g, CURVE_BIN_M, out=ws.get("sf_gdiv", n, np.float32)), casting="unsafe")
+    np.minimum(fine, n_fine - 1, out=fine)
+    steps = edges.astype(np.float64) / CURVE_BIN_M
+    if np.all(steps == np.round(steps)):
+        slot = np.searchsorted(edges, (np.arange(n_fine) * CURVE_BIN_M).astype(np.float32), side="right") - 1
+        slot[(slot < 0) | (slot >= nb)] = nb  # outside the bins
+        by_fine = grouped_pixel_sums(g, p, fine, n_fine, workspace=ws)
+        per_bin = np.zeros((nb + 1, by_fine.shape[1]))
+        np.add.at(per_bin, slot, by_fine)
+    else:
+        above = ws.get("sf_above", n, np.bool_)
+        coarse = ws.get("sf_coarse", n, np.intp)
+        coarse.fill(-1)
+        for edge in edges:  # -1 + number of edges <= g: searchsorted(edges, g, "right") - 1
+            np.greater_equal(g, edge, out=above)
+            coarse += above
+        np.less(coarse, 0, out=above)
+        np.copyto(coarse, nb, where=above)  # outside the bins: slot nb
+        coarse *= n_fine
+        coarse += fine
+        grouped = grouped_pixel_sums(g, p, coarse, (nb + 1) * n_fine, workspace=ws).reshape(nb + 1, n_fine, -1)
+        per_bin = grouped.sum(axis=1)
+        by_fine = grouped.sum(axis=0)
+    sums = per_bin[:nb, :N_SUMS].copy()
+    metrics = metrics_from_sums(per_bin[:, :N_SUMS].sum(axis=0))
+    curve = np.stack([by_fine[:, 0], by_fine[:, 10], by_fine[:, 4]])  # n, sum |d|, sum |d| / gt
     # The whole prediction with the frame's alignment and clamping (NaN stays NaN): for the boundary
     # metric and the pictures.
-    aligned = pred if options.align == "none" else pred * np.float32(scale) + np.float32(shift)
-    aligned = np.clip(aligned, lo, hi)
-    bf1 = None
-    if options.boundary and gt_pixels >= BOUNDARY_MIN_DENSITY * gt.size:
-        bf1 = boundary_f1(aligned, gt, gt_ok)
-    return FrameScore(metrics, sums, curve, bf1, n, gt_pixels, scale, shift), aligned
+    bf1_wanted = options.boundary and gt_pixels >= BOUNDARY_MIN_DENSITY * gt.size
+    aligned = None
+    if keep_aligned or bf1_wanted:
+        out = None if keep_aligned else ws.get("sf_aligned", hw, np.float32).reshape(gt.shape)
+        if options.align == "none":
+            aligned = np.clip(pred, lo, hi, out=out)
+        else:
+            aligned = np.multiply(pred, np.float32(scale), out=out)
+            aligned += np.float32(shift)
+            np.clip(aligned, lo, hi, out=aligned)
+    bf1 = boundary_f1(aligned, gt, gt_ok.reshape(gt.shape), workspace=ws) if bf1_wanted else None
+    return FrameScore(metrics, sums, curve, bf1, n, gt_pixels, scale, shift), (aligned if keep_aligned else None)
 
 
 # ----------------------------------------------------------------------------------- aggregation
@@ -820,7 +896,8 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
                             record["dropped"] = True
                             continue
                         record.update({k: v for k, v in prediction.timings.items() if k in ("total_ms", "latency_ms")})
-                        future = pool.submit(score_frame, prediction.depth, frame.gt, options)
+                        future = pool.submit(score_frame, prediction.depth, frame.gt, options,
+                                             keep_aligned=sample is not None)
                         pending.append((future, record, sets, prediction, sample, predictor.name))
                         while len(pending) > len(predictors):
                             fold_one()
