@@ -69,16 +69,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
-from monother_ros.errors import CalibrationError, ConfigError, MonotherError
+from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
     ENCODINGS,
     ImageDecodeError,
@@ -961,27 +960,8 @@ def _matched_events_supported() -> bool:
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Console entry ``thermal_depth``: run the node with a single-threaded executor until Ctrl-C.
-
-    A configuration or model error exits with code 2 after one line naming the problem.
-    """
-    rclpy.init(args=args)
-    node: Optional[ThermalDepthNode] = None
-    try:
-        node = ThermalDepthNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except MonotherError as exc:
-        print(f"thermal_depth: error: {'; '.join(line.strip() for line in str(exc).splitlines())}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console entry ``thermal_depth``: run the node until Ctrl-C (exit 2 after one line on a config/model error)."""
+    return run_node(ThermalDepthNode, "thermal_depth", args)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -53,6 +51,7 @@ from std_msgs.msg import String
 
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import array_to_image, camera_to_info, ns_to_stamp, point_cloud_from_xyz
 from monother_ros.ros.diagnostics import (
     DiagnosticsPublisher,
@@ -349,26 +348,8 @@ def _scaled(camera, scale: float):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Console entry ``sim_rig``: run the node with a single-threaded executor until Ctrl-C."""
-    # try/finally rather than `with rclpy.init()`: the context manager does not exist on Humble.
-    rclpy.init(args=args)
-    node: Optional[SimRigNode] = None
-    try:
-        node = SimRigNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as exc:
-        print(f"sim_rig: {exc}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    """Console entry ``sim_rig``: run the node until Ctrl-C (exit 2 after one line on a configuration error)."""
+    return run_node(SimRigNode, "sim_rig", args)
 
 
 if __name__ == "__main__":
