@@ -25,6 +25,24 @@ def test_depth_image_to_metres_encodings():
         depth_image_to_metres(mm, "rgb8")
 
 
+def test_depth_image_to_metres_clean_input_is_a_read_only_view():
+    clean = np.array([[1.5, np.nan, 80.0], [0.25, 3.0, np.nan]], np.float32)
+    out = depth_image_to_metres(clean, "32FC1")
+    assert np.shares_memory(out, clean) and not out.flags.writeable
+    np.testing.assert_array_equal(out, clean)
+    assert clean.flags.writeable  # the caller's array is untouched
+    for bad in (-0.0, 0.0, np.inf, -1.0):  # any value to invalidate: a new array, input untouched
+        dirty = clean.copy()
+        dirty[1, 1] = bad
+        out = depth_image_to_metres(dirty, "32FC1")
+        assert not np.shares_memory(out, dirty) and np.isnan(out[1, 1]) and dirty[1, 1] == bad
+        np.testing.assert_array_equal(np.delete(out.ravel(), 4), np.delete(clean.ravel(), 4))
+    out = depth_image_to_metres(np.full((2, 2), np.nan, np.float32), "32FC1")
+    assert np.isnan(out).all()
+    out = depth_image_to_metres(np.array([[1000, 2]], np.uint16), "mono16")  # no zero: no masking pass
+    np.testing.assert_array_equal(out, np.array([[1000, 2]], np.float32) * np.float32(1e-3))
+
+
 def test_project_points_nearest_return_wins_and_drops_outside():
     cam = PinholeCamera(8, 6, 4.0, 4.0, 3.5, 2.5)
     pts = np.array([

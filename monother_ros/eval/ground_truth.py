@@ -52,6 +52,10 @@ def depth_image_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
         encoding: ``32FC1`` (metres; NaN, inf, <= 0 invalid) or ``16UC1`` / ``mono16`` (millimetres, 0
             invalid), as REP 118.
 
+    Returns:
+        (H, W) float32 metres, NaN where invalid; a read-only view of ``image`` when it is float32 and
+        already NaN-or-positive-finite everywhere, else a new array.
+
     Raises:
         BagError: another encoding or not a 2-D image.
     """
@@ -60,9 +64,18 @@ def depth_image_to_metres(image: np.ndarray, encoding: str) -> np.ndarray:
         raise BagError(f"ground-truth depth must be a single-channel image, got shape {image.shape} ({encoding})")
     enc = encoding.upper()
     if enc == "32FC1":
+        flat = image.reshape(-1)
+        # Usually already NaN-or-positive-finite: then a read-only view saves a copy of every frame.
+        # fmin / fmax reductions skip NaN and need no temporary arrays.
+        if flat.size and image.dtype == np.float32 and np.fmin.reduce(flat) > 0 and np.fmax.reduce(flat) < np.inf:
+            out = image.view()
+            out.flags.writeable = False
+            return out
         out = image.astype(np.float32, copy=True)
     elif enc in ("16UC1", "MONO16"):
-        out = image.astype(np.float32) * np.float32(1e-3)
+        out = np.multiply(image, np.float32(1e-3), dtype=np.float32)
+        if image.size and image.min() > 0:
+            return out
     else:
         raise BagError(f"ground-truth depth encoding {encoding!r} is not supported (use 32FC1 metres or 16UC1 mm)")
     with np.errstate(invalid="ignore"):
