@@ -112,7 +112,7 @@ def grouped_pixel_sums(
     np.copyto(p, pred.reshape(-1))
     r = ws.get("ms_r", n, np.float64)
     np.divide(p, g, out=r)
-    level = ws.get("ms_level", n, np.intp)  # number of delta thresholds met (0..3)
+    level = ws.get("ms_level", n, np.uint8)  # number of delta thresholds met (0..3)
     level.fill(0)
     hit = ws.get("ms_hit", n, np.bool_)
     tmp = ws.get("ms_tmp", n, np.bool_)
@@ -143,10 +143,11 @@ def grouped_pixel_sums(
     if groups is None:
         if n_groups != 1:
             raise ValueError("n_groups must be 1 without groups")
-        counts = np.bincount(level, minlength=4)
         out[0, 0] = n
         # a pixel meeting the strict 1.25 test meets all three: a1 = level 3, a3 = level >= 1.
-        out[0, 1:4] = [counts[3], counts[2:].sum(), counts[1:].sum()]
+        for col, least in ((1, 3), (2, 2), (3, 1)):
+            np.greater_equal(level, least, out=hit)
+            out[0, col] = np.count_nonzero(hit)
 
         def total(values: np.ndarray, col: int) -> None:
             out[0, col] = values.sum()
