@@ -22,7 +22,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from monother_ros.errors import ConfigError
 
@@ -140,12 +140,10 @@ def node_class(spec: NodeSpec) -> type:
     return getattr(importlib.import_module(spec.module), spec.class_name)
 
 
-def params_file_args(params_file: Path, overrides: Optional[dict[str, str]] = None) -> list[str]:
-    """``cli_args`` giving a node the params file and ``-p name:=value`` overrides, as ``ros2 run`` would.
+def params_file_args(params_file: Path) -> list[str]:
+    """``cli_args`` giving a node the params file, as ``ros2 run ... --params-file`` would.
 
-    rclpy applies the file's ``/**/<node name>`` sections and namespaces itself.
+    rclpy applies the file's ``/**/<node name>`` sections and namespaces itself. Overrides go through
+    ``Node(parameter_overrides=...)``, not ``-p``: a ``-p`` value loses to the file's node section.
     """
-    args = ["--ros-args", "--params-file", str(params_file)]
-    for name, value in (overrides or {}).items():
-        args += ["-p", f"{name}:={value}"]
-    return args
+    return ["--ros-args", "--params-file", str(params_file)]
