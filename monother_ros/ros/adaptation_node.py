@@ -46,21 +46,19 @@ Parameters: :data:`ADAPTATION_PARAMETERS` (config/rig.yaml ``online_adaptation``
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from monother_ros.errors import CalibrationError, ConfigError, MonotherError
+from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.convert import ImageDecodeError, camera_from_info, image_to_array, stamp_to_ns
 from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
+from monother_ros.ros.entry import run_node
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
@@ -536,24 +534,8 @@ class OnlineAdaptationNode(Node):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Console entry ``online_adaptation``: run the node until Ctrl-C (exit 2 on a configuration error)."""
-    rclpy.init(args=args)
-    node: Optional[OnlineAdaptationNode] = None
-    try:
-        node = OnlineAdaptationNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except MonotherError as exc:
-        print(f"online_adaptation: error: {'; '.join(line.strip() for line in str(exc).splitlines())}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Console entry ``online_adaptation``: run the node until Ctrl-C (exit 2 after one line on a config error)."""
+    return run_node(OnlineAdaptationNode, "online_adaptation", args)
 
 
 if __name__ == "__main__":
