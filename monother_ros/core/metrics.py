@@ -106,12 +106,11 @@ def grouped_pixel_sums(
     """
     ws = workspace if workspace is not None else Workspace()
     n = gt.size
-    g = ws.get("ms_g", n, np.float64)
-    p = ws.get("ms_p", n, np.float64)
-    np.copyto(g, gt.reshape(-1))
-    np.copyto(p, pred.reshape(-1))
-    r = ws.get("ms_r", n, np.float64)
-    np.divide(p, g, out=r)
+    # float32 inputs are widened on the fly by each ufunc (no float64 copies of gt and pred).
+    g, p = gt.reshape(-1), pred.reshape(-1)
+    f64 = np.float64
+    r = ws.get("ms_r", n, f64)
+    np.divide(p, g, out=r, dtype=f64)
     level = ws.get("ms_level", n, np.uint8)  # number of delta thresholds met (0..3)
     level.fill(0)
     hit = ws.get("ms_hit", n, np.bool_)
@@ -125,7 +124,7 @@ def grouped_pixel_sums(
             level += hit
     else:
         thresh = ws.get("ms_thresh", n, np.float64)
-        np.divide(g, p, out=thresh)
+        np.divide(g, p, out=thresh, dtype=f64)
         np.maximum(thresh, r, out=thresh)
         for t in _DELTAS:
             np.less(thresh, t, out=hit)
@@ -134,10 +133,10 @@ def grouped_pixel_sums(
     with np.errstate(divide="ignore", invalid="ignore"):
         np.log(r, out=e)
     a = ws.get("ms_a", n, np.float64)
-    np.subtract(g, p, out=a)
+    np.subtract(g, p, out=a, dtype=f64)
     np.abs(a, out=a)
     rel = ws.get("ms_rel", n, np.float64)
-    np.divide(a, g, out=rel)
+    np.divide(a, g, out=rel, dtype=f64)
     w = r  # r is no longer needed: scratch for products
     out = np.zeros((n_groups, N_GROUPED))
     if groups is None:
