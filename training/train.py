@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from monother_ros.errors import CheckpointError, ConfigError
+from monother_ros.fileio import atomic_write_text
 from training.checkpointing import latest_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from training.config import TrainConfig, load_config
 
@@ -315,9 +316,7 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

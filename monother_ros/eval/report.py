@@ -39,13 +39,12 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from monother_ros.fileio import atomic_write_bytes
 
 __all__ = ["METRICS_SCHEMA", "METRICS_VERSION", "metrics_document", "write_metrics", "write_report", "write_all"]
 
@@ -55,20 +54,6 @@ METRICS_SCHEMA = "monother_ros.eval.metrics"
 METRICS_VERSION = 1
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _clean(value: Any) -> Any:
@@ -140,7 +125,7 @@ def metrics_document(run: Any, *, complete: bool) -> dict[str, Any]:
 def write_metrics(run: Any, out_dir: Path, *, complete: bool = False) -> Path:
     """Write ``metrics.json`` atomically; returns its path."""
     path = Path(out_dir) / METRICS_FILE
-    _atomic_write(path, (json.dumps(metrics_document(run, complete=complete), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(metrics_document(run, complete=complete), indent=1) + "\n").encode())
     return path
 
 
@@ -258,7 +243,7 @@ def _report_lines(doc: dict[str, Any], pictures: dict[str, Any]) -> list[str]:
 
 def write_report(doc: dict[str, Any], out_dir: Path, pictures: dict[str, str]) -> Path:
     path = Path(out_dir) / REPORT_FILE
-    _atomic_write(path, ("\n".join(_report_lines(doc, pictures)) + "\n").encode())
+    atomic_write_bytes(path, ("\n".join(_report_lines(doc, pictures)) + "\n").encode())
     return path
 
 

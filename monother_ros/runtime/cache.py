@@ -15,12 +15,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
 from monother_ros.errors import EngineFileError
+from monother_ros.fileio import atomic_write_bytes
 
 __all__ = [
     "EngineCacheKey",
@@ -122,29 +122,6 @@ def engine_paths(cache_dir: str | os.PathLike, model_name: str, key: EngineCache
     stem = f"{safe}-{key.digest()[:16]}"
     base = Path(cache_dir)
     return base / f"{stem}.engine", base / f"{stem}.json"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    Readers see either the old file or the complete new one, never a partial write (a crash mid-build
-    must not leave a truncated engine that a later start would try to load).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_cached_engine(engine_file: str | os.PathLike, sidecar_file: str | os.PathLike,
