@@ -330,16 +330,6 @@ def load_bag(path: str | Path, options: DataOptions) -> tuple[list[FrameRecord],
 # ------------------------------------------------------------------------------------------- MS2
 
 
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return np.array(image)
-    except OSError as exc:
-        raise ConfigError(f"cannot read image {path}: {exc}") from exc
-
-
 def ms2_extrinsic(calib: Mapping[str, Any]) -> np.ndarray:
     """``T_rgb_thermal`` (4x4, metres) from an MS2 ``calib.npy`` dict.
 
@@ -371,6 +361,8 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
     Raises:
         ConfigError: missing split list, calibration, images or depth maps.
     """
+    from monother_ros.eval.ms2 import read_png  # one MS2 image reader, shared with `monother import-ms2`
+
     root = Path(root)
     report = PairingReport(source=f"ms2:{root}:{split}", gt_source="proj_depth")
     h, w = options.input_size
@@ -394,8 +386,8 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
             report.paired += 1
             if n % options.frame_stride or (options.max_frames and len(records) >= options.max_frames):
                 continue
-            raw = _read_png(thermal_file)
-            rgb = _read_png(rgb_file)
+            raw = read_png(thermal_file)
+            rgb = read_png(rgb_file)
             if rgb.ndim == 2:
                 rgb = np.repeat(rgb[..., None], 3, axis=2)
             cam_t = PinholeCamera.from_matrix(calib["K_thrL"], raw.shape[1], raw.shape[0]).resized(w, h)
@@ -404,7 +396,7 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
             for mod, size in (("thr", (h, w)), ("rgb", (rh, rw))):
                 depth_file = root / "proj_depth" / seq / mod / depth_folder / thermal_file.name
                 if depth_file.is_file():
-                    metres = _read_png(depth_file).astype(np.float32) / 256.0  # MS2: uint16 = metres x 256, 0 invalid
+                    metres = read_png(depth_file).astype(np.float32) / 256.0  # MS2: uint16 = metres x 256, 0 invalid
                     metres[metres > options.max_depth_m] = 0.0
                     depths.append(resize_depth_nearest(metres, size))
                 else:

@@ -107,7 +107,8 @@ def sequence_condition(root: str | Path, sequence: str) -> str | None:
     return None
 
 
-def _read_png(path: Path) -> np.ndarray:
+def read_png(path: Path) -> np.ndarray:
+    """An MS2 PNG as stored (uint16 thermal / depth, uint8 RGB); ConfigError when unreadable."""
     from PIL import Image
 
     try:
@@ -274,7 +275,7 @@ def import_sequence(root: str | Path, sequence: str, out: str | Path, *, storage
             put(TOPIC_INFO, t0, info_msg, "std_msgs/msg/String")
             for k, thermal_file in enumerate(files):
                 stamp = t0 + int(round(k * 1e9 / rate))
-                thermal = _read_png(thermal_file)
+                thermal = read_png(thermal_file)
                 if thermal.ndim != 2 or thermal.dtype not in (np.uint16, np.uint8):
                     raise ConfigError(f"{thermal_file}: expected a 16-bit single-channel thermal image, got "
                                       f"{thermal.dtype} {thermal.shape}")
@@ -284,7 +285,7 @@ def import_sequence(root: str | Path, sequence: str, out: str | Path, *, storage
                 put(TOPIC_THERMAL_INFO, stamp, b.camera_info(stamp, THERMAL_FRAME, cam_t), "sensor_msgs/msg/CameraInfo")
                 depth_file = depth_dir / thermal_file.name
                 if depth_file.is_file():
-                    raw = _read_png(depth_file)
+                    raw = read_png(depth_file)
                     if raw.shape != thermal.shape:
                         raise ConfigError(f"{depth_file}: depth {raw.shape} does not match thermal {thermal.shape}")
                     metres = raw.astype(np.float32) / np.float32(256.0)  # MS2: uint16 = metres x 256, 0 invalid
@@ -293,7 +294,7 @@ def import_sequence(root: str | Path, sequence: str, out: str | Path, *, storage
                     with_gt += 1
                 rgb_file = rgb_dir / thermal_file.name
                 if rgb_file.is_file():
-                    rgb = _read_png(rgb_file)
+                    rgb = read_png(rgb_file)
                     if rgb.ndim == 2:
                         rgb = np.repeat(rgb[..., None], 3, axis=2)
                     rgb = np.ascontiguousarray(rgb[..., :3]).astype(np.uint8)
