@@ -8,10 +8,10 @@ evaluation runs ``eval.evaluate.evaluate_bag`` on the same bag with the same eng
 the bag, ground-truth matching, inference, scoring (metric set, distance bins, error curve, boundary F1) in
 its scoring thread, per-frame records. Report writing (json, markdown, pictures) happens once per run and is
 timed separately. Prints frames/s of both, the overhead ``eval / bare - 1`` (goal < 15 %), and the same
-without boundary F1; the one-off cost of opening a bag (a large share of a short bag's overhead) is timed
-alone and the steady-state overhead without it is printed too, with the scoring cost per valid pixel and
-the load average (wall overheads only mean something when a core is free). Timed runs alternate between the two so that load from other processes hits both
-alike; the median of ``--repeats`` is reported.
+without boundary F1; the one-off cost of opening a bag (it matters for short bags only) is timed alone and
+the steady-state overhead without it is printed too, with the scoring cost per valid pixel and the load
+average (wall overheads only mean something when a core is free). Timed runs alternate between the two so
+that load from other processes hits both alike; the median of ``--repeats`` is reported.
 """
 from __future__ import annotations
 
@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{100 * (bound / bc - 1):+.1f} %")
     print(f"report writing   : {report_s:.2f} s once per run (metrics.json, report.md, mosaic, 2 plots)")
     o, oc = med(open_s, 0), med(open_s, 1)
-    print(f"bag open         : {o * 1e3:.0f} ms wall, {oc * 1e3:.0f} ms CPU once per bag ({o / n * 1e3:.1f} ms/frame over "
-          f"these {n} frames); steady state without it: overhead wall {100 * ((e - o) / b - 1):+.1f} %, "
+    print(f"bag open         : {o * 1e3:.0f} ms wall, {oc * 1e3:.0f} ms CPU once per bag ({o / n * 1e3:.1f} ms/frame "
+          f"over these {n} frames); steady state without it: overhead wall {100 * ((e - o) / b - 1):+.1f} %, "
           f"CPU {100 * ((ec - oc) / bc - 1):+.1f} % (no bF1: wall {100 * ((enb - o) / b - 1):+.1f} %, "
           f"CPU {100 * ((enbc - oc) / bc - 1):+.1f} %)")
     # Why the CPU goal is hard with a small model: every valid pixel is scored (the metric set needs

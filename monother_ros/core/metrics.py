@@ -106,6 +106,8 @@ def grouped_pixel_sums(
     """
     ws = workspace if workspace is not None else Workspace()
     n = gt.size
+    if pred.size != n:
+        raise ValueError(f"gt has {n} samples, pred {pred.size}")
     # float32 inputs are widened on the fly by each ufunc (no float64 copies of gt and pred).
     g, p = gt.reshape(-1), pred.reshape(-1)
     f64 = np.float64

@@ -218,9 +218,9 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mode: str) -> tuple[np.nd
     raise ValueError(f"unknown alignment {mode!r}; expected one of {ALIGN_MODES}")
 
 
-def _levels(counts_of: np.ndarray, n_t: int) -> np.ndarray:
+def _levels(levels: np.ndarray, n_t: int) -> np.ndarray:
     # count(ratio > t_j) = count(level > j): reversed cumulative histogram of the levels (1..n_t).
-    hist = np.bincount(counts_of, minlength=n_t + 1)
+    hist = np.bincount(levels, minlength=n_t + 1)
     return np.cumsum(hist[::-1])[::-1][1:]
 
 
@@ -372,8 +372,9 @@ def score_frame(pred: np.ndarray, gt: np.ndarray, options: EvalOptions, *,
     """Score one prediction against its ground truth.
 
     The valid pixels are gathered once; the metric sums of every distance bin and of the error curve
-    come from one pass over them (``core.metrics.grouped_pixel_sums`` on a joint bin x curve-bin index);
-    temporaries live in a per-thread workspace.
+    come from one pass over them (``core.metrics.grouped_pixel_sums`` grouped by curve bin, or by
+    distance bin x curve bin when the bin edges are not multiples of ``CURVE_BIN_M``); temporaries live
+    in a per-thread workspace.
 
     Args:
         pred: (H, W) float32 metres, NaN where the model gave nothing (resized to gt's size if needed).
