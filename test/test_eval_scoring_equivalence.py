@@ -138,3 +138,21 @@ def test_boundary_f1_matches_mask_by_mask_definition(seed):
     for rows, cols in ((slice(0, 1), slice(None)), (slice(None), slice(0, 1))):  # one row / one column
         got = boundary_f1(pred[rows, cols], gt[rows, cols])
         assert got == pytest.approx(_plain_bf1(pred[rows, cols], gt[rows, cols], ok[rows, cols]), abs=1e-12)
+
+
+def test_chunked_accumulation_equals_one_pass(monkeypatch):
+    from monother_ros.core import metrics
+
+    pred, gt = _frame(7, (40, 40))
+    ok = np.isfinite(gt) & (gt > 1e-3) & (gt < 80) & np.isfinite(pred)
+    g, p = gt[ok], np.clip(pred[ok], 1e-3, 80)
+    groups = (g / 10).astype(np.intp)
+    whole = grouped_pixel_sums(g, p, groups, 8)
+    whole_one = pixel_sums(g, p)
+    monkeypatch.setattr(metrics, "_CHUNK", 7)  # many chunks, a ragged last one
+    assert g.size % 7
+    chunked = grouped_pixel_sums(g, p, groups, 8, workspace=Workspace())
+    np.testing.assert_array_equal(chunked[:, :4], whole[:, :4])
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pixel_sums(g, p), whole_one, rtol=1e-12)
+    np.testing.assert_allclose(whole.sum(axis=0)[:10], whole_one, rtol=1e-12)

@@ -47,6 +47,7 @@ _LN10 = math.log(10.0)
 N_SUMS = 10
 N_GROUPED = 11
 _LANES = 8
+_CHUNK = 65536
 
 
 class Workspace:
@@ -105,11 +106,34 @@ def grouped_pixel_sums(
         (n_groups, 11) float64: columns 0-9 as :func:`pixel_sums`, column 10 = sum |gt - pred|.
     """
     ws = workspace if workspace is not None else Workspace()
-    n = gt.size
-    if pred.size != n:
-        raise ValueError(f"gt has {n} samples, pred {pred.size}")
+    g, p = np.asarray(gt).reshape(-1), np.asarray(pred).reshape(-1)
+    n = g.size
+    if p.size != n:
+        raise ValueError(f"gt has {n} samples, pred {p.size}")
+    if groups is None:
+        if n_groups != 1:
+            raise ValueError("n_groups must be 1 without groups")
+    else:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.shape != (n,):
+            raise ValueError(f"groups shape {groups.shape} != ({n},)")
+        if n and (groups.min() < 0 or groups.max() >= n_groups):
+            raise ValueError(f"group index outside [0, {n_groups})")
+    narrow = all(a.dtype in (np.float32, np.float16) for a in (g, p))
+    out = np.zeros((n_groups, N_GROUPED))
+    # Chunks keep the temporaries cache-resident (about 10 % faster than whole-frame passes).
+    for lo in range(0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        _accumulate(g[lo:hi], p[lo:hi], None if groups is None else groups[lo:hi], n_groups, narrow, out, ws)
+    out[:, 8] /= _LN10  # sum |log10 gt - log10 pred|
+    return out
+
+
+def _accumulate(g: np.ndarray, p: np.ndarray, groups: np.ndarray | None, n_groups: int, narrow: bool,
+                out: np.ndarray, ws: Workspace) -> None:
+    """Add one chunk's sums to ``out`` (column 8 still in natural-log units)."""
+    n = g.size
     # float32 inputs are widened on the fly by each ufunc (no float64 copies of gt and pred).
-    g, p = gt.reshape(-1), pred.reshape(-1)
     f64 = np.float64
     r = ws.get("ms_r", n, f64)
     np.divide(p, g, out=r, dtype=f64)
@@ -117,7 +141,6 @@ def grouped_pixel_sums(
     level.fill(0)
     hit = ws.get("ms_hit", n, np.bool_)
     tmp = ws.get("ms_tmp", n, np.bool_)
-    narrow = all(a.dtype in (np.float32, np.float16) for a in (gt, pred))
     if narrow:
         for t in _DELTAS:
             np.greater(r, 1.0 / t, out=hit)
@@ -140,24 +163,16 @@ def grouped_pixel_sums(
     rel = ws.get("ms_rel", n, np.float64)
     np.divide(a, g, out=rel, dtype=f64)
     w = r  # r is no longer needed: scratch for products
-    out = np.zeros((n_groups, N_GROUPED))
     if groups is None:
-        if n_groups != 1:
-            raise ValueError("n_groups must be 1 without groups")
-        out[0, 0] = n
+        out[0, 0] += n
         # a pixel meeting the strict 1.25 test meets all three: a1 = level 3, a3 = level >= 1.
         for col, least in ((1, 3), (2, 2), (3, 1)):
             np.greater_equal(level, least, out=hit)
-            out[0, col] = np.count_nonzero(hit)
+            out[0, col] += np.count_nonzero(hit)
 
         def total(values: np.ndarray, col: int) -> None:
-            out[0, col] = values.sum()
+            out[0, col] += values.sum()
     else:
-        groups = np.asarray(groups).reshape(-1)
-        if groups.shape != (n,):
-            raise ValueError(f"groups shape {groups.shape} != ({n},)")
-        if n and (groups.min() < 0 or groups.max() >= n_groups):
-            raise ValueError(f"group index outside [0, {n_groups})")
         # bincount adds into one accumulator per bin; neighbouring pixels mostly share a group, so each
         # add would wait for the previous one. Spreading consecutive pixels over _LANES copies of every
         # bin breaks that chain (about 2x faster); the copies are summed afterwards.
@@ -168,14 +183,14 @@ def grouped_pixel_sums(
         np.multiply(gidx, 4, out=key)
         key += level
         counts = np.bincount(key, minlength=4 * _LANES * n_groups).reshape(n_groups, _LANES, 4).sum(axis=1)
-        out[:, 0] = counts.sum(axis=1)
-        out[:, 1] = counts[:, 3]
-        out[:, 2] = counts[:, 2:].sum(axis=1)
-        out[:, 3] = counts[:, 1:].sum(axis=1)
+        out[:, 0] += counts.sum(axis=1)
+        out[:, 1] += counts[:, 3]
+        out[:, 2] += counts[:, 2:].sum(axis=1)
+        out[:, 3] += counts[:, 1:].sum(axis=1)
 
         def total(values: np.ndarray, col: int) -> None:
             lanes = np.bincount(gidx, weights=values, minlength=_LANES * n_groups)
-            out[:, col] = lanes.reshape(n_groups, _LANES).sum(axis=1)
+            out[:, col] += lanes.reshape(n_groups, _LANES).sum(axis=1)
 
     total(rel, 4)
     np.multiply(rel, a, out=w)
@@ -188,8 +203,6 @@ def grouped_pixel_sums(
     total(w, 7)
     np.abs(e, out=w)
     total(w, 8)
-    out[:, 8] /= _LN10  # sum |log10 gt - log10 pred|
-    return out
 
 
 def _sums(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
