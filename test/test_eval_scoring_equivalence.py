@@ -135,6 +135,10 @@ def test_boundary_f1_matches_mask_by_mask_definition(seed):
     for p in (pred, gt * np.float32(1.1), np.full_like(gt, 5.0)):
         got = boundary_f1(p, gt, ok)
         assert got == pytest.approx(_plain_bf1(p, gt, ok), abs=1e-12)
+        both = ok & np.isfinite(p) & (p > 0)  # already checked: the same result without re-checking
+        assert boundary_f1(p, gt, both, checked=True) == got
+    with pytest.raises(ValueError):
+        boundary_f1(pred, gt, checked=True)
     for rows, cols in ((slice(0, 1), slice(None)), (slice(None), slice(0, 1))):  # one row / one column
         got = boundary_f1(pred[rows, cols], gt[rows, cols])
         assert got == pytest.approx(_plain_bf1(pred[rows, cols], gt[rows, cols], ok[rows, cols]), abs=1e-12)
@@ -156,3 +160,15 @@ def test_chunked_accumulation_equals_one_pass(monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(pixel_sums(g, p), whole_one, rtol=1e-12)
     np.testing.assert_allclose(whole.sum(axis=0)[:10], whole_one, rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # a zero prediction makes the log metrics infinite
+def test_boundary_f1_in_score_frame_with_zero_min_depth():
+    pred, gt = _frame(21, (30, 30))
+    pred[3, 3:6] = 0.0  # a zero prediction next to valid GT: not a pair once min_depth is 0
+    gt[3, 3:6] = 5.0
+    options = EvalOptions(progress=False, min_depth=0.0)
+    score, aligned = score_frame(pred, gt, options)
+    gt_ok = np.isfinite(gt) & (gt > 0) & (gt < 80)
+    assert aligned[3, 4] == 0.0
+    assert score.boundary_f1 == pytest.approx(_plain_bf1(aligned, gt, gt_ok), abs=1e-12)

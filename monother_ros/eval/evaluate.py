@@ -225,7 +225,8 @@ def _levels(levels: np.ndarray, n_t: int) -> np.ndarray:
 
 
 def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None, *,
-                thresholds: np.ndarray = BOUNDARY_THRESHOLDS, workspace: Workspace | None = None) -> float | None:
+                thresholds: np.ndarray = BOUNDARY_THRESHOLDS, workspace: Workspace | None = None,
+                checked: bool = False) -> float | None:
     """Scale-invariant boundary F1 (Depth Pro, Bochkovskii et al. 2024, their ``SI_boundary_F1``).
 
     For a threshold t, pixel i has an occluding contour towards neighbour j (right, left, down, up) when
@@ -244,6 +245,7 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = Non
         valid: (H, W) bool ground-truth validity (default: finite and > 0).
         thresholds: depth-ratio thresholds (> 1, ascending).
         workspace: scratch buffers to reuse (None: fresh ones).
+        checked: ``valid`` is already false wherever gt or pred is not finite and > 0 (skips that check).
 
     Returns:
         The weighted F1 in [0, 1], or None when no neighbour pair is valid.
@@ -261,13 +263,18 @@ def boundary_f1(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = Non
     g1, p1 = gt.reshape(-1), pred.reshape(-1)
     ok = ws.get("bf_ok", hw, np.bool_)  # both GT and prediction finite and > 0 (and GT valid)
     tmp = ws.get("bf_tmp", hw, np.bool_)
+    if checked and valid is None:
+        raise ValueError("checked=True needs a valid mask")
     with np.errstate(invalid="ignore", divide="ignore"):
-        np.greater(g1, 0, out=ok)
-        for arr, cmp, value in ((g1, np.less, np.inf), (p1, np.greater, 0), (p1, np.less, np.inf)):
-            cmp(arr, value, out=tmp)
-            ok &= tmp
-        if valid is not None:
-            ok &= np.asarray(valid, dtype=bool).reshape(-1)
+        if checked:
+            np.copyto(ok, np.asarray(valid, dtype=bool).reshape(-1))
+        else:
+            np.greater(g1, 0, out=ok)
+            for arr, cmp, value in ((g1, np.less, np.inf), (p1, np.greater, 0), (p1, np.less, np.inf)):
+                cmp(arr, value, out=tmp)
+                ok &= tmp
+            if valid is not None:
+                ok &= np.asarray(valid, dtype=bool).reshape(-1)
         # Logs of the raw arrays: invalid pixels give NaN / inf, and pairs touching them are dropped below.
         lg = np.log(g1, out=ws.get("bf_lg", hw, np.float32))
         lp = np.log(p1, out=ws.get("bf_lp", hw, np.float32))
@@ -457,7 +464,12 @@ def score_frame(pred: np.ndarray, gt: np.ndarray, options: EvalOptions, *,
             aligned = np.multiply(pred, np.float32(scale), out=out)
             aligned += np.float32(shift)
             np.clip(aligned, lo, hi, out=aligned)
-    bf1 = boundary_f1(aligned, gt, gt_ok.reshape(gt.shape), workspace=ws) if bf1_wanted else None
+    bf1 = None
+    if bf1_wanted:
+        # With lo > 0, valid (GT in (lo, hi), prediction finite, then clamped to [lo, hi]) already means
+        # both depths are finite and positive.
+        checked = bool(np.float32(lo) > 0)
+        bf1 = boundary_f1(aligned, gt, (valid if checked else gt_ok).reshape(gt.shape), workspace=ws, checked=checked)
     return FrameScore(metrics, sums, curve, bf1, n, gt_pixels, scale, shift), (aligned if keep_aligned else None)
 
 
