@@ -180,3 +180,93 @@ def test_torch_mono8_and_default_size():
         thermal_to_unit_torch(torch.zeros(4, 4), bits=8)  # float counts
     with pytest.raises(ValueError):
         to_network_input_torch(unit, modality="lidar")
+
+
+# --------------------------------------------------------------------------- fast paths (issue 3 benchmark)
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((23, 31), (57, 70)), ((57, 70), (23, 31)), ((20, 9), (7, 40))])
+def test_stacked_resize_both_orders_match_interpolate(in_hw, out_hw):
+    from monother_ros.core.preprocess import DepthPostprocessor  # noqa: F401  (exported)
+
+    rng = np.random.default_rng(12)
+    stack = rng.normal(size=(2, *in_hw)).astype(np.float32)
+    r = BilinearResizer(in_hw, out_hw)
+    # Upsampling goes columns first, downsampling rows first (cost model); both must be bilinear.
+    if in_hw == (23, 31):
+        assert r.columns_first
+    if in_hw == (57, 70):
+        assert not r.columns_first
+    ref = F.interpolate(torch.from_numpy(stack)[None], size=out_hw, mode="bilinear", align_corners=True)[0].numpy()
+    out = np.full((2, *out_hw), -7.0, np.float32)
+    assert r(stack, out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=0, atol=3e-6)
+    # One plane alone gives the same numbers as the stacked pass.
+    assert np.array_equal(r(stack[1]), out[1])
+    with pytest.raises(ValueError):
+        r(stack, out=np.empty(out_hw, np.float32))
+
+
+@pytest.mark.parametrize("block_rows", [128, 7, 1])
+def test_depth_postprocessor_equals_resize_then_mask(block_rows):
+    from monother_ros.core.preprocess import DepthPostprocessor
+
+    rng = np.random.default_rng(13)
+    net_hw, cam_hw = (13, 17), (150, 23)
+    depth = rng.uniform(-5.0, 100.0, size=net_hw).astype(np.float32)
+    depth[3, 4] = np.nan
+    depth[8, 2] = np.inf
+    conf = rng.uniform(-0.2, 1.2, size=net_hw).astype(np.float32)
+    conf[10, 10] = np.nan
+    post = DepthPostprocessor(net_hw, cam_hw, block_rows=block_rows)
+    d, c = post(depth, conf, min_depth=1.0, max_depth=80.0, min_confidence=0.4)
+    c_ref = np.clip(resize_depth(conf, cam_hw), 0.0, 1.0)
+    d_ref = mask_depth(resize_depth(depth, cam_hw), min_depth=1.0, max_depth=80.0, confidence=c_ref,
+                       min_confidence=0.4)
+    assert d.shape == c.shape == cam_hw and d.dtype == c.dtype == np.float32
+    np.testing.assert_array_equal(c, c_ref)  # NaN in the same places, the rest bit-equal
+    np.testing.assert_array_equal(d, d_ref)
+    assert 0.2 < np.isnan(d).mean() < 0.9  # the thresholds did mask something, not everything
+    # Fresh arrays each call: the first frame's result survives the second call.
+    d_keep = d.copy()
+    d2, c2 = post(depth + 1.0, None)
+    assert c2 is None and d2 is not d
+    np.testing.assert_array_equal(d, d_keep)
+    np.testing.assert_array_equal(d2, postprocess_depth(depth + 1.0, cam_hw)[0])
+    with pytest.raises(ValueError):
+        post(depth[:-1], None)
+    with pytest.raises(ValueError):
+        post(depth, conf[:, :-1])
+
+
+@pytest.mark.parametrize("bits, lo, hi", [(16, 0.3, 0.41), (16, 0.0, 1.0), (16, 0.5, 0.5), (8, 0.1, 0.9),
+                                          (16, 0.99998, 1.0), (8, 0.0, 0.0)])
+def test_unit_lut_equals_full_formula(bits, lo, hi):
+    from monother_ros.core.preprocess import _unit_lut
+
+    full = float(2**bits - 1)
+    counts = np.arange(2**bits, dtype=np.float64)
+    span = max(hi - lo, 1.0 / full)
+    ref = ((np.clip((counts / full - lo) / span, 0.0, 1.0) - 0.45) / 0.225).astype(np.float32)
+    np.testing.assert_array_equal(_unit_lut(bits, lo, hi, 0.45, 0.225), ref)
+
+
+def test_thermal_preprocessor_writes_into_given_buffer():
+    img = _thermal(14)
+    pre = ThermalPreprocessor(img.shape, (28, 42))
+    buf = np.full((1, 3, 28, 42), np.nan, np.float32)
+    assert pre(img, out=buf) is buf
+    np.testing.assert_array_equal(buf, ThermalPreprocessor(img.shape, (28, 42))(img))
+    with pytest.raises(ValueError):
+        pre(img, out=np.empty((1, 3, 28, 43), np.float32))
+    with pytest.raises(ValueError):
+        pre(img, out=np.empty((1, 3, 42, 28), np.float32).transpose(0, 1, 3, 2))
+
+
+def test_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, monother_ros.core.preprocess as p; p.preprocess_thermal(p.np.zeros((20, 30), p.np.uint16)); " \
+           "sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

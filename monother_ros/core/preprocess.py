@@ -333,6 +333,14 @@ class BilinearResizer:
         np.multiply(tmp, self._cw1, out=tmp)
         np.add(out, tmp, out=out)
 
+    def _rows_range(self, src: np.ndarray, start: int, stop: int, out: np.ndarray, tmp: np.ndarray) -> None:
+        """Output rows ``start:stop`` of the row pass over a (H, w) ``src`` into (stop - start, w) ``out``."""
+        np.take(src, self._r0[start:stop], axis=0, out=out, mode="clip")
+        np.take(src, self._r1[start:stop], axis=0, out=tmp, mode="clip")
+        np.multiply(out, self._rw0[start:stop], out=out)
+        np.multiply(tmp, self._rw1[start:stop], out=tmp)
+        np.add(out, tmp, out=out)
+
     def _rows(self, src: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
         np.take(src, self._r0, axis=-2, out=out, mode="clip")
         np.take(src, self._r1, axis=-2, out=tmp, mode="clip")
@@ -595,22 +603,37 @@ def mask_depth(
 class DepthPostprocessor:
     """Network-resolution depth (+ confidence) -> camera-resolution outputs, with reused buffers.
 
-    Depth and confidence are stacked and resized in one pass (shared index/weight tables), the
-    confidence clipped to [0, 1], and the depth set to NaN where it is not finite, outside
-    ``(min_depth, max_depth)`` or the confidence is below ``min_confidence`` (as :func:`mask_depth`).
+    Depth and confidence are stacked and their columns resized in one pass (shared index/weight
+    tables); the rows are then interpolated in blocks of ``block_rows`` camera rows straight into the
+    returned arrays, and each block is clipped (confidence to [0, 1]) and masked (depth NaN where it is
+    not finite, outside ``(min_depth, max_depth)`` or the confidence is below ``min_confidence``, as
+    :func:`mask_depth`) while it is still in cache: on a 640x512 camera the unblocked version streams
+    several 2.6 MB temporaries through memory after the network has evicted the caches.
+
+    Numbers are those of :class:`BilinearResizer` with the columns resized first (``F.interpolate``
+    with ``align_corners=True`` to float32 rounding) followed by :func:`mask_depth`.
 
     Args:
         net_hw: network output (h, w); cam_hw: camera (H, W).
+        block_rows: camera rows per block (128 rows of a 640-wide image: 320 KB per plane).
     """
 
-    def __init__(self, net_hw: tuple[int, int], cam_hw: tuple[int, int]) -> None:
+    def __init__(self, net_hw: tuple[int, int], cam_hw: tuple[int, int], *, block_rows: int = 128) -> None:
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         self.net_hw = (int(net_hw[0]), int(net_hw[1]))
         self.cam_hw = (int(cam_hw[0]), int(cam_hw[1]))
+        self.block_rows = int(block_rows)
+        # Only the resizer's tables and its column pass are used; the row pass is done here per block.
         self._resize = BilinearResizer(self.net_hw, self.cam_hw)
+        (h, _), (_, w) = self.net_hw, self.cam_hw
         self._net = np.empty((2, *self.net_hw), np.float32)
-        self._cam = np.empty((2, *self.cam_hw), np.float32)
-        self._valid = np.empty(self.cam_hw, bool)
-        self._test = np.empty(self.cam_hw, bool)
+        self._cols = np.empty((2, h, w), np.float32)
+        self._cols_tmp = np.empty((2, h, w), np.float32)
+        b = min(self.block_rows, self.cam_hw[0])
+        self._tmp = np.empty((b, w), np.float32)
+        self._valid = np.empty((b, w), bool)
+        self._test = np.empty((b, w), bool)
 
     def __call__(
         self,
@@ -639,19 +662,31 @@ class DepthPostprocessor:
                 raise ValueError(f"confidence shape {confidence.shape} != depth shape {self.net_hw}")
             self._net[1] = confidence
             k = 2
-        cam = self._resize(self._net[:k], out=self._cam[:k])
-        d = cam[0]
-        valid, test = self._valid, self._test
-        # NaN compares False, so non-finite depth (and NaN confidence) end up invalid.
-        np.greater(d, min_depth, out=valid)
-        np.less(d, max_depth, out=test)
-        np.logical_and(valid, test, out=valid)
-        conf = None
-        if k == 2:
-            conf = np.clip(cam[1], 0.0, 1.0)  # the caller's own array
-            np.greater_equal(conf, min_confidence, out=test)
+        r = self._resize
+        cols = self._cols[:k]
+        r._columns(self._net[:k], cols, self._cols_tmp[:k])
+        depth_out = np.empty(self.cam_hw, np.float32)
+        conf_out = np.empty(self.cam_hw, np.float32) if k == 2 else None
+        nan = np.float32(np.nan)
+        for start in range(0, self.cam_hw[0], self.block_rows):
+            stop = min(start + self.block_rows, self.cam_hw[0])
+            n = stop - start
+            tmp, valid, test = self._tmp[:n], self._valid[:n], self._test[:n]
+            d = depth_out[start:stop]
+            r._rows_range(cols[0], start, stop, d, tmp)
+            # NaN compares False, so non-finite depth (and NaN confidence) end up invalid.
+            np.greater(d, min_depth, out=valid)
+            np.less(d, max_depth, out=test)
             np.logical_and(valid, test, out=valid)
-        return np.where(valid, d, np.float32(np.nan)), conf
+            if conf_out is not None:
+                c = conf_out[start:stop]
+                r._rows_range(cols[1], start, stop, c, tmp)
+                np.clip(c, 0.0, 1.0, out=c)
+                np.greater_equal(c, min_confidence, out=test)
+                np.logical_and(valid, test, out=valid)
+            np.logical_not(valid, out=valid)
+            np.copyto(d, nan, where=valid)
+        return depth_out, conf_out
 
 
 def postprocess_depth(
