@@ -270,3 +270,19 @@ def test_module_does_not_import_torch():
     code = "import sys, monother_ros.core.preprocess as p; p.preprocess_thermal(p.np.zeros((20, 30), p.np.uint16)); " \
            "sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8])
+@pytest.mark.parametrize("in_hw, out_hw", [((60, 80), (28, 42)), ((20, 30), (42, 56))])
+def test_thermal_preprocessor_both_resize_orders_equal_lut_then_resize(in_hw, out_hw, dtype):
+    from monother_ros.core.preprocess import _unit_lut, thermal_percentile_bounds
+
+    img = _thermal(15, hw=in_hw, dtype=dtype)
+    pre = ThermalPreprocessor(in_hw, out_hw)
+    assert pre._resize.columns_first == (in_hw == (20, 30))  # rows-first gathers raw counts before the lookup
+    bits = 16 if dtype == np.uint16 else 8
+    lut = _unit_lut(bits, *thermal_percentile_bounds(img), 0.45, 0.225)
+    ref = BilinearResizer(in_hw, out_hw)(lut[img])
+    out = pre(img)
+    for c in range(3):
+        np.testing.assert_array_equal(out[0, c], ref)
