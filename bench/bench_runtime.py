@@ -123,13 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  torch eager    {r['torch_ms']:8.1f} ms/frame  ({r['torch_threads']} threads)")
         print(f"  onnxruntime    {r['ort_ms']:8.1f} ms/frame  ({r['threads']} intra-op threads)")
         print(f"  ratio torch/ORT {r['ratio']:7.2f}x  (goal >= 1.5)")
-        print(f"  camera {camera_hw[1]}x{camera_hw[0]}: preprocess {r['pre_ms']:.2f} ms + postprocess "
-              f"{r['post_ms']:.2f} ms = {100 * r['prepost_fraction']:.1f} % of ORT network {r['net_ms']:.1f} ms "
-              "(goal < 5 %)")
         b = r["best"]
         print(f"  minima: torch {b['torch_ms']:.1f} ms, ORT {b['ort_ms']:.1f} ms, ratio "
-              f"{b['torch_ms'] / b['ort_ms']:.2f}x; pre {b['pre_ms']:.2f} + post {b['post_ms']:.2f} ms = "
-              f"{100 * (b['pre_ms'] + b['post_ms']) / b['net_ms']:.1f} % of {b['net_ms']:.1f} ms")
+              f"{b['torch_ms'] / b['ort_ms']:.2f}x")
+        # The engine's own per-stage timings of full frames (infer) through ONNX Runtime.
+        best_fraction = (b["pre_ms"] + b["post_ms"]) / b["net_ms"]
+        print(f"  pre+post on a {camera_hw[1]}x{camera_hw[0]} mono16 frame, as a fraction of the ORT network "
+              f"({r['threads']} threads; goal < 5 %):")
+        print(f"    medians: pre {r['pre_ms']:.2f} + post {r['post_ms']:.2f} = {r['pre_ms'] + r['post_ms']:.2f} ms "
+              f"/ network {r['net_ms']:.1f} ms = {100 * r['prepost_fraction']:.1f} %")
+        print(f"    minima:  pre {b['pre_ms']:.2f} + post {b['post_ms']:.2f} = {b['pre_ms'] + b['post_ms']:.2f} ms "
+              f"/ network {b['net_ms']:.1f} ms = {100 * best_fraction:.1f} %")
         ok &= r["ratio"] >= 1.5 and r["prepost_fraction"] < 0.05
     print("\nall goals met" if ok else "\nsome goals not met (see above)")
     return 0
