@@ -5,8 +5,11 @@ Set before anything imports rclpy; subprocesses started by tests inherit the env
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +26,13 @@ def _isolate_dds() -> None:
 
 
 _isolate_dds()
+
+
+@pytest.fixture(autouse=True)
+def _autograd_enabled_at_test_start():
+    """Every test starts with autograd on: a module that switches it off at import must not leak that
+    into later tests (gradient tests then fail far from the cause)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_grad_enabled(True)
+    yield

@@ -157,7 +157,11 @@ def thermal_frame(name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- helpers
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    """Inference-only comparisons; scoped per test so autograd stays on for the rest of the session."""
+    with torch.no_grad():
+        yield
 
 
 def _golden(name: str) -> dict[str, np.ndarray]:
