@@ -93,6 +93,10 @@ def confidence_report(pred: np.ndarray, gt: np.ndarray, conf: np.ndarray, keep: 
         "abs_rel_most_confident": abs_rel_of_most_confident(pred, gt, conf, keep),
         "abs_rel_least_confident": float(err[np.argsort(conf, kind="stable")[: max(1, int(round(keep * err.size)))]].mean()),
         "spearman_conf_vs_error": _spearman(conf, err),
+        # The NLL trains the confidence on the metric residual |d - target| (metres), not the relative one.
+        "abs_err_m_all": float(np.abs(pred - gt).mean()),
+        "abs_err_m_most_confident": float(np.abs(pred - gt)[np.argsort(-conf, kind="stable")[: max(1, int(round(keep * err.size)))]].mean()),
+        "spearman_conf_vs_abs_err_m": _spearman(conf, np.abs(pred - gt)),
         "curve_keep": KEEP_GRID.tolist(),
         "curve_confidence": conf_curve,
         "curve_oracle": oracle_curve,
