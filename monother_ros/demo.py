@@ -201,6 +201,7 @@ def run_pipeline(out_dir: str | Path, *, seconds: float = DEMO_PIPELINE_SECONDS,
         "sim_rig": sim_health,
         "bag": str(bag),
         "pictures": str(pictures) if rows else None,
+        "picture_frames": len(rows),
     }
     summary = out / "summary.json"
     summary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

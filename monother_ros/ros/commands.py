@@ -265,6 +265,7 @@ class OutputRecorder:
                     self.recorded[topic] += 1
                 if topic == "depth/confidence":
                     self._keep("confidence", raw)
+                    self._attach_confidence(self.stamp_ns(raw), raw)
                 elif topic == "depth/image":
                     stamp = self.stamp_ns(raw)
                     self.latencies_s.append((now_ns - stamp) / 1e9)
@@ -278,15 +279,20 @@ class OutputRecorder:
         thermal = self._recent["thermal"].get(stamp)
         if thermal is None:
             return
-        # The confidence of this stamp is published right after the depth: take it at the next message.
-        self.samples.append({"stamp": stamp, "thermal": thermal, "depth": depth_raw})
+        # The confidence of this stamp is usually published right after the depth: _attach_confidence
+        # fills it in when it arrives (the short ring of recent messages would have dropped it by finish()).
+        self.samples.append({"stamp": stamp, "thermal": thermal, "depth": depth_raw,
+                             "confidence": self._recent["confidence"].get(stamp)})
         self._last_sample = now
+
+    def _attach_confidence(self, stamp: int, confidence_raw: bytes) -> None:
+        for sample in self.samples:
+            if sample["stamp"] == stamp and sample.get("confidence") is None:
+                sample["confidence"] = confidence_raw
 
     def finish(self) -> dict[str, Any]:
         """Close the bag; returns counts, rates and latency statistics (seconds)."""
         with self._lock:
-            for sample in self.samples:
-                sample["confidence"] = self._recent["confidence"].get(sample["stamp"])
             self._writer.close()
             elapsed = time.monotonic() - self.started
             lat = sorted(self.latencies_s)
