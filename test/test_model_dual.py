@@ -131,3 +131,22 @@ def test_freeze_batchnorm_helper_counts_and_can_be_off():
     assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     model = MonotherDual(_student_cfg(), freeze_bn=False).train()
     assert all(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_saved_dual_with_a_narrow_confidence_net_loads_back(tmp_path):
+    """Our small trainings use a narrower confidence U-Net; load_model must rebuild it at that width."""
+    from monother_ros.model.checkpoints import load_model, save_model
+    from monother_ros.model.confidence import ConfidenceUNet
+    from monother_ros.model.dual import MonotherDual, teacher_config_for
+    from monother_ros.model.variants import get_preset
+
+    cfg = get_preset("test-tiny")
+    dual = MonotherDual(cfg, teacher_config_for(cfg), confidence=True, confidence_width=8)
+    save_model(dual, cfg, tmp_path / "dual", kind=dual.checkpoint_kind)
+    loaded, _ = load_model(tmp_path / "dual")
+    assert loaded.confidence_net.base_width == 8
+    for k, v in dual.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    net = ConfidenceUNet(base_width=16)
+    save_model(net, cfg, tmp_path / "conf", kind=net.checkpoint_kind)
+    assert load_model(tmp_path / "conf")[0].base_width == 16

@@ -99,16 +99,24 @@ def register_importer(fmt: str, detect: Detector, importer: Importer) -> None:
     _IMPORTERS[fmt] = (detect, importer)
 
 
-def register_builder(kind: str, build: Callable[[ModelConfig], nn.Module]) -> None:
-    """Register how ``load_model`` rebuilds a saved model of ``kind`` from its ModelConfig."""
+def register_builder(kind: str, build: Callable[[ModelConfig, Mapping[str, Tensor]], nn.Module]) -> None:
+    """Register how ``load_model`` rebuilds a saved model of ``kind``.
+
+    ``build(config, tensors)`` gets the ModelConfig and the saved tensors, so sizes that the config does not
+    record (e.g. a confidence U-Net's base width) can be read off the weights' shapes.
+    """
     _BUILDERS[kind] = build
 
 
-def _builder(kind: str) -> Callable[[ModelConfig], nn.Module]:
-    if kind == DEFAULT_KIND:
-        from monother_ros.model.branch import DepthBranch
+def _build_branch(config: ModelConfig, tensors: Mapping[str, Tensor]) -> nn.Module:
+    from monother_ros.model.branch import DepthBranch
 
-        return DepthBranch
+    return DepthBranch(config)
+
+
+def _builder(kind: str) -> Callable[[ModelConfig, Mapping[str, Tensor]], nn.Module]:
+    if kind == DEFAULT_KIND:
+        return _build_branch
     if kind not in _BUILDERS:
         # Kinds defined by the dual-model modules register themselves when imported.
         for name in ("monother_ros.model.import_monother", "monother_ros.model.dual"):
@@ -497,7 +505,7 @@ def load_model(
         CheckpointError: see ``read_model_dir``; missing/unexpected/mis-shaped keys.
     """
     tensors, config, meta = read_model_dir(path)
-    model = _builder(str(meta["kind"]))(config)
+    model = _builder(str(meta["kind"]))(config, tensors)
     load_state_dict_strict(model, tensors, source=str(path))
     model.model_sha256 = meta["model_sha256"]  # type: ignore[assignment]
     return model.to(map_location).eval(), config

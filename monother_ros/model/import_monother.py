@@ -276,16 +276,23 @@ def _importer(state_dict: dict[str, Tensor], config: ModelConfig,
     return import_monother_state_dict(state_dict, config, branch or "thermal")
 
 
-def _build_dual(config: ModelConfig) -> nn.Module:
+def _confidence_width(tensors: Mapping[str, Tensor], prefix: str) -> int:
+    """Base width of a saved confidence U-Net (official 64; our small trainings use narrower ones)."""
+    first = tensors.get(prefix + "inc.double_conv.0.weight")
+    return int(first.shape[0]) if first is not None else 64
+
+
+def _build_dual(config: ModelConfig, tensors: Mapping[str, Tensor]) -> nn.Module:
     from monother_ros.model.dual import MonotherDual, teacher_config_for
 
-    return MonotherDual(config, teacher_config_for(config), confidence=True)
+    return MonotherDual(config, teacher_config_for(config), confidence=True,
+                        confidence_width=_confidence_width(tensors, "confidence_net."))
 
 
-def _build_confidence(config: ModelConfig) -> nn.Module:
+def _build_confidence(config: ModelConfig, tensors: Mapping[str, Tensor]) -> nn.Module:
     from monother_ros.model.confidence import ConfidenceUNet
 
-    return ConfidenceUNet()
+    return ConfidenceUNet(base_width=_confidence_width(tensors, ""))
 
 
 # Hook into checkpoints.import_checkpoint's dispatch and load_model's builders.
