@@ -220,10 +220,21 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------- strict loading
-def _fmt_keys(keys: Iterable[str]) -> str:
+def format_keys(keys: Iterable[str]) -> str:
+    """The first few keys, sorted, and how many more: for error messages naming keys."""
     keys = sorted(keys)
     shown = ", ".join(keys[:_SHOW])
     return shown + (f", ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
+
+
+def describe_key_mismatch(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
+    """One line naming missing, unexpected and mis-shaped keys (counts + first few); "" when all match."""
+    parts = []
+    for keys, what in ((list(missing), "missing key(s)"), (list(unexpected), "unexpected key(s)"),
+                       (list(mismatched), "shape mismatch(es)")):
+        if keys:
+            parts.append(f"{len(keys)} {what}: {format_keys(keys)}")
+    return "; ".join(parts)
 
 
 def check_state_dict(
@@ -252,15 +263,9 @@ def check_state_dict(
         for k in expected
         if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
     ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt_keys(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt_keys(mismatched)}")
-        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    problems = describe_key_mismatch(missing, unexpected, mismatched)
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: {problems}")
 
 
 def load_state_dict_strict(
@@ -280,7 +285,7 @@ def load_state_dict_strict(
     check_state_dict(expected, state_dict, allow_missing_prefixes=allow_missing_prefixes, source=source)
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"{source}: non-finite values in {len(bad)} tensor(s): {_fmt_keys(bad)}")
+        raise CheckpointError(f"{source}: non-finite values in {len(bad)} tensor(s): {format_keys(bad)}")
     model.load_state_dict(dict(state_dict), strict=not allow_missing_prefixes)
 
 

@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Literal, Mapping
+from typing import Literal, Mapping
 
 from torch import Tensor, nn
 
 from monother_ros.errors import CheckpointError
 from monother_ros.model.checkpoints import (
+    describe_key_mismatch,
+    format_keys,
     load_state_dict_strict,
     read_torch_checkpoint,
     register_builder,
@@ -72,7 +74,6 @@ _logger = logging.getLogger(__name__)
 
 Part = Literal["thermal", "rgb", "confidence", "dual"]
 PARTS: tuple[str, ...] = ("thermal", "rgb", "confidence", "dual")
-_SHOW = 5
 
 # ZoeDepth head modules of one branch (top-level attributes of ZoeDepthDual); the RGB copies carry
 # an "_extra" suffix on these names.
@@ -120,12 +121,6 @@ def part_key_to_official(part: str, key: str) -> str:
     return best[0] + key[len(best[1]):]
 
 
-def _fmt(keys: Iterable[str]) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_SHOW])
-    return shown + (f", ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
-
-
 def map_official_state_dict(state_dict: Mapping[str, Tensor], part: str) -> dict[str, Tensor]:
     """Official tensors of ``part`` under our names (``dual``: ``student.``/``teacher.``/
     ``confidence_net.`` prefixed).
@@ -150,7 +145,7 @@ def map_official_state_dict(state_dict: Mapping[str, Tensor], part: str) -> dict
     if unknown:
         raise CheckpointError(
             f"{len(unknown)} key(s) of the checkpoint belong to no known part of the MonoTher dual "
-            f"model (fusion block or another variant?): {_fmt(unknown)}"
+            f"model (fusion block or another variant?): {format_keys(unknown)}"
         )
     return out
 
@@ -175,18 +170,12 @@ def _check(model: nn.Module, mapped: Mapping[str, Tensor], part: str, source: st
         f"{_official_name(part, k)} {tuple(mapped[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items() if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {_fmt(mismatched)}")
+    problems = describe_key_mismatch(missing, unexpected, mismatched)
+    if problems:
         hint = ""
         if any("attractors" in m for m in mismatched):
             hint = " (attractor widths differ: is bin_centers_type right? normed = 2 x n_attractors)"
-        raise CheckpointError(f"{source} ({part}) does not match the model: " + "; ".join(parts) + hint)
+        raise CheckpointError(f"{source} ({part}) does not match the model: {problems}{hint}")
 
 
 def import_monother_state_dict(
