@@ -15,13 +15,20 @@ Contract with ``monother_ros.model.zoe_bins.ZoeBinsHead``:
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 from torch import Tensor, nn
 
 from monother_ros.model.variants import ModelConfig
 
-__all__ = ["ConfidenceHead", "make_bins_head"]
+__all__ = ["ConfidenceHead", "INITIAL_CONFIDENCE", "make_bins_head"]
+
+# The NLL ``mean(r c) - 0.002 mean(log c)`` is minimised by c* = 0.002 / r (r in metres): 0.002 at a 1 m
+# residual. Starting the head there instead of at 0.5 matters: from 0.5 the first updates are all
+# "lower c everywhere" (the r*c term dominates), the hidden ReLUs die, and the trained head ranked
+# errors backwards (Spearman(confidence, |error|) +0.72 on training data; from 0.002: -0.82).
+INITIAL_CONFIDENCE = 0.002
 
 
 class ConfidenceHead(nn.Module):
@@ -45,9 +52,9 @@ class ConfidenceHead(nn.Module):
             nn.Conv2d(hidden, 1, kernel_size=1),
             nn.Sigmoid(),
         )
-        # Start near 0.5 everywhere: a neutral confidence before training.
+        # Start at the NLL optimum for a 1 m residual everywhere (see INITIAL_CONFIDENCE).
         nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        nn.init.constant_(self.net[2].bias, math.log(INITIAL_CONFIDENCE / (1.0 - INITIAL_CONFIDENCE)))
 
     def forward(self, out_conv: Tensor, depth_norm: Tensor) -> Tensor:
         """Args: out_conv (B, C, H, W); depth_norm (B, 1, H, W). Returns (B, 1, H, W) in (0, 1)."""
