@@ -43,7 +43,7 @@ def _train(head: ConfidenceHead, steps: int = 300):
             opt.step()
     with torch.no_grad():
         conf = head(feats, depth / 80.0)
-    return conf, residual, confidence_nll_loss(conf, pred, depth, exclude_top=0.0).item()
+    return conf, residual, confidence_nll_loss(conf, pred, depth).item()
 
 
 def test_head_starts_at_the_nll_optimum_of_a_one_metre_residual():
@@ -59,6 +59,6 @@ def test_trained_head_ranks_errors_and_beats_a_constant_confidence():
     rho = _spearman(conf.flatten().numpy(), residual.flatten().numpy())
     assert rho < -0.6, rho  # confident where the residual is small
     _, depth, pred, _ = _scene(0)
-    best_constant = min(confidence_nll_loss(torch.full_like(depth, c), pred, depth, exclude_top=0.0).item()
+    best_constant = min(confidence_nll_loss(torch.full_like(depth, c), pred, depth).item()
                         for c in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2))
     assert loss < best_constant
