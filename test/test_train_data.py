@@ -207,3 +207,18 @@ def test_bag_rgb_ground_truth_is_thermal_gt_splatted(tmp_path):
     valid = record.gt_rgb > 0
     assert valid.mean() > 0.5
     np.testing.assert_allclose(record.gt_rgb[valid], 5.0, rtol=1e-5)
+
+
+def test_rgb_low_light_augmentation_darkens_rgb_only_and_keeps_other_draws(tmp_path):
+    _write_ms2(tmp_path)
+    ds = build_dataset([f"ms2:{tmp_path}:train"], options(), augment=True, seed=3)
+    dark = PairedFrames(ds.records, augment=True, seed=3, rgb_low_light=1.0)
+    for i in range(len(ds)):
+        base, low = ds[i], dark[i]
+        torch.testing.assert_close(low["thermal"], base["thermal"])  # thermal draws unchanged
+        unit = lambda x: x * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        assert unit(low["rgb"]).mean() < 0.45 * unit(base["rgb"]).mean()
+    # Deterministic per (seed, epoch, index).
+    torch.testing.assert_close(dark[0]["rgb"], dark[0]["rgb"])
+    with pytest.raises(ValueError):
+        PairedFrames(ds.records, rgb_low_light=1.5)

@@ -77,6 +77,7 @@ class TrainConfig:
     brightness: float = 0.1  # additive jitter range +/- (images in [0, 1])
     contrast: float = 0.1  # multiplicative jitter range 1 +/- contrast
     gamma: tuple[float, ...] = (0.9, 1.1)  # gamma range
+    rgb_low_light: float = 0.0  # probability of a night-like RGB (dark + read noise); 0 = reference recipe
     num_workers: int = 0
 
     # --- model ---
@@ -139,6 +140,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be () or (H, W) positive multiples of 14, got {size}")
         if len(self.gamma) != 2 or not 0 < self.gamma[0] <= self.gamma[1]:
             raise ConfigError(f"gamma must be (low, high) with 0 < low <= high, got {self.gamma}")
+        if not 0.0 <= self.rgb_low_light <= 1.0:
+            raise ConfigError(f"rgb_low_light is a probability in [0, 1], got {self.rgb_low_light}")
         if self.pair_tolerance_s < 0 or self.frame_stride < 1:
             raise ConfigError("pair_tolerance_s must be >= 0 and frame_stride >= 1")
         if self.stage == "label_free" and self.distillation == "none":

@@ -499,6 +499,9 @@ class PairedFrames(Dataset):
         brightness: additive shift drawn from U(-b, b) (image in [0, 1]).
         contrast: factor drawn from U(1 - c, 1 + c) around the image mean.
         gamma: exponent range (low, high).
+        rgb_low_light: probability that a sample's RGB is also made a low-light frame (exposure times
+            U(0.04, 0.3), then Gaussian read noise of std U(0.005, 0.03)): the teacher then meets
+            night-like RGB in a day-only supervised stage. 0 = off (the reference recipe).
         reports: pairing reports of the sources (for logs / metrics).
     """
 
@@ -511,14 +514,18 @@ class PairedFrames(Dataset):
         brightness: float = 0.1,
         contrast: float = 0.1,
         gamma: tuple[float, float] = (0.9, 1.1),
+        rgb_low_light: float = 0.0,
         reports: Sequence[PairingReport] = (),
     ) -> None:
+        if not 0.0 <= rgb_low_light <= 1.0:
+            raise ValueError(f"rgb_low_light is a probability, got {rgb_low_light}")
         self.records = list(records)
         self.augment = augment
         self.seed = int(seed)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.gamma = (float(gamma[0]), float(gamma[1]))
+        self.rgb_low_light = float(rgb_low_light)
         self.reports = list(reports)
         self.epoch = 0
 
@@ -536,6 +543,13 @@ class PairedFrames(Dataset):
         out = (out - out.mean()) * c + out.mean() + b
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
+    @staticmethod
+    def _low_light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        exposure = rng.uniform(0.04, 0.3)
+        noise_std = rng.uniform(0.005, 0.03)
+        noisy = image * exposure + rng.normal(0.0, noise_std, size=image.shape)
+        return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
         thermal, rgb = r.thermal, r.rgb
@@ -543,6 +557,9 @@ class PairedFrames(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
             thermal = self._jitter(thermal, rng)
             rgb = self._jitter(rgb, rng)
+            # Drawn after the jitter (and only when enabled) so runs without it keep their samples.
+            if self.rgb_low_light > 0 and rng.random() < self.rgb_low_light:
+                rgb = self._low_light(rgb, rng)
         return {
             "thermal": preprocess.to_network_input_torch(torch.from_numpy(thermal)[None, None], thermal.shape, modality="thermal")[0],
             "rgb": preprocess.to_network_input_torch(torch.from_numpy(rgb)[None], rgb.shape[-2:], modality="rgb")[0],
@@ -584,6 +601,7 @@ def build_dataset(
     brightness: float = 0.1,
     contrast: float = 0.1,
     gamma: tuple[float, float] = (0.9, 1.1),
+    rgb_low_light: float = 0.0,
 ) -> PairedFrames:
     """``PairedFrames`` over every source (concatenated in the given order).
 
@@ -602,4 +620,5 @@ def build_dataset(
         reports.append(report)
     if not records:
         raise ConfigError("no thermal/RGB pairs in " + "; ".join(r.summary() for r in reports))
-    return PairedFrames(records, augment=augment, seed=seed, brightness=brightness, contrast=contrast, gamma=gamma, reports=reports)
+    return PairedFrames(records, augment=augment, seed=seed, brightness=brightness, contrast=contrast, gamma=gamma,
+                        rgb_low_light=rgb_low_light, reports=reports)

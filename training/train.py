@@ -218,7 +218,7 @@ def build_datasets(config: TrainConfig, student_cfg, ctx: DistContext):
     val_options = dataclasses.replace(options, gt_source="auto") if options.gt_source == "none" else options
 
     def make():
-        train = build_dataset(config.train_data, options, augment=config.augment, **kwargs)
+        train = build_dataset(config.train_data, options, augment=config.augment, rgb_low_light=config.rgb_low_light, **kwargs)
         val = build_dataset(config.val_data, val_options, augment=False, **kwargs) if config.val_data else None
         return train, val
 
