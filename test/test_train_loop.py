@@ -144,3 +144,25 @@ def test_export_writes_model_dir_and_onnx(bag, tmp_path):
     for k, v in trained.model.student.state_dict().items():
         assert torch.equal(student.state_dict()[k], v)
     assert Path(written["onnx"]).is_file() and written.get("tensorrt") is None  # no TensorRT on this machine
+
+
+@pytest.mark.slow
+def test_export_dual_float16_loads_for_adaptation_next_to_the_student(bag, tmp_path):
+    from monother_ros.adapt import load_dual
+    from training.train import export_student
+
+    trained = run(_config(bag, tmp_path / "run", "epochs=1"), progress=False)
+    out = tmp_path / "shipped"
+    written = export_student(tmp_path / "run", out, onnx=False, tensorrt="no", dual="float16")
+    assert Path(written["dual_dir"]) == out / "model" / "dual"
+    dual, cfg = load_dual(out / "model")  # a student folder: its teacher comes from <folder>/dual ...
+    assert dual.confidence_net is not None and cfg.name == "test-tiny"
+    assert all(p.dtype == torch.float32 for p in dual.parameters())
+    ref = trained.model.state_dict()
+    for k, v in dual.state_dict().items():
+        if k.startswith("student."):  # ... and its student is the float32 one
+            assert torch.equal(v, ref[k])
+        elif v.is_floating_point():  # teacher + confidence: float16-rounded copies
+            torch.testing.assert_close(v, ref[k], rtol=2e-3, atol=1e-4)
+    with pytest.raises(ConfigError):
+        export_student(tmp_path / "run", out, onnx=False, tensorrt="no", dual="bfloat8")

@@ -27,6 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", help="output folder (default RUN/export)")
     export.add_argument("--no-onnx", action="store_true")
     export.add_argument("--tensorrt", choices=("auto", "yes", "no"), default="auto")
+    export.add_argument("--dual", choices=("none", "float32", "float16"), default="none",
+                        help="also save student + RGB teacher + confidence network to OUT/model/dual in this dtype "
+                             "(what online adaptation and the teacher path load)")
     export.set_defaults(handler=_export)
 
 
@@ -44,6 +47,6 @@ def _export(args: argparse.Namespace) -> int:
 
     from training.train import export_student
 
-    written = export_student(args.run, args.out, onnx=not args.no_onnx, tensorrt=args.tensorrt)
+    written = export_student(args.run, args.out, onnx=not args.no_onnx, tensorrt=args.tensorrt, dual=args.dual)
     print(json.dumps({k: v for k, v in written.items() if k != "onnx_info"}, indent=2))
     return 0

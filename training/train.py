@@ -25,6 +25,7 @@ reproduces the uninterrupted run. An update whose gradient norm is not finite is
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -516,19 +517,26 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 # ----------------------------------------------------------------------------------------- export
 
 
-def export_student(run_dir: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True, tensorrt: str = "auto") -> dict[str, Any]:
+def export_student(run_dir: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True, tensorrt: str = "auto",
+                   dual: str = "none") -> dict[str, Any]:
     """Save the student of the latest checkpoint of ``run_dir`` in our model format, export ONNX, and
-    build a TensorRT engine where TensorRT and a GPU exist.
+    build a TensorRT engine where TensorRT and a GPU exist; optionally save the whole dual model too.
 
     Args:
         run_dir: a training run folder (with ``checkpoints/``) or one checkpoint directory.
         out_dir: where ``model/`` (safetensors + config.json) and ``model.onnx`` go; default ``run_dir/export``.
         onnx: export ONNX.
         tensorrt: ``auto`` (build when available), ``yes`` (fail when unavailable) or ``no``.
+        dual: ``none``, or ``float32`` / ``float16``: also save student + RGB teacher + confidence network
+            (kind ``monother_dual``) to ``<model dir>/dual`` in that dtype. Online adaptation and the node's
+            teacher path load it next to the student (``load_dual`` looks for ``<student>/dual``); float16
+            halves its size (loading casts back to the model's float32).
 
     Returns:
         Paths written and the ONNX metadata.
     """
+    if dual not in ("none", "float32", "float16"):
+        raise ConfigError(f"dual must be none, float32 or float16, got {dual!r}")
     from monother_ros.model.checkpoints import save_model
 
     run_dir = Path(run_dir)
@@ -546,6 +554,12 @@ def export_student(run_dir: str | Path, out_dir: str | Path | None = None, *, on
         "distillation": config.distillation, "seed": config.seed,
     })
     written: dict[str, Any] = {"model_dir": str(model_dir), "checkpoint": str(ckpt)}
+    if dual != "none":
+        dual_model = copy.deepcopy(model).eval().to(torch.float16 if dual == "float16" else torch.float32)
+        written["dual_dir"] = str(save_model(dual_model, student_cfg, Path(model_dir) / "dual", kind="monother_dual", metadata={
+            "source_checkpoint": str(ckpt), "step": int(state["step"]), "dtype": dual,
+            "confidence_width": config.confidence_width,
+        }))
     if onnx:
         from monother_ros.runtime.export import export_model_dir
 
