@@ -499,8 +499,8 @@ class PairedFrames(Dataset):
         brightness: additive shift drawn from U(-b, b) (image in [0, 1]).
         contrast: factor drawn from U(1 - c, 1 + c) around the image mean.
         gamma: exponent range (low, high).
-        rgb_low_light: probability that a sample's RGB is also made a low-light frame (exposure times
-            U(0.04, 0.3), then Gaussian read noise of std U(0.005, 0.03)): the teacher then meets
+        rgb_low_light: probability that a sample's RGB is also made a night-like frame (``_low_light``:
+            dim ambient light, lamp-lit pools, read noise): the teacher and the confidence network then meet
             night-like RGB in a day-only supervised stage. 0 = off (the reference recipe).
         reports: pairing reports of the sources (for logs / metrics).
     """
@@ -545,9 +545,18 @@ class PairedFrames(Dataset):
 
     @staticmethod
     def _low_light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        exposure = rng.uniform(0.04, 0.3)
+        """A night-like version of an RGB frame (3, H, W) in [0, 1]: a dim ambient level plus one to three
+        lamp-lit pools (Gaussian illumination), then read noise. Spatially varying on purpose: the teacher
+        fails in the dark parts only, which is what the confidence network has to learn to see."""
+        _, h, w = image.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        light = np.full((h, w), rng.uniform(0.02, 0.1), np.float32)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            sigma = rng.uniform(0.08, 0.3) * max(h, w)
+            light += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma * sigma))
         noise_std = rng.uniform(0.005, 0.03)
-        noisy = image * exposure + rng.normal(0.0, noise_std, size=image.shape)
+        noisy = image * np.minimum(light, 1.0) + rng.normal(0.0, noise_std, size=image.shape)
         return np.clip(noisy, 0.0, 1.0).astype(np.float32)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
