@@ -438,3 +438,30 @@ def test_hot_swap_from_the_model_topic_and_corrupt_model_refused(tmp_path):
             assert node.health().values["model hash"] != old_hash[:16]
             np.testing.assert_allclose(depth_now(2), expected_new, rtol=1e-5, equal_nan=True)
         node.destroy_node()
+
+
+def test_teacher_runner_takes_a_student_folder_carrying_its_dual(tmp_path):
+    """engines/default layout: student at the top, teacher + confidence net in ``dual/``; the student
+    weights used are the folder's own (not the dual's copy)."""
+    import shutil
+
+    import torch
+
+    from monother_ros.errors import ConfigError
+    from monother_ros.model.checkpoints import load_model, save_model
+    from monother_ros.ros.depth_node import TeacherRunner
+    from tiny_models import tiny_dual_dir
+
+    dual, config = load_model(tiny_dual_dir())
+    student = dual.student
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)  # differs from the dual's copy
+    folder = save_model(student, config, tmp_path / "shipped")
+    with pytest.raises(ConfigError, match="no .*/dual"):
+        TeacherRunner(folder)
+    shutil.copytree(tiny_dual_dir(), folder / "dual")
+    runner = TeacherRunner(folder)
+    assert runner.model.confidence_net is not None
+    for k, v in runner.model.student.state_dict().items():
+        assert torch.equal(v, student.state_dict()[k]), k

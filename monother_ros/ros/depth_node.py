@@ -248,7 +248,8 @@ class TeacherRunner:
     """The dual model (thermal student + RGB teacher + confidence U-Net) on the torch backend.
 
     Args:
-        model_dir: a saved dual model folder (``save_model(..., kind="monother_dual")``).
+        model_dir: a saved dual model folder (``save_model(..., kind="monother_dual")``), or a student
+            folder with its dual in ``<model_dir>/dual`` (the shipped ``engines/default``).
         input_hw: network input (h, w), multiples of 14; default the model's.
         device: torch device.
         num_threads: torch CPU threads (None = default).
@@ -273,10 +274,16 @@ class TeacherRunner:
                               f"network), not an ONNX file: {model_dir}")
         _, _, meta = read_model_dir(model_dir)
         kind = str(meta.get("kind"))
-        if kind != "monother_dual":
+        if kind == "monother_dual":
+            model, config = load_model(model_dir, map_location=device)
+        elif (Path(model_dir) / "dual" / "config.json").is_file():
+            # A student folder carrying its dual (as engines/default does): this student, that teacher.
+            from monother_ros.adapt.learner import load_dual
+
+            model, config = load_dual(model_dir, device=device)
+        else:
             raise ConfigError(f"teacher.enabled needs a dual model (student + RGB teacher + confidence network), "
-                              f"but {model_dir} holds a '{kind}' model without a teacher")
-        model, config = load_model(model_dir, map_location=device)
+                              f"but {model_dir} holds a '{kind}' model without a teacher (and no {model_dir}/dual)")
         if getattr(model, "confidence_net", None) is None:
             raise ConfigError(f"teacher.enabled: the dual model in {model_dir} has no confidence network")
         self.model = model.eval()
