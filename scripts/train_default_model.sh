@@ -18,13 +18,14 @@ BAGS=$W/bags
 CACHE=$W/cache
 mkdir -p "$BAGS" "$CACHE"
 
-# ---- data (fixed seeds; seconds per bag; 30 thermal frames per simulated second)
-STAGE1_SEEDS="101 102 103 104 105 106 107 108"   # urban, day
-STAGE2_SEEDS="201 202 203 204 205 206 207 208"   # campus, night
+# ---- data (fixed seeds; seconds per bag; 30 thermal frames per simulated second). Many short bags (one
+# scene each) rather than a few long ones: 8 scenes x 30 frames generalised poorly to the other family.
+STAGE1_SEEDS="$(seq -s ' ' 101 164)"             # urban, day: 64 scenes
+STAGE2_SEEDS="$(seq -s ' ' 201 264)"             # campus, night: 64 scenes
 HELDOUT_SEED=901                                  # campus, night: evaluation only, never trained on
 DAY_CHECK_SEED=911                                # urban, day: stage-1 domain check, never trained on
 REGRESS_SEED=902                                  # campus, night, 0.3 s: test/test_default_model.py's bag
-BAG_SECONDS=${BAG_SECONDS:-1.0}
+BAG_SECONDS=${BAG_SECONDS:-0.25}                  # 8 thermal frames; training keeps every 2nd (frame_stride)
 HELDOUT_SECONDS=${HELDOUT_SECONDS:-2.0}
 
 sim() {  # sim OUT SECONDS SEED SCENARIO FAMILY
@@ -48,9 +49,11 @@ list() {  # list PREFIX SEEDS -> [a,b,c]
 # model card): monother-default (128-wide ViT, 6 blocks, metric_sigmoid + confidence head) trained and
 # shipped at 112x140; confidence U-Net at base width 16 (official 64). From scratch (no pretrained
 # encoder), so the encoder/DPT learn at the full lr (encoder_lr_factor 1, not MonoTher's 1/50).
-# Stage 1 trains BatchNorm (freeze_batchnorm=false) and the confidence net at lr x 0.2: with frozen init
+# Stage 1 turns half of the RGB frames into night-like ones (rgb_low_light=0.5: dim, lamp-lit pools, noise) so the day-trained teacher has met night-like
+# RGB before it teaches at night. Stage 1 trains BatchNorm (freeze_batchnorm=false) and the confidence net at lr x 0.2: with frozen init
 # statistics the U-Net saw raw metres and its sigmoid saturated for good in the first epoch (see the card).
-COMMON="model=monother-default input_size=[112,140] confidence_width=16 cache_dir=$CACHE val_data=[] encoder_lr_factor=1.0 seed=0"
+INPUT_SIZE=${INPUT_SIZE:-[224,280]}                # the preset size: 16x20 patches (112x140 gave 8x10, too coarse)
+COMMON="model=monother-default input_size=$INPUT_SIZE confidence_width=16 cache_dir=$CACHE val_data=[] encoder_lr_factor=1.0 seed=0 frame_stride=2"
 STAGE1_EPOCHS=${STAGE1_EPOCHS:-8}
 STAGE2_EPOCHS=${STAGE2_EPOCHS:-3}
 THREADS=${THREADS:-2}
@@ -67,7 +70,7 @@ phase_stage1() {
   timed stage1 $PY -m training.train config/train/stage1_day_urban.yaml $COMMON \
     out_dir=$W/stage1 train_data="$(list urban_day "$STAGE1_SEEDS")" \
     epochs=$STAGE1_EPOCHS lr=5.0e-4 div_factor=10 pct_start=0.15 final_div_factor=100 threads=$THREADS \
-    freeze_batchnorm=false confidence_lr_factor=0.2 --no-progress
+    freeze_batchnorm=false confidence_lr_factor=0.2 rgb_low_light=${RGB_LOW_LIGHT:-0.5} --no-progress
   $PY -m monother_ros.cli export-model $W/stage1 --out $W/stage1 --tensorrt no
 }
 
@@ -76,7 +79,7 @@ phase_stage2() {  # phase_stage2 NAME CONFIG : label-free run from the stage-1 c
   timed "$1" $PY -m training.train "$2" $COMMON \
     out_dir=$W/$1 init_from=$W/stage1/checkpoints train_data="$(list campus_night "$STAGE2_SEEDS")" \
     epochs=$STAGE2_EPOCHS lr=1.0e-4 threads=${STAGE2_THREADS:-1} --no-progress
-  $PY -m monother_ros.cli export-model $W/$1 --out $W/$1 --tensorrt no
+  $PY -m monother_ros.cli export-model $W/$1 --out $W/$1 --tensorrt no --dual float16
 }
 
 EVAL="--backend onnxruntime --num-threads 1 --no-progress"
@@ -92,10 +95,11 @@ phase_eval() {  # the three-row ablation table on the held-out bag + the confide
   $PY scripts/default_model_confidence.py "$BAGS/heldout_campus_night_s$HELDOUT_SEED" --model $W/stage1/model.onnx --out "$W/confidence_stage1"
 }
 
-phase_ship() {  # engines/default = the full stage-2 student (MODEL_CARD.md is written by hand from $W/eval)
-  mkdir -p engines/default
+phase_ship() {  # engines/default = the full stage-2 student + its dual (float16) for adaptation / teacher path
+  mkdir -p engines/default          # (MODEL_CARD.md is written by hand from $W/eval)
   cp $W/stage2_full/model/model.safetensors $W/stage2_full/model/config.json $W/stage2_full/model/metadata.json \
      $W/stage2_full/model.onnx engines/default/
+  rm -rf engines/default/dual && cp -r $W/stage2_full/model/dual engines/default/dual
   cp "$W/confidence/confidence_ranking.png" engines/default/confidence_ranking.png
 }
 
