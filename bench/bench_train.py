@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_train.py [--frames 24] [--stage supervised] [--bag PATH]
 
-Writes (or reuses) a simulated day bag, then trains one epoch of the default recipe (model
-``monother-default`` at its input size, global batch 4, stage 1 with full distillation) twice on the
+Writes (or reuses) a simulated day bag, then trains one epoch of the shipped recipe (model
+``monother-default`` at 112x140, confidence width 16, global batch 4, stage 1 with full distillation) twice on the
 same data: once in one process using every core (``threads`` = CPU count), once as two gloo processes
 (torchrun semantics, each with CPU count / 2 threads, per-rank batch 2). Throughput is the epoch's
 samples / s from the run's ``metrics.jsonl`` (training steps only: data decoding, validation and
@@ -37,6 +37,7 @@ def _overrides(args, out: Path, threads: int) -> list[str]:
         f"train_data=[{args.bag}]", f"out_dir={out}", f"model={args.model}", f"stage={args.stage}",
         "distillation=full", "epochs=1", "batch_size=4", f"max_frames_per_source={args.frames}",
         f"threads={threads}", "device=cpu", f"cache_dir={out.parent / 'cache'}",
+        f"input_size=[{args.input_size.replace('x', ',')}]", f"confidence_width={args.confidence_width}",
     ]
 
 
@@ -60,6 +61,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=24, help="training pairs (multiple of 4)")
     parser.add_argument("--model", default="monother-default")
     parser.add_argument("--stage", default="supervised", choices=("supervised", "label_free"))
+    # Defaults: the shipped model's recipe (scripts/train_default_model.sh).
+    parser.add_argument("--input-size", default="112x140", help="network input HxW (multiples of 14)")
+    parser.add_argument("--confidence-width", type=int, default=16, help="confidence U-Net base width")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--single-threads", type=int, default=0, help="threads of the one-process run (default: all cores)")
     parser.add_argument("--skip-ddp", action="store_true", help="only the one-process run")
