@@ -107,7 +107,7 @@ def pretrain_source_model(source: Sequence[PairSample], teacher_extra: Sequence[
     torch.manual_seed(seed)
     config = get_preset(preset).replace(modality="thermal", input_size=tuple(hw))
     dual = MonotherDual(config)
-    params = prepare_stage(dual, "supervised")
+    prepare_stage(dual, "supervised")  # train modes + requires_grad
     branch_params = [p for n, p in dual.named_parameters() if p.requires_grad and not n.startswith("confidence_net.")]
     conf_params = [p for n, p in dual.named_parameters() if p.requires_grad and n.startswith("confidence_net.")]
     opt = torch.optim.AdamW(branch_params, lr=lr, weight_decay=0.01)
@@ -211,16 +211,23 @@ def adapt_once(name: str, dual: torch.nn.Module, stream: Sequence[PairSample], e
 def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "test-tiny", hw: tuple[int, int] = (42, 56),
                    source: str = "urban", target: str = "campus", n_stream: int = 24, n_eval: int = 8,
                    pretrain_steps: int = 300, confidence_steps: int = 20, steps: int = 40, seed: int = 0, night: bool = True,
-                   no_confidence: bool = True, config: Optional[LearnerConfig] = None, log=print) -> dict[str, Any]:
-    """The whole experiment; returns {"runs": {name: AdaptRun}, "table": markdown, ...}."""
+                   no_confidence: bool = True, config: Optional[LearnerConfig] = None, stream_scenario: str = "day",
+                   save_source: str = "", log=print) -> dict[str, Any]:
+    """The whole experiment; returns {"runs": {name: AdaptRun}, "table": markdown, ...}.
+
+    ``stream_scenario`` ``fog``: the target stream (and an extra held-out set) is foggy daylight, where the
+    RGB teacher loses the far range while the thermal camera does not. ``save_source``: save the stand-in
+    source model there (a dual model folder, reusable with ``--model``)."""
     t0 = time.perf_counter()
     stream_t = np.arange(n_stream) * 0.7 + 1.0
     eval_t = np.arange(n_eval) * 1.3 + 2.0
     data = {
-        "target_stream": render_samples(target, "day", seed + 11, stream_t, hw),
+        "target_stream": render_samples(target, stream_scenario, seed + 11, stream_t, hw),
         "target_day": render_samples(target, "day", seed + 101, eval_t, hw),
         "source_day": render_samples(source, "day", seed + 102, eval_t, hw),
     }
+    if stream_scenario != "day":
+        data[f"target_{stream_scenario}"] = render_samples(target, stream_scenario, seed + 104, eval_t, hw)
     if night:
         data["night_stream"] = render_samples(target, "night", seed + 12, stream_t, hw)
         data["target_night"] = render_samples(target, "night", seed + 103, eval_t, hw)
@@ -231,7 +238,14 @@ def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "tes
         tgt_rgb = render_samples(target, "day", seed + 2, np.arange(n_stream) * 0.9 + 0.5, hw)
         dual = pretrain_source_model(src_train, tgt_rgb, preset=preset, hw=hw, steps=pretrain_steps,
                                      confidence_steps=confidence_steps, seed=seed, log=log)
+        if save_source:
+            from monother_ros.model.checkpoints import save_model
+
+            save_model(dual, dual.student.config, save_source, kind="monother_dual",
+                       metadata={"pretrain_steps": pretrain_steps, "confidence_steps": confidence_steps, "seed": seed})
     eval_sets = {"target_day": data["target_day"], "source_day": data["source_day"]}
+    if stream_scenario != "day":
+        eval_sets[f"target_{stream_scenario}"] = data[f"target_{stream_scenario}"]
     if night:
         eval_sets["target_night"] = data["target_night"]
     base = config or LearnerConfig(
@@ -286,6 +300,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="folder for results.json and table.md")
+    parser.add_argument("--stream-scenario", default="day", choices=["day", "fog"],
+                        help="target stream weather (fog: the RGB teacher loses the far range)")
+    parser.add_argument("--no-night", action="store_true", help="skip the night stream run and set")
+    parser.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP weight towards the source weights (0 = off)")
+    parser.add_argument("--save-source", default="", help="without --model: save the stand-in source model here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -299,12 +318,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = LearnerConfig(
         buffer_size=max(args.stream, 8), holdout_every=5, holdout_size=16, min_buffer=4, min_holdout=2,
         batch_size=args.batch, steps_per_round=10, lr=args.lr, num_threads=0, seed=args.seed,
+        anchor_weight=args.anchor_weight,
         keyframe=KeyframeConfig(min_confidence=0.002, min_mask_fraction=0.02, min_image_change=0.0,
                                 min_translation_m=0.3, min_rotation_deg=3.0))
     result = run_experiment(dual=dual, preset=args.preset, hw=hw, source=args.source, target=args.target,
                             n_stream=args.stream, n_eval=args.eval, pretrain_steps=args.pretrain_steps,
                             confidence_steps=args.confidence_steps, steps=args.steps,
-                            seed=args.seed, config=config)
+                            seed=args.seed, config=config, stream_scenario=args.stream_scenario,
+                            night=not args.no_night, save_source=args.save_source)
     print(result["table"])
     print(f"total {result['seconds']:.0f} s at {hw[0]}x{hw[1]}")
     if args.out:

@@ -257,3 +257,23 @@ def test_load_dual_from_a_student_folder_with_its_teacher(dual, tmp_path):
     other = save_model(dual.student, dual.student.config.replace(max_depth_m=20.0), tmp_path / "other")
     with pytest.raises(ConfigError, match="does not match"):
         load_dual(other, folder / "dual")
+
+
+@pytest.mark.slow
+def test_anchor_weight_keeps_the_student_near_the_shipped_weights(dual):
+    def drift(anchor: float) -> float:
+        torch.manual_seed(0)
+        learner = OnlineLearner(copy.deepcopy(dual), _config(lr=1e-3, encoder_lr_factor=1.0, reject_threshold=10.0,
+                                                             anchor_weight=anchor, steps_per_round=5))
+        _fill(learner)
+        learner.train_round(budget=False)
+        student = learner.model.student.state_dict()
+        return float(sum(((student[k].float() - v.float()) ** 2).sum() for k, v in learner.shipped_state.items()
+                         if v.is_floating_point()))
+
+    free, anchored = drift(0.0), drift(1e4)
+    assert free > 0 and anchored < 0.5 * free, (free, anchored)
+    from monother_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor_weight"):
+        LearnerConfig(anchor_weight=-1.0)

@@ -104,6 +104,9 @@ class LearnerConfig:
     encoder_lr_factor: float = 0.1  # encoder + DPT head at lr * factor
     weight_decay: float = 0.01
     grad_clip: float = 0.1  # max global gradient norm; 0 = off
+    # L2-SP: + anchor_weight * sum((w - w_shipped)^2) over the student's trainable weights. Limits forgetting
+    # of the place the shipped model was trained for (the held-out guard only sees the new place). 0 = off.
+    anchor_weight: float = 0.0
     steps_per_round: int = 10  # optimiser steps between two candidate evaluations
     max_steps_per_second: float = 2.0  # 0 = unlimited
     duty_cycle: float = 0.5  # largest fraction of wall time spent in training steps, (0, 1]
@@ -131,7 +134,7 @@ class LearnerConfig:
             problems.append(f"distillation must be no_confidence or full, got {self.distillation!r}")
         if not 0 < self.duty_cycle <= 1:
             problems.append("duty_cycle must be in (0, 1]")
-        for name in ("lr", "encoder_lr_factor", "weight_decay", "grad_clip", "max_steps_per_second", "reject_threshold",
+        for name in ("lr", "encoder_lr_factor", "weight_decay", "grad_clip", "anchor_weight", "max_steps_per_second", "reject_threshold",
                      "consistency_weight", "smoothness_weight", "student_nll_weight", "score_min_confidence"):
             if not float(getattr(self, name)) >= 0:
                 problems.append(f"{name} must be >= 0")
@@ -408,6 +411,7 @@ class OnlineLearner:
         self._trainable = prepare_stage(self.model, "label_free")
         shipped = shipped_state if shipped_state is not None else self.model.student.state_dict()
         self.shipped_state = {k: v.detach().to("cpu", copy=True) for k, v in shipped.items()}
+        self._anchor: Optional[dict[str, torch.Tensor]] = None  # shipped weights on the device (anchor_weight)
         self.on_update = on_update
 
         self.buffer = ReplayBuffer(config.buffer_size, eviction=config.eviction, sampling=config.sampling,
@@ -578,13 +582,24 @@ class OnlineLearner:
         with self._train_lock:
             result = training_step(self.model, batch, stage="label_free", distillation=c.distillation, weights=weights,
                                    min_depth=self.min_depth)
+            total = result.total
+            if c.anchor_weight > 0:
+                total = total + c.anchor_weight * self._anchor_penalty()
             self._optimizer.zero_grad(set_to_none=True)
-            result.total.backward()
+            total.backward()
             if c.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self._trainable, c.grad_clip)
             self._optimizer.step()
             self.counters["steps"] += 1
         return float(result.losses["total"])
+
+    def _anchor_penalty(self) -> torch.Tensor:
+        """sum((w - w_shipped)^2) over the student's trainable weights (L2-SP)."""
+        if self._anchor is None:
+            self._anchor = {k: v.to(self.device) for k, v in self.shipped_state.items()}
+        terms = [((p - self._anchor[name]) ** 2).sum() for name, p in self.model.student.named_parameters()
+                 if p.requires_grad and name in self._anchor]
+        return torch.stack(terms).sum()
 
     def _budget_wait(self, step_seconds: float) -> None:
         c = self.config

@@ -123,6 +123,8 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("train.encoder_lr_factor", float, 0.1, "learning-rate factor of the encoder and DPT head",
                   in_range(0.0, 1.0)),
         ParamSpec("train.grad_clip", float, 0.1, "max gradient norm; 0 = off", non_negative),
+        ParamSpec("train.anchor_weight", float, 0.0, "L2-SP weight pulling the student towards the shipped weights "
+                  "(limits forgetting of the original place); 0 = off", non_negative),
         ParamSpec("train.steps_per_round", int, 10, "steps between two candidate evaluations", in_range(1, 100000)),
         ParamSpec("train.max_steps_per_second", float, 2.0, "compute budget: most training steps per second; 0 = "
                   "unlimited", non_negative),
@@ -186,7 +188,7 @@ def learner_config_from_params(p: dict[str, Any], checkpoint_dir: str):
         min_buffer=p["buffer.min_pairs"], min_holdout=p["buffer.min_holdout"], keyframe=keyframe,
         confidence_gate=p["keyframe.confidence_gate"], distillation=p["train.distillation"],
         batch_size=p["train.batch_size"], lr=p["train.lr"], encoder_lr_factor=p["train.encoder_lr_factor"],
-        grad_clip=p["train.grad_clip"], steps_per_round=p["train.steps_per_round"],
+        grad_clip=p["train.grad_clip"], anchor_weight=p["train.anchor_weight"], steps_per_round=p["train.steps_per_round"],
         max_steps_per_second=p["train.max_steps_per_second"], duty_cycle=p["train.duty_cycle"],
         num_threads=p["train.num_threads"], reject_threshold=p["guard.reject_threshold"],
         max_rejections=p["guard.max_rejections"], checkpoint_dir=checkpoint_dir, keep_checkpoints=p["checkpoint.keep"],
