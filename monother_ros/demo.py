@@ -162,13 +162,13 @@ def run_pipeline(out_dir: str | Path, *, seconds: float = DEMO_PIPELINE_SECONDS,
 
     Writes ``<out_dir>/depth_outputs`` (rosbag2, mcap: depth/image, depth/confidence, depth/camera_info,
     depth/points every 5th), ``pipeline.png`` (rows: sample frames; columns: thermal input, depth
-    coloured on a log scale 1-80 m, confidence 0-1) and ``summary.json`` / ``summary.md``.
+    coloured on a log scale 1-80 m, confidence on a log scale 1e-4 to 1) and ``summary.json`` / ``summary.md``.
 
     Returns:
         {"bag", "pictures", "summary": paths, "placeholder": bool, "data": the summary dict}.
     """
     from monother_ros.ros.commands import RigOptions, record_rig
-    from monother_ros.sim.preview import _HOT, apply_colormap, colorize_depth, colorize_thermal, mosaic, save_png
+    from monother_ros.sim.preview import colorize_confidence, colorize_depth, colorize_thermal, mosaic, save_png
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def run_pipeline(out_dir: str | Path, *, seconds: float = DEMO_PIPELINE_SECONDS,
     print(f"running the pipeline (simulated rig + thermal_depth) for {seconds:g} s ...", file=sys.stderr, flush=True)
     run = record_rig(options, bag, seconds=seconds)
     rec = run["recorder"]
-    rows = [[colorize_thermal(s["thermal"]), colorize_depth(s["depth"]), apply_colormap(s["confidence"], _HOT)]
+    rows = [[colorize_thermal(s["thermal"]), colorize_depth(s["depth"]), colorize_confidence(s["confidence"])]
             for s in run["samples"]]
     pictures = out / "pipeline.png"
     if rows:
@@ -220,7 +220,7 @@ def _summary_markdown(data: dict[str, Any]) -> str:
                   "latencies are real.**", ""]
     lines += [f"- model: `{data['model']}`", f"- ran {rec['seconds']:.1f} s (simulated rig at render scale "
               f"{data['sim_render_scale']})", f"- outputs bag: `{data['bag']}`",
-              f"- pictures: `{data['pictures']}` (columns: thermal input, depth 1-80 m log scale, confidence 0-1)",
+              f"- pictures: `{data['pictures']}` (columns: thermal input, depth 1-80 m log scale, confidence 1e-4 to 1 log scale)",
               "", "| measure | value |", "|---|---|"]
     rows = [
         ("depth/image received (rate)",

@@ -275,7 +275,7 @@ def _sparse_visible(depth_rgb: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def _mosaics(run: Any, out_dir: Path) -> dict[str, str]:
-    from monother_ros.sim.preview import apply_colormap, colorize_depth, colorize_thermal, mosaic, save_png
+    from monother_ros.sim.preview import colorize_confidence, colorize_depth, colorize_thermal, mosaic, save_png
 
     pics: dict[str, str] = {}
     max_d = run.options.max_depth
@@ -291,13 +291,13 @@ def _mosaics(run: Any, out_dir: Path) -> dict[str, str]:
                 row.append(colorize_depth(pred, max_d))
                 row.append(_error_image(pred, sample.gt))
                 if conf is not None:
-                    row.append(apply_colormap(np.clip(conf, 0, 1), np.array([[0, 0, 0], [255, 255, 255]], np.float32)))
+                    row.append(colorize_confidence(conf))
             rows.append(row)
         if not rows:
             continue
         name = f"mosaic_{bag}.png"
         save_png(mosaic(rows, tile_width=256), Path(out_dir) / name)
-        cols = ["thermal", "GT"] + [f"{m}: depth, |err|/gt (0-50 %), confidence" for m in models]
+        cols = ["thermal", "GT"] + [f"{m}: depth, |err|/gt (0-50 %), confidence (log, 1e-4 to 1)" for m in models]
         pics[f"Frames of {bag} ({' | '.join(cols)})"] = name
     return pics
 

@@ -35,6 +35,16 @@ def colorize_depth(depth: np.ndarray, max_depth: float = 80.0) -> np.ndarray:
     return apply_colormap(v, _DEPTH)
 
 
+def colorize_confidence(confidence: np.ndarray, floor: float = 1e-4) -> np.ndarray:
+    """Confidence (H, W) in (0, 1] -> (H, W, 3) uint8 on a log scale from ``floor`` (black) to 1 (white);
+    NaN black. Log because MonoTher confidences are NLL-calibrated, c = 0.002 / |error in m|: most of
+    them lie between 1e-4 and 0.1, which a linear 0-1 scale shows as black."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.log(np.clip(confidence, floor, 1.0) / floor) / np.log(1.0 / floor)
+    v = np.where(np.isfinite(confidence), v, np.nan)
+    return apply_colormap(v, _HOT)
+
+
 def mosaic(rows: list[list[np.ndarray]], tile_width: int = 320, *, tile_height: int | None = None) -> np.ndarray:
     """Grid of (H, W, 3) uint8 images with 4 px gaps, aspect ratios kept.
 
