@@ -77,7 +77,7 @@ class TrainConfig:
     brightness: float = 0.1  # additive jitter range +/- (images in [0, 1])
     contrast: float = 0.1  # multiplicative jitter range 1 +/- contrast
     gamma: tuple[float, ...] = (0.9, 1.1)  # gamma range
-    rgb_low_light: float = 0.0  # probability of a night-like RGB (dark + read noise); 0 = reference recipe
+    rgb_low_light: float = 0.0  # probability of a night-like RGB (dim, lamp-lit pools, read noise); 0 = reference recipe
     num_workers: int = 0
 
     # --- model ---
