@@ -26,7 +26,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         *data_files_under("launch", "*.py"),
         *data_files_under("config", "*.yaml", "*.xml", "*.rviz"),
-        *data_files_under("engines", "*.json", "*.onnx", "*.safetensors", "*.md"),
+        *data_files_under("engines", "*.json", "*.onnx", "*.safetensors", "*.md", "*.png"),
     ],
     install_requires=["setuptools"],
     zip_safe=False,
