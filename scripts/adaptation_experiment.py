@@ -173,18 +173,9 @@ def load_source_model(model: str, teacher: str = "") -> torch.nn.Module:
     """A dual model from a dual folder, a student folder + ``teacher``, or a training run / checkpoint."""
     path = Path(model)
     if (path / "state.pt").is_file() or (path / "checkpoints").is_dir() or path.name == "checkpoints":
-        from training.checkpointing import latest_checkpoint, read_checkpoint
-        from training.config import TrainConfig
-        from training.train import build_model
+        from training.train import load_trained
 
-        ckpt = path if (path / "state.pt").is_file() else latest_checkpoint(path.parent if path.name == "checkpoints" else path)
-        if ckpt is None:
-            raise SystemExit(f"{model}: no training checkpoint")
-        tensors, state = read_checkpoint(ckpt)
-        cfg = TrainConfig.from_dict(state["config"]).replace(init_from="scratch", student_init="", teacher_init="")
-        dual, _, _ = build_model(cfg)
-        dual.load_state_dict(tensors, strict=True)
-        return dual.eval()
+        return load_trained(path)[0].eval()
     dual, _ = load_dual(path, teacher or None)
     return dual.eval()
 

@@ -517,6 +517,30 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 # ----------------------------------------------------------------------------------------- export
 
 
+def load_trained(run_or_checkpoint: str | Path):
+    """The dual model of a training run's latest checkpoint (or of one checkpoint directory; a run's
+    ``checkpoints`` folder works too).
+
+    Returns:
+        ``(model, student ModelConfig, TrainConfig, checkpoint dir, checkpoint state)``.
+
+    Raises:
+        CheckpointError: no training checkpoint there.
+    """
+    path = Path(run_or_checkpoint)
+    if (path / "state.pt").is_file():
+        ckpt = path
+    else:
+        ckpt = latest_checkpoint(path.parent if path.name == "checkpoints" else path)
+    if ckpt is None:
+        raise CheckpointError(f"{path}: no training checkpoint")
+    tensors, state = read_checkpoint(ckpt)
+    config = TrainConfig.from_dict(state["config"]).replace(init_from="scratch", student_init="", teacher_init="")
+    model, student_cfg, _ = build_model(config)
+    model.load_state_dict(tensors, strict=True)
+    return model, student_cfg, config, ckpt, state
+
+
 def export_student(run_dir: str | Path, out_dir: str | Path | None = None, *, onnx: bool = True, tensorrt: str = "auto",
                    dual: str = "none") -> dict[str, Any]:
     """Save the student of the latest checkpoint of ``run_dir`` in our model format, export ONNX, and
@@ -540,13 +564,7 @@ def export_student(run_dir: str | Path, out_dir: str | Path | None = None, *, on
     from monother_ros.model.checkpoints import save_model
 
     run_dir = Path(run_dir)
-    ckpt = run_dir if (run_dir / "state.pt").is_file() else latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise CheckpointError(f"{run_dir}: no training checkpoint to export")
-    tensors, state = read_checkpoint(ckpt)
-    config = TrainConfig.from_dict(state["config"]).replace(init_from="scratch", student_init="", teacher_init="")
-    model, student_cfg, _ = build_model(config)
-    model.load_state_dict(tensors, strict=True)
+    model, student_cfg, config, ckpt, state = load_trained(run_dir)
     out = Path(out_dir) if out_dir else (run_dir if ckpt != run_dir else ckpt.parent.parent) / "export"
     out.mkdir(parents=True, exist_ok=True)
     model_dir = save_model(model.student.eval(), student_cfg, out / "model", metadata={
