@@ -1018,6 +1018,17 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
         if own:
             for predictor in predictors:
                 predictor.close()
+    return finish_run(run, out, t0)
+
+
+def finish_run(run: EvalRun, out: Path, t0: float) -> EvalRun:
+    """Stamp the wall time, write every output (metrics, report, pictures) and fail when nothing was scored.
+
+    Raises:
+        MonotherError: no frame was scored (the outputs are written first).
+    """
+    from monother_ros.eval import report
+
     run.wall_s = time.perf_counter() - t0
     report.write_all(run, out)
     if run.frames_scored == 0:

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from monother_ros.errors import BagError, ConfigError, MonotherError
-from monother_ros.eval.evaluate import EvalFrame, EvalOptions, EvalRun, ModelSpec, Prediction, evaluate_bag
+from monother_ros.eval.evaluate import (EvalFrame, EvalOptions, EvalRun, ModelSpec, Prediction, evaluate_bag,
+                                        finish_run)
 
 __all__ = ["LiveOptions", "RecordedPredictor", "evaluate_live"]
 
@@ -151,12 +152,7 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
             live_stats["latency_ms"] = _latency_stats(recording)
             run.wall_s = time.perf_counter() - t0
             report.write_metrics(run, out)
-    run.wall_s = time.perf_counter() - t0
-    report.write_all(run, out)
-    if run.frames_scored == 0:
-        raise MonotherError("nothing could be scored: " + ("; ".join(run.errors) or "no frame had ground truth")
-                            + f" (see {out / 'metrics.json'})")
-    return run
+    return finish_run(run, out, t0)
 
 
 def _bag_name(run: EvalRun, bag: Path, model: str) -> str:
