@@ -166,3 +166,31 @@ def test_export_dual_float16_loads_for_adaptation_next_to_the_student(bag, tmp_p
             torch.testing.assert_close(v, ref[k], rtol=2e-3, atol=1e-4)
     with pytest.raises(ConfigError):
         export_student(tmp_path / "run", out, onnx=False, tensorrt="no", dual="bfloat8")
+
+
+@pytest.mark.slow
+def test_teacher_init_from_a_dual_model_and_a_gentler_teacher_lr(bag, tmp_path):
+    """A pretrained RGB teacher (the teacher branch of an exported dual) starts a new run, fine-tuned at
+    lr * teacher_lr_factor; the student and confidence network keep their own rates."""
+    from training.train import export_student, param_groups
+
+    pre = run(_config(bag, tmp_path / "pre", "epochs=1"), progress=False)
+    export_student(tmp_path / "pre", tmp_path / "pre_export", onnx=False, tensorrt="no", dual="float32")
+    dual_dir = tmp_path / "pre_export" / "model" / "dual"
+    cfg = _config(bag, tmp_path / "next", f"teacher_init={dual_dir}", "teacher_lr_factor=0.1", "confidence_lr_factor=0.5")
+    torch.manual_seed(0)
+    model, _, _ = build_model(cfg)
+    fresh = _initial_weights(bag, tmp_path)
+    for k, v in model.state_dict().items():
+        if k.startswith("teacher."):
+            assert torch.equal(v, pre.model.state_dict()[k])
+        elif v.is_floating_point():
+            assert torch.equal(v, fresh[k])  # student and confidence network untouched
+    lrs = {g["name"]: g["lr"] for g in param_groups(model, cfg)}
+    # (the teacher has no parameters outside its encoder and DPT head, so no "teacher_heads" group)
+    assert lrs == pytest.approx({"encoder_dpt": 1e-3, "heads": 1e-3, "confidence_net": 5e-4, "teacher_encoder_dpt": 1e-4})
+    teacher_ids = {id(p) for p in model.teacher.parameters()}
+    for g in param_groups(model, cfg):
+        assert all((id(p) in teacher_ids) == g["name"].startswith("teacher_") for p in g["params"])
+    default_groups = [g["name"] for g in param_groups(model, _config(bag, tmp_path / "x"))]
+    assert default_groups == ["encoder_dpt", "confidence_net", "heads"]  # factor 1: the reference grouping

@@ -98,6 +98,7 @@ class TrainConfig:
     lr: float = 8.5e-5
     encoder_lr_factor: float = 0.02  # encoder (pretrained.*) and DPT head (depth_head.*) at lr * factor
     confidence_lr_factor: float = 1.0  # confidence network at lr * factor
+    teacher_lr_factor: float = 1.0  # every RGB-teacher parameter at lr * (its group's factor) * this
     weight_decay: float = 0.01
     betas: tuple[float, ...] = (0.9, 0.999)
     pct_start: float = 0.7
@@ -132,8 +133,8 @@ class TrainConfig:
             raise ConfigError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
         if self.lr <= 0 or not 0 < self.pct_start < 1:
             raise ConfigError(f"need lr > 0 and 0 < pct_start < 1, got {self.lr}, {self.pct_start}")
-        if self.encoder_lr_factor < 0 or self.confidence_lr_factor < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("encoder_lr_factor, confidence_lr_factor, weight_decay and grad_clip must be >= 0")
+        if min(self.encoder_lr_factor, self.confidence_lr_factor, self.teacher_lr_factor, self.weight_decay, self.grad_clip) < 0:
+            raise ConfigError("encoder_lr_factor, confidence_lr_factor, teacher_lr_factor, weight_decay and grad_clip must be >= 0")
         for name in ("input_size", "rgb_input_size"):
             size = getattr(self, name)
             if size and (len(size) != 2 or any(s <= 0 or s % 14 for s in size)):

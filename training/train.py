@@ -141,7 +141,10 @@ def build_model(config: TrainConfig):
                          confidence_width=config.confidence_width)
     for branch_name, path in (("student", config.student_init), ("teacher", config.teacher_init)):
         if path:
-            tensors, _, _ = read_model_dir(path)
+            tensors, _, meta = read_model_dir(path)
+            if meta.get("kind") == "monother_dual":  # a whole dual model: take this branch's weights
+                prefix = branch_name + "."
+                tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             result = getattr(model, branch_name).load_state_dict(tensors, strict=False)
             if result.unexpected_keys or result.missing_keys:
                 raise CheckpointError(f"{branch_name}_init {path}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
@@ -159,18 +162,22 @@ def build_model(config: TrainConfig):
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups of the trainable parameters: encoder + DPT at ``lr * encoder_lr_factor``, the
     confidence network at ``lr * confidence_lr_factor``, the rest (metric heads, student confidence
-    head) at ``lr``. Empty groups are left out."""
-    buckets: dict[str, list[nn.Parameter]] = {"encoder_dpt": [], "confidence_net": [], "heads": []}
+    head) at ``lr``; every RGB-teacher parameter additionally at ``teacher_lr_factor`` (a pretrained teacher
+    fine-tuned gently). Empty groups are left out."""
+    factors = {"encoder_dpt": config.encoder_lr_factor, "confidence_net": config.confidence_lr_factor, "heads": 1.0,
+               "teacher_encoder_dpt": config.encoder_lr_factor * config.teacher_lr_factor,
+               "teacher_heads": config.teacher_lr_factor}
+    buckets: dict[str, list[nn.Parameter]] = {name: [] for name in factors}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith(SLOW_PREFIXES):
-            buckets["encoder_dpt"].append(p)
-        elif name.startswith("confidence_net."):
-            buckets["confidence_net"].append(p)
+        if name.startswith("confidence_net."):
+            bucket = "confidence_net"
         else:
-            buckets["heads"].append(p)
-    factors = {"encoder_dpt": config.encoder_lr_factor, "confidence_net": config.confidence_lr_factor, "heads": 1.0}
+            bucket = "encoder_dpt" if name.startswith(SLOW_PREFIXES) else "heads"
+            if name.startswith("teacher.") and config.teacher_lr_factor != 1.0:
+                bucket = "teacher_" + bucket
+        buckets[bucket].append(p)
     groups = [{"params": ps, "lr": config.lr * factors[name], "name": name} for name, ps in buckets.items() if ps]
     if not groups:
         raise ConfigError(f"stage {config.stage}: no trainable parameters")
