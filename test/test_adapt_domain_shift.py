@@ -2,20 +2,19 @@
 
 A tiny student is trained briefly (supervised, ground truth) on the urban family by day; the RGB teacher
 and confidence network, standing in for a general RGB model, see urban and campus. The learner then
-adapts the student without labels on a campus stream by day, and on a campus stream at night.
+adapts the student without labels on a campus stream by day (clear, or foggy), and on a campus stream at
+night. Scores: AbsRel on held-out campus (target) and urban (source) frames by clear day.
 
-Measured (this machine, seed 0, 42x56, 40 steps at lr 5e-5, ~40 s; the test prints the table), since the
-student confidence head starts at 0.002 (which changed the stand-in source model's pre-training):
-full: campus AbsRel 0.358 -> 0.280 (-22 %), urban 0.180 -> 0.210 (+16.7 %); no_confidence: -22.7 % / +12.2 %;
-night stream: 2 of 16 pairs admitted, no training, no change.
+Measured (this machine, seed 0, 42x56, lr 5e-5, 1 thread; the tests print the tables):
 
-What is NOT asserted, because it is not true here (issue 7 stays open on both):
-* that the source family gets at most 5 % worse: it gets 16.7 % worse (an L2-SP anchor to the source weights,
-  ``anchor_weight``, up to 100 leaves +11.5 % at this scale; at medium scale 10 keeps it within 5 %). The test
-  bounds it at +25 % so that a regression is still caught;
-* that the confidence-weighted loss gains more than the unweighted one: by clear day the stand-in teacher is
-  good everywhere, so the weighting has nothing to filter (at medium scale in fog it does gain more; see
-  ``scripts/adaptation_experiment.py``). Both gains are printed.
+* foggy day, 150 steps (~45 s): full: campus 0.358 -> 0.286 (-20.1 %), urban -1.8 %; no confidence:
+  campus -3.0 %, urban +13.7 %. Every criterion of issue 7 holds here: the fog hides the far range from the
+  RGB teacher, and the confidence weighting keeps the student from learning the teacher's wrong depth.
+* clear day, 40 steps (~40 s): full: campus -22 %, urban +16.7 %; no confidence: -22.7 % / +12.2 %; night
+  stream: 2 of 16 pairs admitted, no training, no change. By clear day the stand-in teacher is right
+  everywhere, so the weighting has nothing to filter and the unweighted loss gains as much; the forgetting
+  is bounded at +25 % so that a regression is still caught (an L2-SP anchor up to 100 leaves +11.5 % at
+  this scale; at medium scale anchor 3 turns it into a gain, see ``scripts/adaptation_experiment.py``).
 """
 from __future__ import annotations
 
@@ -57,7 +56,7 @@ def test_label_free_adaptation_lowers_target_absrel_keeps_source_and_refrains_at
     # The source-trained student is much worse on the target family than on its own.
     assert runs["full"].before["target_day"] > 1.5 * runs["full"].before["source_day"]
     # Full (confidence-weighted) adaptation: target AbsRel down >= 15 % relative; the source family's
-    # forgetting is bounded (the issue's 5 % is not met at this scale: see the module docstring).
+    # forgetting is bounded (by clear day the issue's 5 % is not met at this scale: see the module docstring).
     assert gain("full", "target_day") >= 0.15
     assert runs["full"].after["source_day"] <= 1.25 * runs["full"].before["source_day"]
     assert runs["full"].status["accepted"] >= 1
@@ -68,3 +67,28 @@ def test_label_free_adaptation_lowers_target_absrel_keeps_source_and_refrains_at
     assert night["keyframes"]["admitted"] <= 0.5 * night["keyframes"]["offered"]
     for key in ("target_day", "source_day", "target_night"):
         assert runs["night"].after[key] <= 1.05 * runs["night"].before[key]
+
+
+@pytest.mark.slow
+def test_foggy_day_adaptation_gains_keeps_the_source_and_beats_the_unweighted_loss():
+    import torch
+
+    ax = _experiment()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = ax.run_experiment(hw=(42, 56), n_stream=16, n_eval=6, pretrain_steps=200, confidence_steps=12,
+                                   steps=150, seed=0, night=False, stream_scenario="fog", log=None)
+    finally:
+        torch.set_num_threads(threads)
+    print("\n" + result["table"] + f"\n({result['seconds']:.0f} s)")
+    runs = result["runs"]
+
+    def gain(run, key):
+        return 1.0 - runs[run].after[key] / runs[run].before[key]
+
+    assert runs["full"].status["steps"] == 150 and runs["full"].status["accepted"] >= 1
+    assert gain("full", "target_day") >= 0.15  # the issue's criteria, all three
+    assert runs["full"].after["source_day"] <= 1.05 * runs["full"].before["source_day"]
+    assert gain("no_confidence", "target_day") < gain("full", "target_day")
+    assert gain("full", "target_fog") > 0.05  # and it learned the fog too
