@@ -72,6 +72,10 @@ AbsRel before -> after (change); "admitted" = keyframes admitted / offered:
   (anchor swept per arm), the unweighted loss still gains more by clear day: -30.7 % with the source 3 %
   better (anchor 100) against the full method's -17.5 % with the source 21 % better (anchor 3).
 * At night the confidence and RGB-contrast gates admit 18 of 48 pairs; the target improves.
+* Issue 7's three criteria together (target >= 15 % better, source at most 5 % worse, a smaller gain without
+  confidence) hold on a foggy day with anchor 10: full -17.2 % / -0.7 %, no confidence -13.7 % / +29.7 %.
+  ``test/test_adapt_domain_shift.py`` checks them at tiny scale on a foggy day (150 steps, no anchor:
+  -20.1 % / -1.8 % against -3.0 % / +13.7 %). By clear day no setting meets the third.
 
 With the shipped recipe's own stage-1 dual as the source (``--model runs/default_model/stage1``: its RGB
 teacher was trained on urban/day only, and on campus/day it is no better than the student), adaptation does

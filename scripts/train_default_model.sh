@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default model (engines/default/) with the project's own training code.
 #
-# Two-stage MonoTher-Depth recipe on simulated-rig data (issue 4, FACTS.md §2):
+# Two-stage MonoTher-Depth recipe on simulated-rig data (issue 4, FACTS.md §2), after a teacher pre-training:
+#   stage 0  the RGB teacher alone, supervised on RGB + depth of both families by day (thermal terms off):
+#            the stand-in for the reference teacher's DepthAnything pre-training (config/train/stage0_*.yaml);
 #   stage 1  supervised, urban family by day (ground truth from /gt/depth), dual model
-#            (thermal student + RGB teacher + confidence U-Net) with the full loss;
-#   stage 2  label-free, campus family at night: teacher and confidence net frozen, student trained
-#            with the confidence-weighted consistency loss (+ smoothness, student confidence NLL);
+#            (thermal student from scratch + the stage-0 teacher + confidence U-Net) with the full loss;
+#   stage 2  label-free, campus family by day and at night (scenes stage 0 never saw): teacher and
+#            confidence net frozen, student trained with the confidence-weighted consistency loss
+#            (+ smoothness, student confidence NLL);
 #   ablation stage 2 without confidence (conf = 1); "no distillation" = the stage-1 student itself.
 # Every seed is fixed here. Phases can be run one at a time (each skips work already done):
-#   scripts/train_default_model.sh data|stage1|stage2|ablation|eval|ship|all
+#   scripts/train_default_model.sh data|stage0|stage1|stage2|ablation|eval|ship|all
 # Generated data and runs live under runs/default_model/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,8 @@ mkdir -p "$BAGS" "$CACHE"
 # scene each) rather than a few long ones: 8 scenes x 30 frames generalised poorly to the other family.
 STAGE1_SEEDS="$(seq -s ' ' 101 164)"             # urban, day: 64 scenes
 STAGE2_SEEDS="$(seq -s ' ' 201 264)"             # campus, night: 64 scenes
+STAGE2_DAY_SEEDS="$(seq -s ' ' 301 364)"         # campus, day: 64 scenes (label-free, stage 2)
+TEACHER_DAY_SEEDS="$(seq -s ' ' 401 464)"        # campus, day: 64 scenes (RGB teacher pre-training only)
 HELDOUT_SEED=901                                  # campus, night: evaluation only, never trained on
 DAY_CHECK_SEED=911                                # urban, day: stage-1 domain check, never trained on
 REGRESS_SEED=902                                  # campus, night, 0.3 s: test/test_default_model.py's bag
@@ -37,6 +42,7 @@ phase_data() {
   sim "$BAGS/check_urban_day_s$DAY_CHECK_SEED" 1.0 "$DAY_CHECK_SEED" day urban
   for s in $STAGE1_SEEDS; do sim "$BAGS/urban_day_s$s" "$BAG_SECONDS" "$s" day urban; done
   for s in $STAGE2_SEEDS; do sim "$BAGS/campus_night_s$s" "$BAG_SECONDS" "$s" night campus; done
+  for s in $STAGE2_DAY_SEEDS $TEACHER_DAY_SEEDS; do sim "$BAGS/campus_day_s$s" "$BAG_SECONDS" "$s" day campus; done
 }
 
 list() {  # list PREFIX SEEDS -> [a,b,c]
@@ -59,6 +65,8 @@ INPUT_SIZE=${INPUT_SIZE:-[112,140]}
 COMMON="model=monother-default input_size=$INPUT_SIZE confidence_width=16 cache_dir=$CACHE val_data=[] encoder_lr_factor=1.0 seed=0 frame_stride=2"
 STAGE1_EPOCHS=${STAGE1_EPOCHS:-24}   # 8 epochs: night teacher AbsRel 0.37, shipped-model AbsRel 0.266; 24: 0.27 / 0.256
 STAGE2_EPOCHS=${STAGE2_EPOCHS:-3}
+STAGE0_EPOCHS=${STAGE0_EPOCHS:-12}  # 128 scenes, so 12 epochs = the samples of stage 1's 24
+TEACHER_LR_FACTOR=${TEACHER_LR_FACTOR:-0.1}  # stage 1 fine-tunes the pre-trained teacher gently
 THREADS=${THREADS:-2}
 
 timed() {  # timed NAME CMD... : runs CMD, appends its wall time to $W/timings.txt
@@ -68,10 +76,20 @@ timed() {  # timed NAME CMD... : runs CMD, appends its wall time to $W/timings.t
   echo "$name $((SECONDS - t0)) s" >> "$W/timings.txt"
 }
 
+phase_stage0() {  # the RGB teacher (+ its confidence net, discarded) on both families by day
+  [ -f "$W/stage0/model/dual/model.safetensors" ] && return 0
+  timed stage0 $PY -m training.train config/train/stage0_rgb_teacher.yaml $COMMON \
+    out_dir=$W/stage0 train_data="$(list urban_day "$STAGE1_SEEDS" | tr -d ']'),$(list campus_day "$TEACHER_DAY_SEEDS" | tr -d '[')" \
+    epochs=$STAGE0_EPOCHS lr=5.0e-4 div_factor=10 pct_start=0.15 final_div_factor=100 threads=$THREADS \
+    freeze_batchnorm=false rgb_low_light=${RGB_LOW_LIGHT:-0.5} --no-progress
+  $PY -m monother_ros.cli export-model $W/stage0 --out $W/stage0 --no-onnx --tensorrt no --dual float32
+}
+
 phase_stage1() {
   [ -f "$W/stage1/model/model.safetensors" ] && return 0
   timed stage1 $PY -m training.train config/train/stage1_day_urban.yaml $COMMON \
     out_dir=$W/stage1 train_data="$(list urban_day "$STAGE1_SEEDS")" \
+    teacher_init=$W/stage0/model/dual teacher_lr_factor=$TEACHER_LR_FACTOR \
     epochs=$STAGE1_EPOCHS lr=5.0e-4 div_factor=10 pct_start=0.15 final_div_factor=100 threads=$THREADS \
     freeze_batchnorm=false confidence_lr_factor=0.2 rgb_low_light=${RGB_LOW_LIGHT:-0.5} --no-progress
   $PY -m monother_ros.cli export-model $W/stage1 --out $W/stage1 --tensorrt no
@@ -80,7 +98,8 @@ phase_stage1() {
 phase_stage2() {  # phase_stage2 NAME CONFIG : label-free run from the stage-1 checkpoint
   [ -f "$W/$1/model/model.safetensors" ] && return 0
   timed "$1" $PY -m training.train "$2" $COMMON \
-    out_dir=$W/$1 init_from=$W/stage1/checkpoints train_data="$(list campus_night "$STAGE2_SEEDS")" \
+    out_dir=$W/$1 init_from=$W/stage1/checkpoints \
+    train_data="$(list campus_night "$STAGE2_SEEDS" | tr -d ']'),$(list campus_day "$STAGE2_DAY_SEEDS" | tr -d '[')" \
     epochs=$STAGE2_EPOCHS lr=1.0e-4 threads=${STAGE2_THREADS:-1} --no-progress
   $PY -m monother_ros.cli export-model $W/$1 --out $W/$1 --tensorrt no --dual float16
 }
@@ -116,13 +135,14 @@ phase_regress() {  # the figures test/test_default_model.py checks (same bag, sa
 
 case "${1:-all}" in
   data) phase_data ;;
+  stage0) phase_stage0 ;;
   stage1) phase_stage1 ;;
   stage2) phase_stage2 stage2_full config/train/stage2_night_campus.yaml ;;
   ablation) phase_stage2 stage2_no_conf config/train/stage2_night_campus_no_conf.yaml ;;
   eval) phase_eval ;;
   ship) phase_ship ;;
   regress) phase_regress ;;
-  all) phase_data; phase_stage1
+  all) phase_data; phase_stage0; phase_stage1
        phase_stage2 stage2_full config/train/stage2_night_campus.yaml &
        phase_stage2 stage2_no_conf config/train/stage2_night_campus_no_conf.yaml; wait
        phase_eval; phase_ship; phase_regress ;;
