@@ -103,9 +103,32 @@ from monother_ros.adapt.buffer import KeyframeConfig
 # ----------------------------------------------------------------------------------------- data
 
 
-def render_samples(family: str, scenario: str, seed: int, times: Sequence[float], hw: tuple[int, int]) -> list[PairSample]:
-    """Thermal/RGB pairs (with ground truth for scoring) from the simulated rig at the network size."""
-    from monother_ros.core import preprocess
+@dataclass(frozen=True)
+class RigFrame:
+    """One simulated thermal/RGB pair as the cameras deliver it (the node's input), with ground truth."""
+
+    thermal_counts: np.ndarray  # (H, W) uint16 mono16
+    rgb: np.ndarray  # (H, W, 3) uint8
+    cam_thermal: Any  # PinholeCamera of the rendered size
+    cam_rgb: Any
+    T_rgb_thermal: np.ndarray
+    stamp_ns: int
+    pose: np.ndarray
+    gt_thermal: np.ndarray  # (H, W) float32 metres, 0 = none
+    gt_rgb: np.ndarray
+
+
+def stream_times(n: int) -> np.ndarray:
+    """Stamps (s) of an adaptation stream: 0.7 s apart, below the keyframe rate limit."""
+    return np.arange(n) * 0.7 + 1.0
+
+
+def eval_times(n: int) -> np.ndarray:
+    return np.arange(n) * 1.3 + 2.0
+
+
+def render_frames(family: str, scenario: str, seed: int, times: Sequence[float], hw: tuple[int, int]) -> list[RigFrame]:
+    """Raw frames from the simulated rig, rendered at the network size ``hw`` (so resizing is the identity)."""
     from monother_ros.sim import SimRig
 
     rig = SimRig(seed=seed, scenario=scenario, family=family)
@@ -116,14 +139,21 @@ def render_samples(family: str, scenario: str, seed: int, times: Sequence[float]
     for t in times:
         th = rig.render_thermal(float(t), cam_t)
         rg = rig.render_rgb(float(t), cam_r)
-        gt_t = np.nan_to_num(th.depth, nan=0.0).astype(np.float32)
-        gt_r = np.nan_to_num(rg.depth, nan=0.0).astype(np.float32)
-        out.append(PairSample(
-            thermal=preprocess.thermal_to_unit(th.counts).astype(np.float32),
-            rgb=np.ascontiguousarray(rg.rgb.transpose(2, 0, 1)).astype(np.float32) / 255.0,
-            K_thermal=cam_t.K, K_rgb=cam_r.K, T_rgb_thermal=rig.T_rgb_thermal, stamp_ns=int(t * 1e9),
-            pose=rig.pose(float(t)), gt_thermal=gt_t, gt_rgb=gt_r))
+        out.append(RigFrame(th.counts, rg.rgb, cam_t, cam_r, rig.T_rgb_thermal, int(t * 1e9), rig.pose(float(t)),
+                            np.nan_to_num(th.depth, nan=0.0).astype(np.float32),
+                            np.nan_to_num(rg.depth, nan=0.0).astype(np.float32)))
     return out
+
+
+def render_samples(family: str, scenario: str, seed: int, times: Sequence[float], hw: tuple[int, int]) -> list[PairSample]:
+    """Thermal/RGB pairs (with ground truth for scoring) from the simulated rig at the network size."""
+    from monother_ros.core import preprocess
+
+    return [PairSample(
+        thermal=preprocess.thermal_to_unit(f.thermal_counts).astype(np.float32),
+        rgb=np.ascontiguousarray(f.rgb.transpose(2, 0, 1)).astype(np.float32) / 255.0,
+        K_thermal=f.cam_thermal.K, K_rgb=f.cam_rgb.K, T_rgb_thermal=f.T_rgb_thermal, stamp_ns=f.stamp_ns,
+        pose=f.pose, gt_thermal=f.gt_thermal, gt_rgb=f.gt_rgb) for f in render_frames(family, scenario, seed, times, hw)]
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -180,6 +210,15 @@ def pretrain_source_model(source: Sequence[PairSample], teacher_extra: Sequence[
     return dual.eval()
 
 
+def standin_source_model(source: str, target: str, *, preset: str, hw: tuple[int, int], n_stream: int, steps: int,
+                         confidence_steps: int, seed: int = 0, log=print) -> torch.nn.Module:
+    """``pretrain_source_model`` on rendered frames: the student on ``source`` by day, the teacher on both."""
+    src_train = render_samples(source, "day", seed + 1, np.arange(2 * n_stream) * 0.6 + 0.5, hw)
+    tgt_rgb = render_samples(target, "day", seed + 2, np.arange(n_stream) * 0.9 + 0.5, hw)
+    return pretrain_source_model(src_train, tgt_rgb, preset=preset, hw=hw, steps=steps,
+                                 confidence_steps=confidence_steps, seed=seed, log=log)
+
+
 def load_source_model(model: str, teacher: str = "") -> torch.nn.Module:
     """A dual model from a dual folder, a student folder + ``teacher``, or a training run / checkpoint."""
     path = Path(model)
@@ -206,7 +245,7 @@ class AdaptRun:
     seconds: float = 0.0
 
 
-def _absrel(student: torch.nn.Module, samples: Sequence[PairSample], max_depth: float) -> float:
+def absrel(student: torch.nn.Module, samples: Sequence[PairSample], max_depth: float) -> float:
     return float(evaluate_student(student, samples, max_depth=max_depth).get("abs_rel", float("nan")))
 
 
@@ -216,7 +255,7 @@ def adapt_once(name: str, dual: torch.nn.Module, stream: Sequence[PairSample], e
     rounds, guards on, no compute budget) and score every evaluation set before and after."""
     model = copy.deepcopy(dual)
     max_depth = float(model.student.config.max_depth_m)
-    before = {k: _absrel(model.student, v, max_depth) for k, v in eval_sets.items()}
+    before = {k: absrel(model.student, v, max_depth) for k, v in eval_sets.items()}
     t0 = time.perf_counter()
     learner = OnlineLearner(model, config)
     for s in stream:
@@ -234,7 +273,7 @@ def adapt_once(name: str, dual: torch.nn.Module, stream: Sequence[PairSample], e
     # The deployed model is the running (accepted) one, not the last candidate.
     deployed = copy.deepcopy(model.student)
     deployed.load_state_dict(learner.running_state)
-    after = {k: _absrel(deployed, v, max_depth) for k, v in eval_sets.items()}
+    after = {k: absrel(deployed, v, max_depth) for k, v in eval_sets.items()}
     return AdaptRun(name, before, after, learner.status(), rounds, time.perf_counter() - t0)
 
 
@@ -249,8 +288,7 @@ def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "tes
     RGB teacher loses the far range while the thermal camera does not. ``save_source``: save the stand-in
     source model there (a dual model folder, reusable with ``--model``)."""
     t0 = time.perf_counter()
-    stream_t = np.arange(n_stream) * 0.7 + 1.0
-    eval_t = np.arange(n_eval) * 1.3 + 2.0
+    stream_t, eval_t = stream_times(n_stream), eval_times(n_eval)
     data = {
         "target_stream": render_samples(target, stream_scenario, seed + 11, stream_t, hw),
         "target_day": render_samples(target, "day", seed + 101, eval_t, hw),
@@ -264,10 +302,8 @@ def run_experiment(*, dual: Optional[torch.nn.Module] = None, preset: str = "tes
     if log:
         log(f"rendered {sum(len(v) for v in data.values())} pairs at {hw[0]}x{hw[1]} in {time.perf_counter() - t0:.1f} s")
     if dual is None:
-        src_train = render_samples(source, "day", seed + 1, np.arange(2 * n_stream) * 0.6 + 0.5, hw)
-        tgt_rgb = render_samples(target, "day", seed + 2, np.arange(n_stream) * 0.9 + 0.5, hw)
-        dual = pretrain_source_model(src_train, tgt_rgb, preset=preset, hw=hw, steps=pretrain_steps,
-                                     confidence_steps=confidence_steps, seed=seed, log=log)
+        dual = standin_source_model(source, target, preset=preset, hw=hw, n_stream=n_stream, steps=pretrain_steps,
+                                    confidence_steps=confidence_steps, seed=seed, log=log)
         if save_source:
             from monother_ros.model.checkpoints import save_model
 
