@@ -30,6 +30,7 @@ TEACHER_DAY_SEEDS="$(seq -s ' ' 401 464)"        # campus, day: 64 scenes (RGB t
 HELDOUT_SEED=901                                  # campus, night: evaluation only, never trained on
 DAY_CHECK_SEED=911                                # urban, day: stage-1 domain check, never trained on
 REGRESS_SEED=902                                  # campus, night, 0.3 s: test/test_default_model.py's bag
+FRESH_SEEDS="903 904 905"                         # campus, night: scored once, after the recipe was fixed
 BAG_SECONDS=${BAG_SECONDS:-0.25}                  # 8 thermal frames; training keeps every 2nd (frame_stride)
 HELDOUT_SECONDS=${HELDOUT_SECONDS:-2.0}
 
@@ -40,6 +41,7 @@ sim() {  # sim OUT SECONDS SEED SCENARIO FAMILY
 phase_data() {
   sim "$BAGS/heldout_campus_night_s$HELDOUT_SEED" "$HELDOUT_SECONDS" "$HELDOUT_SEED" night campus
   sim "$BAGS/check_urban_day_s$DAY_CHECK_SEED" 1.0 "$DAY_CHECK_SEED" day urban
+  for s in $FRESH_SEEDS; do sim "$BAGS/fresh_campus_night_s$s" "$HELDOUT_SECONDS" "$s" night campus; done
   for s in $STAGE1_SEEDS; do sim "$BAGS/urban_day_s$s" "$BAG_SECONDS" "$s" day urban; done
   for s in $STAGE2_SEEDS; do sim "$BAGS/campus_night_s$s" "$BAG_SECONDS" "$s" night campus; done
   for s in $STAGE2_DAY_SEEDS $TEACHER_DAY_SEEDS; do sim "$BAGS/campus_day_s$s" "$BAG_SECONDS" "$s" day campus; done
@@ -113,10 +115,13 @@ phase_stage2() {  # phase_stage2 NAME CONFIG : label-free run from the stage-1 c
 EVAL="--backend onnxruntime --num-threads 1 --no-progress"
 
 phase_eval() {  # the three-row ablation table on the held-out bag + the confidence ranking
-  rm -rf "$W/eval" "$W/eval_day" "$W/confidence"
+  rm -rf "$W/eval" "$W/eval_fresh" "$W/eval_day" "$W/confidence"
   $PY -m monother_ros.cli eval "$BAGS/heldout_campus_night_s$HELDOUT_SEED" $EVAL --out "$W/eval" \
     --model no_distillation=$W/stage1/model.onnx --model no_confidence=$W/stage2_no_conf/model.onnx \
     --model full=$W/stage2_full/model.onnx
+  $PY -m monother_ros.cli eval $(for s in $FRESH_SEEDS; do echo "$BAGS/fresh_campus_night_s$s"; done) $EVAL \
+    --out "$W/eval_fresh" --no-pictures --model no_distillation=$W/stage1/model.onnx \
+    --model no_confidence=$W/stage2_no_conf/model.onnx --model full=$W/stage2_full/model.onnx
   $PY -m monother_ros.cli eval "$BAGS/check_urban_day_s$DAY_CHECK_SEED" $EVAL --out "$W/eval_day" --no-pictures \
     --model stage1=$W/stage1/model.onnx --model full=$W/stage2_full/model.onnx
   $PY scripts/default_model_confidence.py "$BAGS/heldout_campus_night_s$HELDOUT_SEED" --model $W/stage2_full/model.onnx --out "$W/confidence"
