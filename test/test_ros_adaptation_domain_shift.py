@@ -12,26 +12,16 @@ Measured (this machine, seed 0, 42x56, ~60 s): full: campus -18.6 %, urban -2.0 
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from ros_harness import Spinner, ros_context, wait_for, wait_for_subscribers
+from test_adapt_domain_shift import load_adaptation_experiment
 
 pytestmark = [pytest.mark.ros]
-ROOT = Path(__file__).resolve().parent.parent
 HW = (42, 56)
 STEPS = 150
-
-
-def _experiment():
-    spec = importlib.util.spec_from_file_location("adaptation_experiment", ROOT / "scripts" / "adaptation_experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _node_parameters(model_dir: Path, checkpoint_dir: Path, distillation: str):
@@ -106,7 +96,7 @@ def test_adaptation_node_over_dds_gains_on_a_foggy_day_keeps_the_source_and_beat
 
     from monother_ros.model.checkpoints import save_model
 
-    ax = _experiment()
+    ax = load_adaptation_experiment()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

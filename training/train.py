@@ -142,7 +142,7 @@ def build_model(config: TrainConfig):
     for branch_name, path in (("student", config.student_init), ("teacher", config.teacher_init)):
         if path:
             tensors, _, meta = read_model_dir(path)
-            if meta.get("kind") == "monother_dual":  # a whole dual model: take this branch's weights
+            if meta.get("kind") == MonotherDual.checkpoint_kind:  # a whole dual model: take this branch's weights
                 prefix = branch_name + "."
                 tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             result = getattr(model, branch_name).load_state_dict(tensors, strict=False)
