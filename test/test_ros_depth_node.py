@@ -1,6 +1,7 @@
 """The thermal_depth node over real rclpy/DDS: outputs (values, headers, camera_info, cloud), laziness,
 latest-only dropping without blocking the executor, the teacher path (pairing, TF, warped confidence,
-fusion), clock jumps, parameters; plus the pure parts (LatestSlot, fuse).
+fusion), clock jumps, parameters; plus the pure parts (LatestSlot). The pair engine and the fusion
+math alone: test_runtime_pair_engine.py.
 
 Models are tiny random ones built with the real code (``tiny_models.py``)."""
 from __future__ import annotations
@@ -78,26 +79,6 @@ def _wait(pred, timeout=5.0):
             return True
         time.sleep(0.005)
     return bool(pred())
-
-
-def test_fuse_formula_by_hand():
-    from monother_ros.ros.depth_node import fuse
-
-    nan = np.nan
-    d_s = np.array([[10.0, 10.0, nan, 4.0]], np.float32)
-    c_s = np.array([[0.5, 0.2, 0.0, 0.0]], np.float32)
-    d_t = np.array([[20.0, nan, 8.0, nan]], np.float32)
-    c_t = np.array([[0.5, 0.9, 0.6, 0.0]], np.float32)
-    depth, conf = fuse(d_s, c_s, d_t, c_t)
-    # pixel 0: equal weights -> mean; conf (0.25 + 0.25) / 1 = 0.5
-    # pixel 1: teacher invalid -> student only; conf = c_s
-    # pixel 2: student invalid -> teacher; conf = c_t
-    # pixel 3: no weight at all -> student depth kept, confidence 0
-    np.testing.assert_allclose(depth, [[15.0, 10.0, 8.0, 4.0]], rtol=1e-6)
-    np.testing.assert_allclose(conf, [[0.5, 0.2, 0.6, 0.0]], rtol=1e-6)
-    d2, c2 = fuse(d_s[:, :1], np.float32([[0.25]]), d_t[:, :1], np.float32([[0.75]]))
-    assert d2[0, 0] == pytest.approx((0.25 * 10 + 0.75 * 20) / 1.0)
-    assert c2[0, 0] == pytest.approx(0.25**2 + 0.75**2)
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -319,7 +300,7 @@ def test_teacher_path_pairs_rgb_warps_confidence_and_fuses():
     from monother_ros.core.camera import PinholeCamera
     from monother_ros.ros import qos
     from monother_ros.ros.convert import array_to_image, camera_to_info, image_to_array
-    from monother_ros.ros.depth_node import fuse
+    from monother_ros.core.fusion import fuse
     from monother_ros.ros.tf import StaticTransformBroadcaster, transform_to_msg
     from ros_harness import Collector, Spinner, ros_context, wait_for, wait_for_subscribers
     from tiny_models import tiny_dual_dir
@@ -375,7 +356,7 @@ def test_teacher_path_pairs_rgb_warps_confidence_and_fuses():
             assert t_conf.shape == (H, W) and 0.0 <= float(t_conf.min()) and float(t_conf.max()) <= 1.0
             assert float(t_conf.max()) > 0.0  # the teacher sees part of the thermal view
             # The published depth is the documented fusion of the runner's outputs for that pair.
-            res = node.teacher.run(thermal, rgb, camera(), rgb_cam, T_rgb_thermal)
+            res = node.teacher.infer_pair(thermal, rgb, camera(), rgb_cam, T_rgb_thermal)
             fused_d, fused_c = fuse(res.student_depth, res.student_confidence, res.teacher_depth,
                                     res.teacher_confidence)
             np.testing.assert_allclose(image_to_array(d_msg), fused_d, rtol=1e-4, atol=1e-4)
@@ -438,30 +419,3 @@ def test_hot_swap_from_the_model_topic_and_corrupt_model_refused(tmp_path):
             assert node.health().values["model hash"] != old_hash[:16]
             np.testing.assert_allclose(depth_now(2), expected_new, rtol=1e-5, equal_nan=True)
         node.destroy_node()
-
-
-def test_teacher_runner_takes_a_student_folder_carrying_its_dual(tmp_path):
-    """engines/default layout: student at the top, teacher + confidence net in ``dual/``; the student
-    weights used are the folder's own (not the dual's copy)."""
-    import shutil
-
-    import torch
-
-    from monother_ros.errors import ConfigError
-    from monother_ros.model.checkpoints import load_model, save_model
-    from monother_ros.ros.depth_node import TeacherRunner
-    from tiny_models import tiny_dual_dir
-
-    dual, config = load_model(tiny_dual_dir())
-    student = dual.student
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.01)  # differs from the dual's copy
-    folder = save_model(student, config, tmp_path / "shipped")
-    with pytest.raises(ConfigError, match="no .*/dual"):
-        TeacherRunner(folder)
-    shutil.copytree(tiny_dual_dir(), folder / "dual")
-    runner = TeacherRunner(folder)
-    assert runner.model.confidence_net is not None
-    for k, v in runner.model.student.state_dict().items():
-        assert torch.equal(v, student.state_dict()[k]), k

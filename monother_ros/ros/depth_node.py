@@ -32,21 +32,24 @@ rclpy Jazzy/Kilted); where rclpy has no matched event (Humble) a 0.5 s timer che
 ``get_subscription_count()`` instead. Per frame, the confidence image, camera_info and point cloud are
 built only for topics with subscribers.
 
-Teacher (``teacher.enabled``, needs a dual model: student + RGB teacher + confidence network, run by the
-torch backend): RGB frames are paired with thermal frames by the message_filters ApproximateTime policy
+Teacher (``teacher.enabled``, needs a dual model: student + RGB teacher + confidence network, run by
+``runtime.pair_engine.PairEngine`` on the torch backend): RGB frames are paired with thermal frames by the message_filters ApproximateTime policy
 (``ros.pairing``, ``teacher.queue_size``, ``teacher.slop_s``); a thermal frame whose set has not been
 emitted yet uses the nearest RGB frame already received within the slop. Thermal-only operation never
 waits: a frame with no RGB partner is processed at once by the student alone. For a pair, the worker looks
 up ``T_rgb_thermal`` at the thermal stamp (``teacher.tf_timeout_s``, waiting on the worker thread only),
 runs both branches and the confidence network on the 8-channel metadata, and warps the teacher depth and
 confidence into the thermal frame (``core.warp``); the warped confidence is published on
-``teacher/confidence``. With ``fusion.enabled`` the depth is the confidence-weighted fusion
+``teacher/confidence``. With ``fusion.enabled`` the depth is the confidence-weighted fusion of teacher
+and student depth (``core.fusion.fuse``, formula there); the published confidence is the fused one.
 
-    w_t = c_t * [teacher depth valid],  w_s = c_s
-    d   = (w_t * d_t + w_s * d_s) / (w_t + w_s)        (d_s where w_t + w_s = 0)
-    c   = (w_t * c_t + w_s * c_s) / (w_t + w_s)        (the published confidence)
-
-with c_t the warped teacher confidence, d_t the warped teacher depth, c_s and d_s the student's.
+Hot swap: a model folder named on ``model_topic`` (or handed over in-process by ``online_adaptation``
+through :meth:`ThermalDepthNode.request_model`) goes to the node's
+:class:`~monother_ros.runtime.engine_holder.EngineHolder`, which loads it for this node's backend,
+device, precision and input size in its loader thread and swaps it in between two frames (TensorRT:
+refit, or a rebuild at most every ``swap.min_rebuild_interval_s``). A failed swap keeps the running
+engine: WARN and ``model_swap_failed`` in ``/diagnostics``. With the teacher on, the new student joins
+the running teacher.
 
 Time: a backward jump of the node clock (``ros2 bag play --loop --clock`` with ``use_sim_time``) resets
 the pairing, the RGB history, TF's dynamic cache and the rate/latency meters (``create_jump_callback``).
@@ -75,6 +78,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
+from monother_ros.core.fusion import fuse
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.entry import run_node
@@ -99,8 +103,8 @@ from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
 
-__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder",
-           "fuse", "make_cloud", "main"]
+__all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "CloudBuilder", "make_cloud",
+           "main"]
 
 DEPTH_PARAMETERS = ParamTable(
     [
@@ -136,6 +140,9 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("model_topic", str, "adaptation/model_path",
                   "latched std_msgs/String topic naming a new model folder to hot-swap (from online_adaptation "
                   "in another process); empty = off"),
+        ParamSpec("swap.min_rebuild_interval_s", float, 600.0,
+                  "TensorRT: a hot swap that cannot refit the running engine rebuilds it at most this often, "
+                  "seconds (refits are not limited)", non_negative),
         ParamSpec("teacher.enabled", bool, False,
                   "pair RGB frames and run the RGB teacher + confidence network (needs a dual model, torch)"),
         ParamSpec("teacher.slop_s", float, 0.05, "largest stamp difference of a thermal/RGB pair, seconds",
@@ -198,161 +205,6 @@ class _Frame:
     received: float  # time.monotonic() at the callback
 
 
-@dataclass
-class PairResult:
-    """Outputs of one teacher run, at the thermal camera's resolution (all (H, W) float32).
-
-    Attributes:
-        student_depth: metres, NaN invalid (engine thresholds applied).
-        student_confidence: [0, 1] (1 where valid when the student has no confidence head).
-        teacher_depth: the teacher's depth warped into the thermal frame, metres, NaN where unseen.
-        teacher_confidence: the teacher's confidence warped into the thermal frame, 0 where unseen.
-        timings: milliseconds: ``student_ms``, ``teacher_ms``, ``warp_ms``, ``total_ms``.
-    """
-
-    student_depth: np.ndarray
-    student_confidence: np.ndarray
-    teacher_depth: np.ndarray
-    teacher_confidence: np.ndarray
-    timings: dict[str, float]
-
-
-def fuse(student_depth: np.ndarray, student_confidence: np.ndarray, teacher_depth: np.ndarray,
-         teacher_confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence-weighted fusion of teacher and student depth (formula in the module docstring).
-
-    Args:
-        student_depth, teacher_depth: (H, W) metres, NaN invalid.
-        student_confidence, teacher_confidence: (H, W) in [0, 1].
-
-    Returns:
-        (depth (H, W) float32 metres with NaN where neither is valid, confidence (H, W) float32 in [0, 1]).
-    """
-    d_s = np.asarray(student_depth, np.float32)
-    d_t = np.asarray(teacher_depth, np.float32)
-    teacher_ok = np.isfinite(d_t)
-    student_ok = np.isfinite(d_s)
-    w_t = np.where(teacher_ok, np.clip(teacher_confidence, 0.0, 1.0), 0.0).astype(np.float32)
-    w_s = np.where(student_ok, np.clip(student_confidence, 0.0, 1.0), 0.0).astype(np.float32)
-    total = w_t + w_s
-    with np.errstate(invalid="ignore", divide="ignore"):
-        depth = (w_t * np.where(teacher_ok, d_t, 0.0) + w_s * np.where(student_ok, d_s, 0.0)) / total
-        confidence = (w_t * w_t + w_s * w_s) / total
-    no_weight = total <= 0
-    depth = np.where(no_weight, d_s, depth).astype(np.float32)
-    confidence = np.where(no_weight, 0.0, confidence).astype(np.float32)
-    return depth, confidence
-
-
-class TeacherRunner:
-    """The dual model (thermal student + RGB teacher + confidence U-Net) on the torch backend.
-
-    Args:
-        model_dir: a saved dual model folder (``save_model(..., kind="monother_dual")``), or a student
-            folder with its dual in ``<model_dir>/dual`` (the shipped ``engines/default``).
-        input_hw: network input (h, w), multiples of 14; default the model's.
-        device: torch device.
-        num_threads: torch CPU threads (None = default).
-        min_depth_m, max_depth_m, min_confidence: masking thresholds of the student (0/None = model's).
-
-    Raises:
-        ConfigError: the folder holds no RGB teacher or no confidence network.
-        CheckpointError: the folder cannot be read.
-    """
-
-    def __init__(self, model_dir: Path, *, input_hw: Optional[tuple[int, int]] = None, device: str = "cpu",
-                 num_threads: Optional[int] = None, min_depth_m: Optional[float] = None,
-                 max_depth_m: Optional[float] = None, min_confidence: float = 0.0) -> None:
-        import torch
-
-        from monother_ros.model import import_monother  # noqa: F401 - registers the dual model builder
-        from monother_ros.model.checkpoints import load_model, read_model_dir
-        from monother_ros.runtime.torch_engine import TorchEngine
-
-        if Path(model_dir).suffix == ".onnx":
-            raise ConfigError(f"teacher.enabled needs a dual model folder (student + RGB teacher + confidence "
-                              f"network), not an ONNX file: {model_dir}")
-        _, _, meta = read_model_dir(model_dir)
-        kind = str(meta.get("kind"))
-        if kind == "monother_dual":
-            model, config = load_model(model_dir, map_location=device)
-        elif (Path(model_dir) / "dual" / "config.json").is_file():
-            # A student folder carrying its dual (as engines/default does): this student, that teacher.
-            from monother_ros.adapt.learner import load_dual
-
-            model, config = load_dual(model_dir, device=device)
-        else:
-            raise ConfigError(f"teacher.enabled needs a dual model (student + RGB teacher + confidence network), "
-                              f"but {model_dir} holds a '{kind}' model without a teacher (and no {model_dir}/dual)")
-        if getattr(model, "confidence_net", None) is None:
-            raise ConfigError(f"teacher.enabled: the dual model in {model_dir} has no confidence network")
-        self.model = model.eval()
-        self.config = config
-        self.device = torch.device(device)
-        self.engine = TorchEngine(model.student, config, model_hash=str(meta.get("model_sha256", "")),
-                                  input_hw=input_hw, device=device, num_threads=num_threads,
-                                  min_depth_m=min_depth_m, max_depth_m=max_depth_m, min_confidence=min_confidence)
-        self._rgb_pre = None
-        self._lock = threading.Lock()
-
-    def run(self, thermal: np.ndarray, rgb: np.ndarray, thermal_camera, rgb_camera,
-            T_rgb_thermal: np.ndarray) -> PairResult:
-        """One paired frame.
-
-        Args:
-            thermal: (H, W) uint8/uint16. rgb: (Hr, Wr, 3) uint8 in R, G, B order.
-            thermal_camera, rgb_camera: ``PinholeCamera`` of the two images.
-            T_rgb_thermal: (4, 4) thermal optical frame -> RGB optical frame.
-        """
-        import torch
-
-        from monother_ros.core import preprocess as pp
-        from monother_ros.core.warp import backward_warp_np, warp_depth_np
-        from monother_ros.distill.metadata import MetadataBuilder
-
-        t0 = time.perf_counter()
-        info = self.engine.info
-        h, w = info.input_hw
-        with self._lock:
-            x_t = torch.from_numpy(self.engine.preprocess(thermal)).to(self.device)
-            if self._rgb_pre is None or self._rgb_pre.in_hw != rgb.shape[:2]:
-                self._rgb_pre = pp.RgbPreprocessor(rgb.shape[:2], (h, w), mean=self.model.teacher.config.mean,
-                                                   std=self.model.teacher.config.std)
-            x_r = torch.from_numpy(self._rgb_pre(rgb).copy()).to(self.device)
-            # The metadata's RGB channels are the image in [0, 1] at the prediction grid.
-            rgb_unit = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None].astype(np.float32) / 255.0)
-            k_t = thermal_camera.resized(w, h, align_corners=True)
-            k_r = rgb_camera.resized(w, h, align_corners=True)
-            builder = MetadataBuilder(rgb_unit.to(self.device), k_t.K, k_r.K, T_rgb_thermal,
-                                      min_depth=info.min_depth_m, max_depth=info.max_depth_m)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                out = self.model(x_t, x_r, need_confidence=True, metadata_fn=builder)
-            t2 = time.perf_counter()
-        d_s = out.student.depth[0, 0].float().cpu().numpy()
-        c_s = out.student.confidence[0, 0].float().cpu().numpy() if out.student.confidence is not None else None
-        d_r = out.teacher.depth[0, 0].float().cpu().numpy()
-        c_r = out.teacher_confidence[0, 0].float().cpu().numpy()
-        T_thermal_rgb = np.linalg.inv(np.asarray(T_rgb_thermal, np.float64))
-        teacher_depth, _ = warp_depth_np(d_r, d_s, k_r.K, k_t.K, T_thermal_rgb)
-        teacher_conf, seen = backward_warp_np(c_r, d_s, k_r.K, k_t.K, T_thermal_rgb)
-        teacher_conf = np.where(seen, np.clip(teacher_conf, 0.0, 1.0), 0.0).astype(np.float32)
-        out_hw = tuple(thermal.shape)
-        th = self.engine.thresholds
-        s_depth, s_conf = pp.postprocess_depth(d_s, out_hw, min_depth=th.min_depth_m, max_depth=th.max_depth_m,
-                                               confidence=c_s, min_confidence=th.min_confidence)
-        if s_conf is None:
-            s_conf = np.isfinite(s_depth).astype(np.float32)
-        t_depth = pp.mask_depth(pp.resize_depth(np.nan_to_num(teacher_depth, nan=0.0), out_hw),
-                                min_depth=th.min_depth_m, max_depth=th.max_depth_m)
-        t_conf = pp.resize_depth(teacher_conf, out_hw)
-        np.clip(t_conf, 0.0, 1.0, out=t_conf)
-        t3 = time.perf_counter()
-        timings = {"student_ms": (t1 - t0) * 1e3, "teacher_ms": (t2 - t1) * 1e3, "warp_ms": (t3 - t2) * 1e3,
-                   "total_ms": (t3 - t0) * 1e3}
-        return PairResult(s_depth, s_conf, t_depth, t_conf, timings)
-
-
 class ThermalDepthNode(Node):
     """The ``thermal_depth`` node (topics, threads and behaviour: see the module docstring).
 
@@ -371,9 +223,12 @@ class ThermalDepthNode(Node):
         self.params = p = DEPTH_PARAMETERS.declare(self)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
-        self.model_path = self._resolve_model(p["model"])
-        self.teacher: Optional[TeacherRunner] = None
-        self.engine = self._build_engine(p)
+        from monother_ros.runtime.engine_holder import EngineHolder
+
+        if p["fusion.enabled"] and not p["teacher.enabled"]:
+            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
+        # The running engine (a PairEngine with the teacher on); every hot swap goes through it.
+        self.models = EngineHolder(self._engine_settings(p), self._resolve_model(p["model"]), on_swap=self._on_swap)
         info = self.engine.info
         warm_ms = self._warm_up()
         self.get_logger().info(
@@ -433,10 +288,6 @@ class ThermalDepthNode(Node):
             self.tf_buffer = TransformBuffer()
             self._tf_listener = TransformListener(self.tf_buffer, self)
 
-        self._swap_lock = threading.Lock()
-        self._swap_thread: Optional[threading.Thread] = None
-        self._pending_swap: Optional[Path] = None
-        self._retired: list[Any] = []  # engines replaced by a hot swap, closed by the worker between frames
         self._model_sub = None
         if p["model_topic"]:
             from std_msgs.msg import String
@@ -470,95 +321,68 @@ class ThermalDepthNode(Node):
             raise ConfigError(f"model {path} does not exist")
         return path
 
-    def _build_engine(self, p: dict[str, Any], model_path: Optional[Path] = None):
-        from monother_ros.runtime.engine import make_backend
+    @staticmethod
+    def _engine_settings(p: dict[str, Any]):
+        """How the node's engine holder makes engines, from the parameters."""
+        from monother_ros.runtime.engine_holder import EngineSettings
 
         hw = None
         if p["input_height"] or p["input_width"]:
             if not (p["input_height"] and p["input_width"]):
                 raise ConfigError("input_height and input_width must be given together (or both 0)")
             hw = (p["input_height"], p["input_width"])
-        kw = dict(min_depth_m=p["min_depth_m"] or None, max_depth_m=p["max_depth_m"] or None,
-                  min_confidence=p["min_confidence"])
-        threads = p["num_threads"] or None
-        if p["teacher.enabled"]:
-            if p["backend"] not in ("auto", "torch"):
-                raise ConfigError(f"teacher.enabled runs on the torch backend; backend is {p['backend']!r} "
-                                  f"(use auto or torch)")
-            self.teacher = TeacherRunner(self.model_path, input_hw=hw, device=p["teacher.device"],
-                                         num_threads=threads, **kw)
-            return self.teacher.engine
-        if p["fusion.enabled"]:
-            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
-        return make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
-                            num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+        return EngineSettings(
+            backend=p["backend"], device=p["teacher.device"] if p["teacher.enabled"] else None,
+            precision=p["precision"], input_hw=hw, cache_dir=p["cache_dir"] or None,
+            num_threads=p["num_threads"] or None, min_depth_m=p["min_depth_m"] or None,
+            max_depth_m=p["max_depth_m"] or None, min_confidence=p["min_confidence"],
+            teacher=p["teacher.enabled"], min_rebuild_interval_s=p["swap.min_rebuild_interval_s"])
+
+    @property
+    def engine(self):
+        """The running engine (a ``PairEngine`` with the teacher on)."""
+        return self.models.engine
+
+    @property
+    def teacher(self):
+        """The running ``PairEngine`` when ``teacher.enabled``, else None."""
+        return self.models.engine if self.params["teacher.enabled"] else None
+
+    @property
+    def model_path(self) -> Path:
+        """The model the running engine was made from."""
+        return self.models.model_path
 
     def _warm_up(self) -> float:
-        """Run one synthetic frame so the first real frame does not pay for lazy initialisation
+        """Run one synthetic frame (and pair) so the first real frame does not pay for lazy initialisation
         (backend sessions, kernels, preprocessing tables); returns the milliseconds it took."""
-        h, w = self.engine.info.input_hw
-        ramp = (np.arange(h * w, dtype=np.uint32).reshape(h, w) * 7 % 65535).astype(np.uint16)
-        t0 = time.perf_counter()
-        self.engine.infer(ramp)
-        if self.teacher is not None:
-            from monother_ros.core.camera import PinholeCamera
+        from monother_ros.runtime.engine_holder import warm_up
 
-            camera = PinholeCamera.from_hfov(w, h, 60.0)
-            rgb = np.repeat((ramp >> 8).astype(np.uint8)[..., None], 3, axis=2)
-            self.teacher.run(ramp, rgb, camera, camera, np.eye(4))
+        t0 = time.perf_counter()
+        warm_up(self.engine)
         return (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------ hot swap
 
     def _on_model_path(self, msg) -> None:
-        path = Path(msg.data).expanduser()
-        if path == self.model_path:
+        self.request_model(msg.data)
+
+    def request_model(self, path: str | Path) -> None:
+        """Hot-swap to the model folder at ``path``: loaded off the inference thread, swapped in between two
+        frames (returns at once). The route of the ``model_topic`` and of an in-process ``online_adaptation``."""
+        self.models.request(path)
+
+    def _on_swap(self, outcome) -> None:
+        """The engine holder settled a swap request (its loader thread)."""
+        if not outcome.ok:
+            self.problems.report("model_swap_failed", f"cannot use model {outcome.path}: {outcome.reason}; still "
+                                 f"running {self.model_path}", Level.WARN)
             return
-        with self._swap_lock:
-            if self._swap_thread is not None and self._swap_thread.is_alive():
-                self._pending_swap = path  # the running swap picks the newest path up when done
-                return
-            self._pending_swap = None
-            self._swap_thread = threading.Thread(target=self._swap_loop, args=(path,), name="model-swap", daemon=True)
-            self._swap_thread.start()
-
-    def _swap_loop(self, path: Path) -> None:
-        while path is not None:
-            self.swap_model(path)
-            with self._swap_lock:
-                path, self._pending_swap = self._pending_swap, None
-
-    def swap_model(self, path: Path) -> bool:
-        """Build an engine for the model at ``path`` (off the inference thread) and use it from the next frame.
-
-        A model that cannot be loaded (missing, corrupt, another input size) is refused: the current
-        engine keeps running and ``model_swap_failed`` is reported. Returns True when swapped.
-        """
-        if self.teacher is not None:
-            self.problems.report("model_swap_unsupported", f"hot swap to {path} ignored: not supported with "
-                                 "teacher.enabled (restart the node with the new model)")
-            return False
-        try:
-            new = self._build_engine({**self.params, "teacher.enabled": False, "fusion.enabled": False}, path)
-            h, w = new.info.input_hw
-            new.infer((np.arange(h * w, dtype=np.uint32).reshape(h, w) * 7 % 65535).astype(np.uint16))
-        except Exception as exc:  # noqa: BLE001 - any failure keeps the running engine
-            self.problems.report("model_swap_failed", f"cannot use model {path}: {type(exc).__name__}: {exc}; "
-                                 f"still running {self.model_path}", Level.ERROR)
-            return False
-        old, self.engine, self.model_path = self.engine, new, path
         with self._lock:
-            self._retired.append(old)
             self.counters["model_swaps"] += 1
         self.problems.clear("model_swap_failed")
-        self.get_logger().info(f"hot-swapped the model: {path} ({new.info.model_hash[:12]})")
-        return True
-
-    def _close_retired(self) -> None:
-        with self._lock:
-            retired, self._retired = self._retired, []
-        for engine in retired:
-            engine.close()
+        self.get_logger().info(f"hot-swapped the model ({outcome.how}, {outcome.seconds:.1f} s off the inference "
+                               f"thread): {outcome.path} ({outcome.model_hash[:12]})")
 
     # ------------------------------------------------------------------ laziness
 
@@ -659,8 +483,6 @@ class ThermalDepthNode(Node):
         self.problems.report(name, reason, level)
 
     def _process(self, frame: _Frame) -> None:
-        if self._retired:
-            self._close_retired()  # between frames: nothing uses the old engine any more
         msg = frame.msg
         with self._lock:
             self.counters["received"] += 1
@@ -673,7 +495,8 @@ class ThermalDepthNode(Node):
         self._check_stamp(stamp_ns)
         camera = self._camera_for(msg, frame.received)
         pair = self._find_pair(stamp_ns) if self.teacher is not None else None
-        result = self._infer(thermal, stamp_ns, msg, camera, pair)
+        with self.models.frame() as engine:  # a hot swap lands before or after this frame, never inside
+            result = self._infer(engine, thermal, stamp_ns, msg, camera, pair)
         if result is None:
             return
         depth, confidence, teacher_confidence, engine_ms = result
@@ -808,13 +631,13 @@ class ThermalDepthNode(Node):
             self.problems.clear(name)
         return rgb, rgb_camera, T
 
-    def _infer(self, thermal: np.ndarray, stamp_ns: int, msg: Image, camera, pair):
+    def _infer(self, engine, thermal: np.ndarray, stamp_ns: int, msg: Image, camera, pair):
         teacher_in = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
         res = None
         if teacher_in is not None:
             rgb, rgb_camera, T = teacher_in
             try:
-                res = self.teacher.run(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
+                res = engine.infer_pair(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
             except Exception as exc:  # noqa: BLE001 - fall back to the student for this frame
                 self.problems.report("teacher_failed", f"{type(exc).__name__}: {exc}; student only", Level.ERROR)
                 res = None
@@ -827,7 +650,7 @@ class ThermalDepthNode(Node):
             # The fused confidence is published whenever the teacher ran; the depth only with fusion.enabled.
             depth = fused_depth if self.params["fusion.enabled"] else res.student_depth
             return depth, confidence, res.teacher_confidence, res.timings["total_ms"]
-        result = self.engine.infer(thermal)
+        result = engine.infer(thermal)
         with self._lock:
             self.counters["student_only"] += 1
         confidence = result.confidence
@@ -883,6 +706,9 @@ class ThermalDepthNode(Node):
         report.add_value("model hash", info.model_hash[:16])
         report.add_value("precision", info.precision)
         report.add_value("input size", f"{info.input_hw[0]}x{info.input_hw[1]}")
+        last = self.models.last_outcome
+        report.add_value("last swap", "none" if last is None else (f"{last.how} {last.path} ({last.seconds:.1f} s)"
+                                                                    if last.ok else f"failed: {last.path}"))
         report.add_value("subscribed (lazy)", self.subscribed)
         report.add_value("laziness by", "matched events" if self._matched_events else "subscription count poll")
         report.add_value("camera_info", "ok" if self._camera is not None else
@@ -907,10 +733,9 @@ class ThermalDepthNode(Node):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
-            self._close_retired()
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.close()
+        models = getattr(self, "models", None)
+        if models is not None:
+            models.close()  # joins the loader thread: a swap in progress finishes first
         super().destroy_node()
 
 

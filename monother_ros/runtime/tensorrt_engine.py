@@ -19,6 +19,12 @@ Choices (see also ``runtime/cache.py`` for the cache files):
 * Timing cache: one file per TensorRT version + GPU in the cache folder, reused across builds.
 * Needs TensorRT >= 8.6 (first release whose ONNX parser maps ``LayerNormalization``; JetPack 6 has it,
   JetPack 5's TensorRT 8.5 does not).
+* Refit: engines are built with ``BuilderFlag.REFIT`` (where the flag exists) so that adapted weights of
+  the same model reach a running engine without a rebuild: :meth:`TensorRTEngine.refitted` deserialises
+  a copy of the running engine, refits the copy with ``trt.Refitter`` from the new ONNX file
+  (``trt.OnnxParserRefitter`` on TensorRT 10+, named weights from the ONNX initializers on 8.6) and
+  returns it as a new engine, so frames keep running on the old one meanwhile. Everything is chosen by
+  attribute checks; :func:`refit_unavailable` says why a refit cannot apply (the caller then rebuilds).
 """
 from __future__ import annotations
 
@@ -44,7 +50,7 @@ from monother_ros.runtime.export import INPUT_NAME, OUTPUT_CONFIDENCE, OUTPUT_DE
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TensorRTEngine", "build_serialized_engine", "DEFAULT_WORKSPACE_BYTES"]
+__all__ = ["TensorRTEngine", "build_serialized_engine", "refit_engine", "refit_unavailable", "DEFAULT_WORKSPACE_BYTES"]
 
 _logger = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ def _keep_fp32(network: Any, trt: Any) -> int:
 
 def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, *,
                             workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                            timing_cache: str | os.PathLike | None = None) -> bytes:
+                            timing_cache: str | os.PathLike | None = None, refittable: bool = True) -> bytes:
     """Build a TensorRT engine from an exported ONNX file.
 
     Args:
@@ -81,6 +87,7 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
         precision: ``fp16`` (normalisation/softmax kept fp32) or ``fp32``.
         workspace_bytes: builder workspace limit.
         timing_cache: file to read/update the builder timing cache (created if missing).
+        refittable: build with ``BuilderFlag.REFIT`` (where it exists) so adapted weights can be refitted.
 
     Returns:
         The serialized engine.
@@ -113,6 +120,8 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
         _logger.info("fp16 build: %d normalisation/softmax layers kept in fp32", pinned)
     elif precision != "fp32":
         raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
+    if refittable and hasattr(trt.BuilderFlag, "REFIT"):
+        config.set_flag(trt.BuilderFlag.REFIT)
     cache_file = Path(timing_cache) if timing_cache is not None else None
     cache_bytes = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
     trt_cache = config.create_timing_cache(cache_bytes)
@@ -124,6 +133,64 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
     if cache_file is not None:
         atomic_write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
+
+
+def refit_unavailable(trt: Any, engine: Any) -> str:
+    """Why ``engine`` cannot be refitted with this ``tensorrt`` module ("" when it can)."""
+    if _version_tuple(getattr(trt, "__version__", "0")) < (8, 6):
+        return f"TensorRT {getattr(trt, '__version__', '?')} is older than 8.6"
+    if not hasattr(trt, "Refitter"):
+        return "this tensorrt module has no Refitter"
+    if not getattr(engine, "refittable", False):
+        return "the engine was not built refittable (BuilderFlag.REFIT)"
+    return ""
+
+
+def refit_engine(trt: Any, engine: Any, onnx_path: str | os.PathLike, logger: Any = None) -> int:
+    """Refit ``engine`` (built with ``BuilderFlag.REFIT``) with the weights of an ONNX file of the same graph.
+
+    TensorRT 10+ maps the ONNX initializers itself (``OnnxParserRefitter.refit_from_file``); on 8.6 every
+    refittable weight is set by name from the ONNX initializers (the parser names engine weights after
+    them). Nothing runs on ``engine`` meanwhile (the caller refits a copy, or holds the engine's lock).
+
+    Returns:
+        How many weights were set (TensorRT 10+: the engine's refittable weights).
+
+    Raises:
+        MonotherError: refit unavailable, weights missing from the ONNX file, or TensorRT refused.
+    """
+    why = refit_unavailable(trt, engine)
+    if why:
+        raise MonotherError(f"cannot refit: {why}")
+    logger = logger if logger is not None else _trt_logger()
+    refitter = trt.Refitter(engine, logger)
+    names = list(refitter.get_all_weights()) if hasattr(refitter, "get_all_weights") else []
+    if hasattr(trt, "OnnxParserRefitter"):
+        parser = trt.OnnxParserRefitter(refitter, logger)
+        if not parser.refit_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise MonotherError(f"TensorRT cannot refit from {onnx_path}: {errors}")
+    else:
+        import onnx
+        from onnx import numpy_helper
+
+        initializers = {init.name: init for init in onnx.load(str(onnx_path)).graph.initializer}
+        absent = [n for n in names if n not in initializers]
+        if absent:
+            raise MonotherError(f"{onnx_path} lacks {len(absent)} of the engine's weights (e.g. {absent[:3]}): "
+                                "not the same graph")
+        keep_alive = []  # TensorRT reads the arrays during refit_cuda_engine, not at set time
+        for name in names:
+            array = np.ascontiguousarray(numpy_helper.to_array(initializers[name]))
+            keep_alive.append(array)
+            if refitter.set_named_weights(name, trt.Weights(array)) is False:
+                raise MonotherError(f"TensorRT refused the weights {name!r} {array.shape} {array.dtype}")
+    missing = list(refitter.get_missing_weights()) if hasattr(refitter, "get_missing_weights") else []
+    if missing:
+        raise MonotherError(f"refit of {onnx_path} left {len(missing)} weights unset (e.g. {missing[:3]})")
+    if not refitter.refit_cuda_engine():
+        raise MonotherError(f"TensorRT failed to refit the engine from {onnx_path}; see its log")
+    return len(names)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -293,6 +360,53 @@ class TensorRTEngine(EngineBase):
         instance.engine_file = engine_file
         instance.built = built
         _logger.info("TensorRT engine %s (%s)", engine_file, "built" if built else "from cache")
+        return instance
+
+    def refit_unavailable(self, onnx_path: str | os.PathLike) -> str:
+        """Why :meth:`refitted` cannot take ``onnx_path`` ("" when it can): TensorRT, engine, or another
+        model (name, input size, outputs) than the running one."""
+        import tensorrt as trt
+
+        why = refit_unavailable(trt, self._engine)
+        if why:
+            return why
+        meta = read_onnx_info(onnx_path)
+        if (meta.model_name, meta.input_hw, meta.has_confidence) != (
+                self.info.model_name, self.info.input_hw, self.info.has_confidence):
+            return (f"{onnx_path} is {meta.model_name} {meta.input_hw[0]}x{meta.input_hw[1]}, the engine runs "
+                    f"{self.info.model_name} {self.info.input_hw[0]}x{self.info.input_hw[1]}")
+        return ""
+
+    def refitted(self, onnx_path: str | os.PathLike) -> "TensorRTEngine":
+        """A new engine with the weights of ``onnx_path``: a copy of this engine, refitted (no rebuild).
+
+        This engine keeps running meanwhile (the copy is deserialised from this engine's plan and
+        refitted before anything uses it); both exist on the GPU until the caller closes this one.
+
+        Raises:
+            MonotherError: refit unavailable (see :meth:`refit_unavailable`) or refused by TensorRT.
+            CheckpointError: unreadable ONNX file.
+        """
+        import tensorrt as trt
+        import torch
+
+        why = self.refit_unavailable(onnx_path)
+        if why:
+            raise MonotherError(f"cannot refit: {why}")
+        meta = read_onnx_info(onnx_path)
+        with torch.cuda.device(self._device):
+            with self._lock:
+                plan = self._engine.serialize()
+            copy = self._runtime.deserialize_cuda_engine(plan)
+            if copy is None:
+                raise MonotherError("TensorRT could not deserialise a copy of the running engine (GPU memory?)")
+            refit_engine(trt, copy, onnx_path)
+        th = self.thresholds
+        instance = type(self)(copy, self._runtime, meta, precision=self.info.precision, device=self._device,
+                              min_depth_m=th.min_depth_m, max_depth_m=th.max_depth_m,
+                              min_confidence=th.min_confidence)
+        instance.engine_file = self.engine_file
+        _logger.info("TensorRT engine refitted with %s (%s)", onnx_path, meta.model_hash[:12])
         return instance
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
