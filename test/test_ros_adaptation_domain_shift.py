@@ -39,7 +39,7 @@ def _node_parameters(model_dir: Path, checkpoint_dir: Path, distillation: str):
         "train.distillation": distillation, "train.batch_size": 2, "train.lr": 5e-5, "train.encoder_lr_factor": 0.1,
         "train.steps_per_round": 10, "train.max_steps_per_second": 0.0, "train.duty_cycle": 1.0,
         "train.num_threads": 1, "guard.reject_threshold": 0.02, "guard.max_rejections": 3,
-        "checkpoint.dir": str(checkpoint_dir), "checkpoint.export_onnx": False, "checkpoint.resume": False,
+        "checkpoint.dir": str(checkpoint_dir), "checkpoint.resume": False,
     }
     return [Parameter(name, value=value) for name, value in values.items()]
 

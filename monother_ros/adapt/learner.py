@@ -22,8 +22,9 @@ confidence network) and runs MonoTher-Depth's label-free stage online:
   rejections in a row roll the training weights back to the last accepted ones (optimiser state reset).
   Ground truth, when a simulated sample carries it, is scored for reports only (``gt_absrel``).
 * Accepted weights are written atomically as a checkpoint (``model/checkpoints.save_model`` into
-  ``<checkpoint_dir>/adapt-NNNNNN``, optionally with ``model.onnx``; the newest ``keep_checkpoints``
-  are kept) and handed to ``on_update`` (the node swaps them into the depth engine). A restart resumes
+  ``<checkpoint_dir>/adapt-NNNNNN``; the newest ``keep_checkpoints`` are kept) and handed to
+  ``on_update``. The learner only writes model folders: whatever a depth engine needs from one (an ONNX
+  export, a TensorRT refit or build) is made by the depth node's engine holder, off this thread. A restart resumes
   from the newest checkpoint that loads (a corrupt or half-written one is skipped).
 
 Thread safety: public methods may be called from any thread. A training step holds ``_train_lock``;
@@ -119,7 +120,6 @@ class LearnerConfig:
     # --- checkpoints ---
     checkpoint_dir: str = ""  # "" = no checkpoints
     keep_checkpoints: int = 3
-    export_onnx: bool = False  # also write model.onnx into each checkpoint (ONNX Runtime / TensorRT handover)
     resume: bool = True  # start from the newest valid checkpoint in checkpoint_dir
 
     def __post_init__(self) -> None:
@@ -155,8 +155,8 @@ class ModelUpdate(NamedTuple):
     Attributes:
         state_dict: the student's complete state dict (CPU tensors, owned by the receiver).
         reason: ``accepted``, ``rollback`` (training weights only: not sent), ``reset`` or ``resume``.
-        model_dir: the checkpoint folder holding these weights (``model.safetensors`` + config), or None.
-        onnx_path: its ``model.onnx`` when exported, else None.
+        model_dir: the checkpoint folder holding these weights (``model.safetensors`` + config), or None
+            (no checkpoint folder configured, or the write failed).
         round: training round that produced it (0 for the shipped model).
         score: held-out label-free score (lower is better), NaN when not scored.
     """
@@ -164,7 +164,6 @@ class ModelUpdate(NamedTuple):
     state_dict: dict[str, torch.Tensor]
     reason: str
     model_dir: Optional[Path]
-    onnx_path: Optional[Path]
     round: int
     score: float
 
@@ -332,22 +331,15 @@ class CheckpointStore:
         items = self.list()
         return int(_CKPT_RE.match(items[-1].name).group(1)) + 1 if items else 1
 
-    def write(self, student: nn.Module, config: Any, metadata: Mapping[str, Any], *,
-              onnx: bool = False, input_hw: Optional[Sequence[int]] = None) -> tuple[Path, Optional[Path]]:
-        """Write a new checkpoint (and its ONNX when asked), then prune; returns (folder, onnx or None)."""
+    def write(self, student: nn.Module, config: Any, metadata: Mapping[str, Any]) -> Path:
+        """Write a new checkpoint (a model folder, no ONNX), then prune; returns the folder."""
         from monother_ros.model.checkpoints import save_model
 
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / f"adapt-{self._next_index():06d}"
         save_model(student, config, target, metadata=dict(metadata))
-        onnx_path = None
-        if onnx:
-            from monother_ros.runtime.export import MODEL_ONNX_FILE, export_model_dir
-
-            onnx_path = target / MODEL_ONNX_FILE
-            export_model_dir(target, onnx_path, input_hw=input_hw)  # written atomically by the exporter
         self.prune()
-        return target, onnx_path
+        return target
 
     def prune(self) -> None:
         for old in self.list()[:-self.keep]:
@@ -688,27 +680,25 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------ hand-over and checkpoints
 
-    def _checkpoint(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int,
-                    score: float) -> tuple[Optional[Path], Optional[Path]]:
+    def _checkpoint(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int, score: float) -> Optional[Path]:
         if self.store is None:
-            return None, None
+            return None
         holder = copy.deepcopy(self._eval_student)
         holder.load_state_dict(state, strict=True)
         meta = {"adapt_reason": reason, "adapt_round": rnd, "adapt_score": None if not math.isfinite(score) else score,
                 "adapt_counters": dict(self.counters), "adapt_distillation": self.config.distillation}
-        path, onnx = self.store.write(holder, self.student_config, meta, onnx=self.config.export_onnx,
-                                      input_hw=self.student_config.input_size)
+        path = self.store.write(holder, self.student_config, meta)
         self.counters["checkpoints"] += 1
         self.last_checkpoint = path
-        return path, onnx
+        return path
 
     def _publish(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int, score: float) -> Optional[ModelUpdate]:
         try:
-            path, onnx = self._checkpoint(state, reason, rnd, score)
+            path = self._checkpoint(state, reason, rnd, score)
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop adaptation
             LOG.error("could not write the adaptation checkpoint: %s", exc)
-            path, onnx = None, None
-        update = ModelUpdate({k: v.clone() for k, v in state.items()}, reason, path, onnx, rnd, score)
+            path = None
+        update = ModelUpdate({k: v.clone() for k, v in state.items()}, reason, path, rnd, score)
         if self.on_update is not None:
             try:
                 self.on_update(update)
@@ -721,7 +711,7 @@ class OnlineLearner:
     def save(self) -> Optional[Path]:
         """Checkpoint the running weights now; returns the folder (None without a checkpoint_dir)."""
         with self._train_lock:
-            path, _ = self._checkpoint(self.running_state, "save", self.counters["rounds"], float("nan"))
+            path = self._checkpoint(self.running_state, "save", self.counters["rounds"], float("nan"))
         return path
 
     def reset(self) -> ModelUpdate:
@@ -738,9 +728,8 @@ class OnlineLearner:
         """Hand the running weights over once (after a resume, so the depth engine runs them)."""
         if self.resumed_from is None or self.on_update is None:
             return None
-        onnx = self.resumed_from / "model.onnx"
         update = ModelUpdate({k: v.clone() for k, v in self.running_state.items()}, "resume", self.resumed_from,
-                             onnx if onnx.is_file() else None, self.counters["rounds"], float("nan"))
+                             self.counters["rounds"], float("nan"))
         try:
             self.on_update(update)
             self.counters["updates_sent"] += 1

@@ -16,8 +16,7 @@ Topics (relative names; QoS from ``monother_ros.ros.qos``):
 Services: ``adaptation/pause``, ``adaptation/resume``, ``adaptation/reset`` (back to the shipped
 weights), ``adaptation/save`` (checkpoint now): ``std_srvs/Trigger``; ``adaptation/enable``
 (``std_srvs/SetBool``: true = resume, false = pause). Reset and save run on a helper thread (they wait
-for the current training step and may export ONNX); the reply says they started, the status topic shows
-the result.
+for the current training step); the reply says they started, the status topic shows the result.
 
 Data flow: thermal and RGB images are paired by the message_filters ApproximateTime policy
 (``ros.pairing``, ``sync.queue_size``, ``sync.slop_s``); a pair goes into a latest-only slot and ONE
@@ -25,21 +24,20 @@ worker thread decodes it, looks up ``T_rgb_thermal`` at the thermal stamp (``ros
 images to the network input and offers the pair to :class:`~monother_ros.adapt.learner.OnlineLearner`
 (keyframe rule: motion, RGB contrast, teacher confidence). The learner trains in its own background
 thread under a compute budget (``train.max_steps_per_second``, ``train.duty_cycle``,
-``train.num_threads``), scores candidates on its held-out slice and hands accepted weights over:
+``train.num_threads``), scores candidates on its held-out slice and writes accepted weights as a
+checkpoint folder (a model folder, nothing else: no ONNX export, no engine build on the learner). The
+folder is handed over by name, and every route ends in the depth node's engine holder
+(``runtime.engine_holder.EngineHolder.request``), which loads it for the depth node's own backend,
+device and input size off its inference thread and swaps it in between two frames:
 
-* in-process (``monother rig --adapt``: the depth node shares this node's executor): the depth node
-  (``depth_node`` parameter) is found through the executor and its engine swapped between frames:
-  ``TorchEngine.swap_weights`` (also the teacher path's student), ``OnnxEngine.swap_model`` (the
-  candidate exported to ONNX first), or, for TensorRT, the depth node's own ``swap_model`` (an engine
-  built for the checkpoint folder off the inference thread, swapped in by reference between frames, the
-  old one retired when no frame uses it); untested here (no GPU), by construction;
-* across processes: the checkpoint folder (written atomically, ``model.safetensors`` + ``model.onnx``
-  with ``checkpoint.export_onnx``) is published on ``adaptation/model_path`` (latched), for a depth node
-  that watches it.
+* in-process (``monother rig --adapt``: both nodes in one process): the rig connects this node to the
+  depth node it names (``depth_node``) with :meth:`OnlineAdaptationNode.connect_depth_node`; the folder
+  goes straight to the depth node's ``request_model``;
+* across processes: the folder is published on ``adaptation/model_path`` (latched), which the depth
+  node's ``model_topic`` subscription passes to the same ``request_model``.
 
-``handover`` picks: ``auto`` (in-process when the depth node is found in this process, else the topic),
-``in_process``, ``topic`` or ``none``. The depth node's side of the topic is its ``model_topic`` parameter
-(it builds an engine for the folder off its inference thread and swaps it in between frames).
+``handover`` picks: ``auto`` (in-process when connected, else the topic), ``in_process``, ``topic`` or
+``none``. A checkpoint that could not be written (no folder) is not handed over (reported).
 
 Parameters: :data:`ADAPTATION_PARAMETERS` (config/rig.yaml ``online_adaptation`` section).
 """
@@ -47,7 +45,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from rclpy.node import Node
@@ -74,7 +72,8 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("device", str, "cpu", "torch device of the learner: cpu, cuda or cuda:N"),
         ParamSpec("input_height", int, 0, "network input height, a multiple of 14; 0 = the model's", non_negative),
         ParamSpec("input_width", int, 0, "network input width, a multiple of 14; 0 = the model's", non_negative),
-        ParamSpec("depth_node", str, "thermal_depth", "name of the depth node to hot-swap in the same process"),
+        ParamSpec("depth_node", str, "thermal_depth", "name of the depth node the rig connects for the in-process "
+                  "hand-over (monother rig --adapt)"),
         ParamSpec("handover", str, "auto", "how improved weights reach the depth node: auto, in_process, topic, none",
                   one_of("auto", "in_process", "topic", "none")),
         ParamSpec("start_paused", bool, False, "start paused (resume with the adaptation/resume service)"),
@@ -138,8 +137,6 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("checkpoint.dir", str, "", "adapted checkpoints folder; empty = ~/.ros/monother_adaptation"),
         ParamSpec("checkpoint.keep", int, 3, "checkpoints kept (newest)", in_range(1, 1000)),
         ParamSpec("checkpoint.resume", bool, True, "start from the newest valid checkpoint"),
-        ParamSpec("checkpoint.export_onnx", bool, True, "write model.onnx into each checkpoint (ONNX Runtime / "
-                  "TensorRT depth nodes in other processes)"),
     ]
 )
 
@@ -192,7 +189,7 @@ def learner_config_from_params(p: dict[str, Any], checkpoint_dir: str):
         max_steps_per_second=p["train.max_steps_per_second"], duty_cycle=p["train.duty_cycle"],
         num_threads=p["train.num_threads"], reject_threshold=p["guard.reject_threshold"],
         max_rejections=p["guard.max_rejections"], checkpoint_dir=checkpoint_dir, keep_checkpoints=p["checkpoint.keep"],
-        export_onnx=p["checkpoint.export_onnx"], resume=p["checkpoint.resume"])
+        resume=p["checkpoint.resume"])
 
 
 class OnlineAdaptationNode(Node):
@@ -230,7 +227,8 @@ class OnlineAdaptationNode(Node):
         self.model_path = model
         self.learner = OnlineLearner(dual, learner_config_from_params(p, checkpoint_dir), on_update=self._on_update,
                                      device=p["device"])
-        self.swaps = {"in_process": 0, "topic": 0, "failed": 0}
+        self.swaps = {"in_process": 0, "topic": 0, "not_handed_over": 0}
+        self._request_model: Optional[Callable[[Path], None]] = None  # set by connect_depth_node
         self.last_swap: str = "none"
         self.counters = {"pairs": 0, "rejected": 0, "no_tf": 0, "no_camera_info": 0}
         self.decisions: dict[str, int] = {}
@@ -293,7 +291,7 @@ class OnlineAdaptationNode(Node):
         self.slot.put((items[0].payload, items[1].payload))
 
     def _announce_resumed(self) -> None:
-        # Once, after the executor runs (so an in-process depth node can be found): resumed weights.
+        # Once, after the executor runs (the rig has connected an in-process depth node by then): resumed weights.
         self._announce_timer.cancel()
         if self.learner.resumed_from is not None:
             threading.Thread(target=self.learner.announce, name="adaptation-announce", daemon=True).start()
@@ -420,74 +418,37 @@ class OnlineAdaptationNode(Node):
 
     # ------------------------------------------------------------------ hand-over (learner thread)
 
-    def _find_depth_node(self):
-        executor = self.executor
-        if executor is None:
-            return None
-        for node in executor.get_nodes():
-            if node is not self and node.get_name() == self.params["depth_node"] and hasattr(node, "engine"):
-                return node
-        return None
+    def connect_depth_node(self, request_model: Callable[[Path], None]) -> None:
+        """In-process hand-over: accepted checkpoint folders go to ``request_model`` (the depth node's
+        ``request_model``, i.e. its engine holder), instead of the topic (``handover`` auto/in_process)."""
+        self._request_model = request_model
 
     def _on_update(self, update) -> None:
+        """Hand a checkpoint folder over (learner thread; returns at once: the depth node loads it)."""
         mode = self.params["handover"]
         if mode == "none":
             return
-        swapped = False
-        if mode in ("auto", "in_process"):
-            node = self._find_depth_node()
-            if node is not None:
-                try:
-                    self._swap_engine(node, update)
-                    swapped = True
-                    self.swaps["in_process"] += 1
-                    self.last_swap = f"in_process {update.reason} round {update.round}"
-                    self.problems.clear("swap_failed")
-                except Exception as exc:  # noqa: BLE001 - keep the old weights, say why
-                    self.swaps["failed"] += 1
-                    self.problems.report("swap_failed", f"in-process swap failed: {type(exc).__name__}: {exc}",
-                                         Level.ERROR)
-            elif mode == "in_process":
-                self.problems.report("depth_node_not_found", f"no node {self.params['depth_node']!r} with an engine "
-                                     "in this process: weights not handed over")
-        # auto: the topic only when no in-process swap happened (the depth node also watches the topic: a
-        # second, slower swap of the same weights would be wasted work and could land after a newer one).
-        if (mode == "topic" or (mode == "auto" and not swapped)) and update.model_dir is not None:
+        if update.model_dir is None:
+            with self._lock:
+                self.swaps["not_handed_over"] += 1
+            self.problems.report("no_checkpoint", f"{update.reason} weights of round {update.round} were not "
+                                 "written to a checkpoint folder: not handed over (see the log)", Level.ERROR)
+            return
+        self.problems.clear("no_checkpoint")
+        if mode in ("auto", "in_process") and self._request_model is not None:
+            self._request_model(Path(update.model_dir))
+            route = "in_process"
+        elif mode == "in_process":
+            self.problems.report("depth_node_not_connected", f"handover in_process, but no depth node "
+                                 f"{self.params['depth_node']!r} is connected in this process: weights not handed "
+                                 "over")
+            return
+        else:
             self.pub_model_path.publish(String(data=str(update.model_dir)))
-            self.swaps["topic"] += 1
-            if not swapped:
-                self.last_swap = f"topic {update.reason} round {update.round}"
-
-    def _swap_engine(self, node, update) -> None:
-        """Hand ``update`` to the depth node's engine between frames (see the module docstring)."""
-        engine = node.engine
-        if hasattr(engine, "swap_weights"):
-            engine.swap_weights(update.state_dict)
-            return
-        if hasattr(engine, "swap_model"):
-            engine.swap_model(update.onnx_path or self._export(update, tuple(engine.info.input_hw)))
-            return
-        # TensorRT has no in-place swap. The depth node's own hot swap builds an engine for the folder off
-        # its inference thread and retires the old one between frames (closing it here could free it under
-        # a running frame).
-        target = update.model_dir or update.onnx_path or self._export(update, tuple(engine.info.input_hw))
-        if not hasattr(node, "swap_model"):
-            raise RuntimeError(f"{node.get_name()} has no hot swap for a {engine.info.backend} engine")
-        if not node.swap_model(Path(target)):
-            raise RuntimeError(f"{node.get_name()} refused {target} (see its diagnostics)")
-
-    def _export(self, update, input_hw: tuple[int, int]) -> Path:
-        """ONNX of an update without one (checkpoint.export_onnx off), next to the checkpoints."""
-        import copy as _copy
-
-        from monother_ros.runtime.export import export_onnx
-
-        student = _copy.deepcopy(self.learner.model.student).cpu().eval()
-        student.load_state_dict(update.state_dict)
-        root = self.learner.store.root if self.learner.store is not None else Path.home() / ".ros"
-        path = root / f".swap-{update.reason}-{update.round}.onnx"
-        export_onnx(student, self.learner.student_config, path, input_hw=input_hw)
-        return path
+            route = "topic"
+        with self._lock:
+            self.swaps[route] += 1
+        self.last_swap = f"{route} {update.reason} round {update.round}: {update.model_dir.name}"
 
     # ------------------------------------------------------------------ status
 

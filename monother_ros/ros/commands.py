@@ -106,7 +106,20 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
         for node in reversed(nodes):
             node.destroy_node()
         raise
+    _connect_handover(nodes)
     return nodes
+
+
+def _connect_handover(nodes: list[Any]) -> None:
+    """In one process, online_adaptation hands its checkpoint folders straight to the depth node it names
+    (its ``depth_node`` parameter): to that node's ``request_model``, where the model topic ends too."""
+    by_name = {node.get_name(): node for node in nodes}
+    adaptation = by_name.get("online_adaptation")
+    if adaptation is None:
+        return
+    depth = by_name.get(adaptation.params["depth_node"])
+    if depth is not None:
+        adaptation.connect_depth_node(depth.request_model)
 
 
 def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, extra_nodes=None,

@@ -11,7 +11,7 @@ before rclpy), only the standard library.
 Graph (relative topics; one namespace for all nodes):
 
     sim_rig (use_sim) --thermal/*, rgb/*, /tf_static--> thermal_depth --depth/*--> RViz, users
-    online_adaptation (adapt) --weights (in process, or adaptation/model_path)--> thermal_depth
+    online_adaptation (adapt) --checkpoint folders (in process, or adaptation/model_path)--> thermal_depth
 
 A node whose module is missing from an install is refused with "<name> is not available yet" by both
 entry points (``require_available``; the launch file logs it and shuts down).
