@@ -156,6 +156,20 @@ def load_engine(path: Path, settings: EngineSettings, current: Any = None) -> tu
     return engine, ("rebuild" if engine.info.backend == "tensorrt" and current is not None else "load")
 
 
+def tensorrt_needs_rebuild(path: Path, settings: EngineSettings, current: Any) -> bool:
+    """Whether swapping ``current`` to ``path`` is a full TensorRT build (refit cannot apply); exports the
+    ONNX file if needed (loader thread). False for other backends, and when the check itself fails (the
+    load then reports the problem)."""
+    if current.info.backend != "tensorrt" or not hasattr(current, "refit_unavailable"):
+        return False
+    try:
+        from monother_ros.runtime.export import resolve_onnx
+
+        return bool(current.refit_unavailable(resolve_onnx(path, current.info.input_hw, settings.cache_dir)))
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def warm_up(engine: Any) -> None:
     """One synthetic frame (a pair too for a pair engine): lazy initialisation happens here, not on the
     first real frame."""
@@ -174,6 +188,8 @@ class EngineHolder:
         model_path: the first model (loaded in the constructor, on the calling thread).
         on_swap: called with a :class:`SwapOutcome` after every request is settled (loader thread).
         loader: ``(path, settings, current) -> (engine, how)``; default :func:`load_engine`.
+        needs_rebuild: ``(path, settings, current) -> bool``: the swap is a full TensorRT build, rate-limited
+            by ``settings.min_rebuild_interval_s``; default :func:`tensorrt_needs_rebuild`.
         clock: monotonic seconds (tests).
 
     Raises:
@@ -183,9 +199,11 @@ class EngineHolder:
     def __init__(self, settings: EngineSettings, model_path: str | os.PathLike, *,
                  on_swap: Optional[Callable[[SwapOutcome], None]] = None,
                  loader: Optional[Callable[..., tuple[Any, str]]] = None,
+                 needs_rebuild: Optional[Callable[..., bool]] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._load = loader or load_engine
+        self._needs_rebuild = needs_rebuild or tensorrt_needs_rebuild
         self._on_swap = on_swap
         self._clock = clock
         self._lock = threading.Lock()             # guards the fields below; held only for reference swaps
@@ -200,7 +218,8 @@ class EngineHolder:
         self._loading: Optional[Path] = None
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
-        self._last_rebuild = -float("inf")
+        # A TensorRT engine built just now counts as the last rebuild (the rate limit starts here).
+        self._last_rebuild = clock() if getattr(engine, "built", False) else -float("inf")
         self.swaps = 0
         self.failures = 0
         self.last_outcome: Optional[SwapOutcome] = None
@@ -292,8 +311,6 @@ class EngineHolder:
             _close(new)
             return self._settle(SwapOutcome(path, False, reason=f"warm-up failed: {type(exc).__name__}: {exc}",
                                             seconds=time.monotonic() - t0))
-        if how == "rebuild":
-            self._last_rebuild = self._clock()
         with self._lock:
             old, self._engine, self._model_path = self._engine, new, path
             key = id(old)
@@ -318,21 +335,8 @@ class EngineHolder:
         return outcome
 
     def _rebuild_wait(self) -> float:
-        """Seconds until a TensorRT rebuild is allowed again (0 for other backends)."""
-        if self._engine.info.backend != "tensorrt":
-            return 0.0
+        """Seconds until a full rebuild is allowed again."""
         return max(0.0, self._last_rebuild + self.settings.min_rebuild_interval_s - self._clock())
-
-    def _needs_rebuild(self, path: Path) -> bool:
-        engine = self._engine
-        if engine.info.backend != "tensorrt" or not hasattr(engine, "refit_unavailable"):
-            return False
-        try:
-            from monother_ros.runtime.export import resolve_onnx
-
-            return bool(engine.refit_unavailable(resolve_onnx(path, engine.info.input_hw, self.settings.cache_dir)))
-        except Exception:  # noqa: BLE001 - the load itself will report the problem
-            return False
 
     def _loader_loop(self) -> None:
         _lower_thread_priority()
@@ -347,7 +351,8 @@ class EngineHolder:
                 path, self._pending = self._pending, None
                 self._loading = path
             try:
-                wait = self._rebuild_wait() if self._needs_rebuild(path) else 0.0
+                rebuild = self._needs_rebuild(path, self.settings, self._engine)
+                wait = self._rebuild_wait() if rebuild else 0.0
                 if wait > 0:
                     _logger.info("TensorRT rebuild for %s deferred %.0f s (min_rebuild_interval_s)", path, wait)
                     with self._lock:
@@ -361,7 +366,9 @@ class EngineHolder:
                         with self._lock:
                             self._pending = self._pending or path
                         continue
-                self.swap(path)
+                outcome = self.swap(path)
+                if rebuild and outcome.ok:
+                    self._last_rebuild = self._clock()
             finally:
                 with self._lock:
                     self._loading = None
