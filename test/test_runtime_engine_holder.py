@@ -63,7 +63,7 @@ def _holder(loader, **kw):
 
 
 def test_swap_lands_between_frames_and_the_old_engine_closes_after_its_frame():
-    def loader(path, settings, current):
+    def loader(path, settings, current, **_):
         return _Engine(Path(path).name), "load"
 
     holder, outcomes = _holder(loader)
@@ -87,7 +87,7 @@ def test_swap_lands_between_frames_and_the_old_engine_closes_after_its_frame():
 def test_requests_are_latest_only_and_a_failure_keeps_the_running_engine():
     gate, loaded = threading.Event(), []
 
-    def loader(path, settings, current):
+    def loader(path, settings, current, **_):
         name = Path(path).name
         if current is not None:
             loaded.append(name)
@@ -117,7 +117,7 @@ def test_requests_are_latest_only_and_a_failure_keeps_the_running_engine():
 def test_close_joins_a_load_in_progress_and_drops_its_engine():
     started, made = threading.Event(), []
 
-    def loader(path, settings, current):
+    def loader(path, settings, current, **_):
         if current is not None:
             started.set()
             time.sleep(0.5)
@@ -142,13 +142,13 @@ def test_tensorrt_rebuilds_are_rate_limited_refits_are_not():
 
     loads = []
 
-    def loader(path, settings, current):
+    def loader(path, settings, current, **_):
         name = Path(path).name
         loads.append((name, time.monotonic()))
         return _Engine(name, backend="tensorrt"), ("rebuild" if name.startswith("re") else "refit")
 
     holder = EngineHolder(EngineSettings(min_rebuild_interval_s=1.0), "first", loader=loader,
-                          needs_rebuild=lambda path, settings, current: Path(path).name.startswith("re"))
+                          needs_rebuild=lambda path, settings, current, **_: Path(path).name.startswith("re"))
     t0 = time.monotonic()
     holder.request("rebuild-1")  # no rebuild yet: at once
     assert holder.wait_idle(10)
@@ -397,3 +397,22 @@ def test_builds_are_refittable_where_the_flag_exists(monkeypatch, tmp_path):
     flags.clear()
     T.build_serialized_engine(tmp_path / "m.onnx", "fp32", refittable=False)
     assert flags == []
+
+
+def test_export_child_reports_failures_and_is_killed_on_cancel(tmp_path):
+    from monother_ros.errors import MonotherError
+    from monother_ros.runtime.engine_holder import resolve_onnx_isolated
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(MonotherError, match="ONNX export of .*broken failed: CheckpointError"):
+        resolve_onnx_isolated(broken, None, str(tmp_path / "cache"))
+    new = _scaled_copy(tiny_student_dir(), tmp_path / "adapt-000005", 1.3)
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(MonotherError, match="cancelled"):
+        resolve_onnx_isolated(new, None, str(tmp_path / "cache"), cancel)
+    assert time.monotonic() - t0 < 8.0  # killed, not waited for (an export takes 15-35 s on this machine)
+    assert not list((tmp_path / "cache").glob("*.onnx"))  # nothing half-written left as a result

@@ -8,6 +8,11 @@ node's ``adaptation/model_path`` topic and the in-process hand-over of ``online_
   (``runtime.export.resolve_onnx``) for ONNX Runtime and TensorRT, a TensorRT refit or build, a torch
   load, or a new :class:`~monother_ros.runtime.pair_engine.PairEngine` sharing the running teacher when
   the teacher path is on. The new engine runs one warm-up frame in that thread too.
+* The ONNX export runs in a child process (``python -m monother_ros.runtime.engine_holder export``,
+  niced) that the loader thread waits for: the exporter is pure-Python-heavy for seconds (tens of
+  seconds on a small CPU) and in a thread it would hold the GIL away from inference (measured on a
+  2-core machine: frame gaps up to 0.8 s at 20 Hz during an in-thread export); a child is also
+  killed at once on shutdown instead of being waited for.
 * Requests are latest-only: a folder asked for while another loads replaces any older waiting one.
 * The swap is a reference swap under a short lock, between two frames: a frame holds the engine it
   started with (:meth:`frame`), so the old engine is closed when the frame in flight ends (at once when
@@ -107,7 +112,53 @@ class SwapOutcome:
     model_hash: str = ""
 
 
-def load_engine(path: Path, settings: EngineSettings, current: Any = None) -> tuple[Any, How]:
+def resolve_onnx_isolated(path: Path, input_hw: Optional[tuple[int, int]], cache_dir: Optional[str],
+                          cancel: Optional[threading.Event] = None) -> Path:
+    """``runtime.export.resolve_onnx`` in a child process: the ONNX file to run for a model folder at an
+    input size, exported (and cached) by the child when needed. An ``.onnx`` file is returned as is.
+
+    Args:
+        path: model folder or ``.onnx`` file.
+        input_hw: network input (h, w); None = the model's.
+        cache_dir: the export cache; None = ``engines/cache``.
+        cancel: set it to kill the child (shutdown); the call then raises ``MonotherError``.
+
+    Raises:
+        MonotherError: the child failed (its last error lines), or was cancelled.
+    """
+    import subprocess
+    import sys
+
+    from monother_ros.errors import MonotherError
+
+    if Path(path).suffix == ".onnx":
+        return Path(path)
+    args = [sys.executable, "-m", __name__, "export", str(path),
+            "x".join(str(v) for v in input_hw) if input_hw else "", cache_dir or ""]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    proc.kill()
+                    proc.communicate()
+                    raise MonotherError(f"ONNX export of {path} cancelled") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        reason = " ".join(err.decode(errors="replace").strip().splitlines()[-1:]) or f"exit {proc.returncode}"
+        raise MonotherError(f"ONNX export of {path} failed: {reason}")
+    return Path(lines[-1])
+
+
+def load_engine(path: Path, settings: EngineSettings, current: Any = None,
+                cancel: Optional[threading.Event] = None) -> tuple[Any, How]:
     """An engine for the model at ``path`` made as ``settings`` say, reusing ``current`` where it can.
 
     Args:
@@ -115,6 +166,7 @@ def load_engine(path: Path, settings: EngineSettings, current: Any = None) -> tu
         settings: backend, device, precision, input size, thresholds.
         current: the running engine (None at start): the teacher of a running pair engine is shared,
             and a running TensorRT engine is refitted when the new model is the same graph.
+        cancel: set it to stop an ONNX export in progress (shutdown).
 
     Returns:
         ``(engine, how)``.
@@ -138,34 +190,33 @@ def load_engine(path: Path, settings: EngineSettings, current: Any = None) -> tu
         return PairEngine.from_model_dir(path, input_hw=hw, device=s.device or "cpu", precision=s.precision,
                                          num_threads=s.num_threads, min_depth_m=s.min_depth_m,
                                          max_depth_m=s.max_depth_m, min_confidence=s.min_confidence), "teacher"
-    if current is not None and current.info.backend == "tensorrt" and hasattr(current, "refitted"):
-        from monother_ros.runtime.export import resolve_onnx
-
-        onnx_path = resolve_onnx(path, hw, s.cache_dir)  # the export happens here, in the loader thread
-        why = current.refit_unavailable(onnx_path)
-        if not why:
-            return current.refitted(onnx_path), "refit"
-        _logger.info("TensorRT swap to %s needs a rebuild: %s", path, why)
-        path = onnx_path
     from monother_ros.runtime.engine import make_backend
 
     backend = s.backend if current is None else current.info.backend
+    if current is not None and backend in ("onnxruntime", "tensorrt"):
+        # The export (if any) in a child process; the engine below then reads a ready ONNX file.
+        path = resolve_onnx_isolated(path, hw, s.cache_dir, cancel)
+        if backend == "tensorrt" and hasattr(current, "refitted"):
+            why = current.refit_unavailable(path)
+            if not why:
+                return current.refitted(path), "refit"
+            _logger.info("TensorRT swap to %s needs a rebuild: %s", path, why)
     engine = make_backend(path, backend, input_hw=hw, precision=s.precision, device=s.device,
                           cache_dir=s.cache_dir, num_threads=s.num_threads, min_depth_m=s.min_depth_m,
                           max_depth_m=s.max_depth_m, min_confidence=s.min_confidence)
     return engine, ("rebuild" if engine.info.backend == "tensorrt" and current is not None else "load")
 
 
-def tensorrt_needs_rebuild(path: Path, settings: EngineSettings, current: Any) -> bool:
+def tensorrt_needs_rebuild(path: Path, settings: EngineSettings, current: Any,
+                           cancel: Optional[threading.Event] = None) -> bool:
     """Whether swapping ``current`` to ``path`` is a full TensorRT build (refit cannot apply); exports the
-    ONNX file if needed (loader thread). False for other backends, and when the check itself fails (the
+    ONNX file if needed (child process). False for other backends, and when the check itself fails (the
     load then reports the problem)."""
     if current.info.backend != "tensorrt" or not hasattr(current, "refit_unavailable"):
         return False
     try:
-        from monother_ros.runtime.export import resolve_onnx
-
-        return bool(current.refit_unavailable(resolve_onnx(path, current.info.input_hw, settings.cache_dir)))
+        onnx_path = resolve_onnx_isolated(path, current.info.input_hw, settings.cache_dir, cancel)
+        return bool(current.refit_unavailable(onnx_path))
     except Exception:  # noqa: BLE001
         return False
 
@@ -217,6 +268,7 @@ class EngineHolder:
         self._pending: Optional[Path] = None
         self._loading: Optional[Path] = None
         self._stopping = False
+        self._cancel = threading.Event()  # set by close(): kills an export child in progress
         self._thread: Optional[threading.Thread] = None
         # A TensorRT engine built just now counts as the last rebuild (the rate limit starts here).
         self._last_rebuild = clock() if getattr(engine, "built", False) else -float("inf")
@@ -298,10 +350,10 @@ class EngineHolder:
         t0 = time.monotonic()
         current = self._engine
         try:
-            new, how = self._load(path, self.settings, current)
+            new, how = self._load(path, self.settings, current, cancel=self._cancel)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the running engine
-            return self._settle(SwapOutcome(path, False, reason=f"{type(exc).__name__}: {exc}",
-                                            seconds=time.monotonic() - t0))
+            reason = "shutting down" if self._stopping else f"{type(exc).__name__}: {exc}"
+            return self._settle(SwapOutcome(path, False, reason=reason, seconds=time.monotonic() - t0))
         if self._stopping:  # shutting down: the new engine is not wanted any more
             _close(new)
             return self._settle(SwapOutcome(path, False, reason="shutting down", seconds=time.monotonic() - t0))
@@ -351,7 +403,7 @@ class EngineHolder:
                 path, self._pending = self._pending, None
                 self._loading = path
             try:
-                rebuild = self._needs_rebuild(path, self.settings, self._engine)
+                rebuild = self._needs_rebuild(path, self.settings, self._engine, cancel=self._cancel)
                 wait = self._rebuild_wait() if rebuild else 0.0
                 if wait > 0:
                     _logger.info("TensorRT rebuild for %s deferred %.0f s (min_rebuild_interval_s)", path, wait)
@@ -385,6 +437,7 @@ class EngineHolder:
         with self._lock:
             self._stopping = True
             self._pending = None
+            self._cancel.set()
             self._wake.notify_all()
             thread = self._thread
         joined = True
@@ -414,3 +467,35 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
         pass
+
+
+def _export_main(argv: list[str]) -> int:
+    """Child-process entry: ``export <model> <h>x<w | ""> <cache_dir | "">``; prints the ONNX path."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C reaching the child just ends it, quietly
+    try:
+        os.nice(10)  # leave the CPU to inference
+    except OSError:
+        pass
+    from monother_ros.errors import MonotherError
+    from monother_ros.runtime.export import parse_hw, resolve_onnx
+
+    if len(argv) != 4 or argv[0] != "export":
+        print("usage: python -m monother_ros.runtime.engine_holder export MODEL [HxW] [CACHE_DIR]", file=sys.stderr)
+        return 2
+    _, model, hw, cache_dir = argv
+    try:
+        path = resolve_onnx(model, parse_hw(hw) if hw else None, cache_dir or None)
+    except (MonotherError, OSError, ValueError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_export_main(sys.argv[1:]))
