@@ -419,3 +419,49 @@ def test_hot_swap_from_the_model_topic_and_corrupt_model_refused(tmp_path):
             assert node.health().values["model hash"] != old_hash[:16]
             np.testing.assert_allclose(depth_now(2), expected_new, rtol=1e-5, equal_nan=True)
         node.destroy_node()
+
+
+def test_hot_swap_with_the_teacher_is_the_same_on_both_routes(tmp_path):
+    """The model topic and the in-process hand-over (``request_model``) both end in the engine holder: with
+    the teacher on, each swap keeps the running teacher and runs the folder's student; a folder the
+    teacher path cannot take keeps the running engine (WARN + /diagnostics)."""
+    import torch
+    from rclpy.node import Node
+    from std_msgs.msg import String
+
+    from monother_ros.model.checkpoints import load_model, save_model
+    from monother_ros.ros import qos
+    from monother_ros.ros.diagnostics import Level
+    from monother_ros.runtime.export import folder_hash
+    from ros_harness import Spinner, ros_context, wait_for, wait_for_subscribers
+    from tiny_models import tiny_dual_dir, tiny_student_dir
+
+    dual, config = load_model(tiny_dual_dir())
+    folders = []
+    for k in (1, 2):
+        with torch.no_grad():
+            for p in dual.student.parameters():
+                p.mul_(1.03)
+        folders.append(save_model(dual.student, config, tmp_path / f"adapt-{k:06d}"))
+    with ros_context() as context:
+        node = make_node(context, model=str(tiny_dual_dir()), backend="torch", **{"teacher.enabled": True})
+        teacher = node.teacher.teacher
+        client = Node("adaptation_stub", context=context)
+        model_pub = client.create_publisher(String, "adaptation/model_path", qos.TF_STATIC_PUBLISHER)
+        with Spinner(context, node, client):
+            assert wait_for_subscribers(client, "adaptation/model_path")
+            model_pub.publish(String(data=str(folders[0])))  # across processes
+            assert wait_for(lambda: node.counters["model_swaps"] == 1, 30.0), node.problems.active()
+            assert node.teacher.teacher is teacher and node.model_path == folders[0]
+            assert node.engine.info.model_hash == folder_hash(folders[0])
+            node.request_model(folders[1])  # in-process hand-over
+            assert wait_for(lambda: node.counters["model_swaps"] == 2, 30.0), node.problems.active()
+            assert node.teacher.teacher is teacher and node.engine.info.model_hash == folder_hash(folders[1])
+            node.request_model(tiny_student_dir() / "model.onnx")
+            assert wait_for(lambda: node.problems.is_active("model_swap_failed"), 30.0)
+            problem = node.problems.active()["model_swap_failed"]
+            assert "ONNX" in problem.reason and str(folders[1]) in problem.reason and problem.level == Level.WARN
+            assert node.engine.info.model_hash == folder_hash(folders[1])
+            values = node.health().values
+            assert values["model hash"] == folder_hash(folders[1])[:16] and values["last swap"].startswith("failed")
+        node.destroy_node()

@@ -6,8 +6,12 @@ Entry points (import the submodules for the rest; nothing heavy is imported here
 * :class:`DepthResult`, :class:`EngineInfo`, :class:`MaskThresholds`: what engines return and describe;
 * ``runtime.export``: ``export_onnx``, ``export_model_dir``, ``read_onnx_info``, ``resolve_onnx``;
 * ``runtime.cache``: TensorRT engine cache keys, sidecars, atomic writes (pure Python);
-* backends: ``runtime.onnx_engine.OnnxEngine`` (``swap_model``), ``runtime.torch_engine.TorchEngine``
-  (``swap_weights``), ``runtime.tensorrt_engine.TensorRTEngine`` (``from_onnx``).
+* backends: ``runtime.onnx_engine.OnnxEngine``, ``runtime.torch_engine.TorchEngine``,
+  ``runtime.tensorrt_engine.TensorRTEngine`` (``from_onnx``, ``refitted``);
+* ``runtime.pair_engine.PairEngine``: the RGB-teacher pair path (student + teacher + confidence network +
+  warp) as an engine;
+* ``runtime.engine_holder.EngineHolder``: holds the running engine and swaps in new model folders between
+  frames (loaded off the inference thread); every hot-swap route ends in its ``request``.
 """
 from monother_ros.runtime.engine import (
     DepthResult,
