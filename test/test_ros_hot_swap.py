@@ -84,6 +84,48 @@ def test_ctrl_c_during_hot_swaps_exits_cleanly(tmp_path):
             assert time.monotonic() - t0 < 25.0, f"{phase}: shutdown took {time.monotonic() - t0:.1f} s"
 
 
+def test_ctrl_c_during_in_process_swaps_of_rig_adapt_exits_cleanly(tmp_path):
+    """``monother rig --sim --adapt``: online_adaptation accepts every round (tiny models, huge reject
+    threshold) and hands each checkpoint folder to the depth node in-process; Ctrl-C at random moments
+    while swaps keep coming (training, checkpoint writes, exports and swaps in flight)."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image
+
+    from monother_ros.ros import qos
+    from tiny_models import tiny_dual_dir
+
+    config = yaml.safe_load((REPO_ROOT / "config" / "rig.yaml").read_text())
+    config["/**/sim_rig"]["ros__parameters"].update(render_scale=0.2)
+    config["/**/thermal_depth"]["ros__parameters"].update(num_threads=1, cache_dir=str(tmp_path / "cache"))
+    adapt = config["/**/online_adaptation"]["ros__parameters"]
+    adapt.update(model=str(tiny_dual_dir()), status_period_s=0.5)
+    adapt["checkpoint"].update(dir=str(tmp_path / "ckpt"))
+    adapt["keyframe"].update(min_confidence=0.0, min_mask_fraction=0.0, min_rgb_contrast=0.0, min_image_change=0.0,
+                             max_rate_hz=0.0)
+    adapt["buffer"].update(min_pairs=2, min_holdout=1, holdout_every=3)
+    adapt["train"].update(batch_size=1, steps_per_round=1, max_steps_per_second=0.0, duty_cycle=1.0)
+    adapt["guard"].update(reject_threshold=1000.0)
+    params = tmp_path / "rig.yaml"
+    params.write_text(yaml.safe_dump(config))
+    args = ["rig", "--sim", "--adapt", "--config", str(params), "--model", str(tiny_student_dir()), "--backend",
+            "onnxruntime"]
+    rng = random.Random(29)
+    for run in range(2):
+        with NodeProcess("monother_ros.cli", args, log_dir=tmp_path) as proc, ros_context() as context:
+            node = Node("swap_client", context=context)
+            depth = Collector(node, Image, "depth/image", qos.SENSOR)
+            with Spinner(context, node):
+                assert wait_for_publishers(node, "depth/image", timeout=90.0), proc.output()
+                assert depth.wait_for_count(3, timeout=60.0), proc.output()
+                assert wait_for(lambda: "hot-swapped the model" in proc.output(), 180.0), proc.output()[-3000:]
+                time.sleep(rng.uniform(0.0, 3.0))
+                assert proc.running(), proc.output()[-3000:]
+            t0 = time.monotonic()
+            rc = proc.stop(timeout=30.0)
+            _clean_exit(proc, rc)
+            assert time.monotonic() - t0 < 25.0, f"run {run}: shutdown took {time.monotonic() - t0:.1f} s"
+
+
 def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
     """Thermal frames at a steady 10 Hz into a thermal_depth process; model folders arrive on the model
     topic. Around each swap, the gap between two depth outputs stays within about two frame periods

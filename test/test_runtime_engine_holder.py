@@ -416,3 +416,30 @@ def test_export_child_reports_failures_and_is_killed_on_cancel(tmp_path):
         resolve_onnx_isolated(new, None, str(tmp_path / "cache"), cancel)
     assert time.monotonic() - t0 < 8.0  # killed, not waited for (an export takes 15-35 s on this machine)
     assert not list((tmp_path / "cache").glob("*.onnx"))  # nothing half-written left as a result
+
+
+def test_a_folder_pruned_during_the_export_still_loads(tmp_path):
+    """The learner keeps only its newest checkpoints: the holder exports from a private hard-linked copy,
+    so a folder removed right after the request still loads; the copy is removed afterwards."""
+    import shutil
+
+    from monother_ros.runtime.engine import make_backend
+    from monother_ros.runtime.engine_holder import EngineHolder, EngineSettings, stage_folder, unstage
+
+    cache = tmp_path / "cache"
+    new = _scaled_copy(tiny_student_dir(), tmp_path / "adapt-000009", 0.95)
+    expected = make_backend(new, "torch", num_threads=1).infer(_frame()).depth
+    staged = stage_folder(new, str(cache))
+    assert staged.name == new.name and (staged / "model.safetensors").stat().st_ino == (new / "model.safetensors").stat().st_ino
+    unstage(staged)
+    assert not staged.parent.exists()
+    (cache / ".staging-999999999-0" / "x").mkdir(parents=True)  # left by a process that died
+    holder = EngineHolder(EngineSettings(backend="onnxruntime", num_threads=1, cache_dir=str(cache)), tiny_student_dir())
+    assert not (cache / ".staging-999999999-0").exists()
+    holder.request(new)
+    assert _wait(lambda: list(cache.glob(".staging-*")), 10)  # staged: now the learner may prune
+    shutil.rmtree(new)
+    assert holder.wait_idle(120) and holder.last_outcome.ok, holder.last_outcome
+    np.testing.assert_allclose(holder.engine.infer(_frame()).depth, expected, rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert not list(cache.glob(".staging-*"))
+    holder.close()

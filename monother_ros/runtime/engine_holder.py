@@ -12,7 +12,9 @@ node's ``adaptation/model_path`` topic and the in-process hand-over of ``online_
   niced) that the loader thread waits for: the exporter is pure-Python-heavy for seconds (tens of
   seconds on a small CPU) and in a thread it would hold the GIL away from inference (measured on a
   2-core machine: frame gaps up to 0.8 s at 20 Hz during an in-thread export); a child is also
-  killed at once on shutdown instead of being waited for.
+  killed at once on shutdown instead of being waited for. The child works on a private hard-linked
+  copy of the folder (``.staging-*`` in the cache folder): the learner keeps only its newest
+  checkpoints and may prune the folder while a long export still needs it.
 * Requests are latest-only: a folder asked for while another loads replaces any older waiting one.
 * The swap is a reference swap under a short lock, between two frames: a frame holds the engine it
   started with (:meth:`frame`), so the old engine is closed when the frame in flight ends (at once when
@@ -29,8 +31,10 @@ node's ``adaptation/model_path`` topic and the in-process hand-over of ``online_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -157,6 +161,66 @@ def resolve_onnx_isolated(path: Path, input_hw: Optional[tuple[int, int]], cache
     return Path(lines[-1])
 
 
+_STAGING_PREFIX = ".staging-"
+_staged_count = itertools.count()
+
+
+def stage_folder(path: Path, cache_dir: Optional[str]) -> Path:
+    """A private copy of a model folder's files (hard links where possible) in the cache folder, so that
+    a checkpoint pruned meanwhile stays loadable; an ``.onnx`` file is returned as is.
+
+    Raises:
+        CheckpointError: the folder is gone (pruned by newer checkpoints before it could be loaded).
+    """
+    from monother_ros.errors import CheckpointError
+    from monother_ros.runtime.cache import default_cache_dir
+
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return path
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / f"{_STAGING_PREFIX}{os.getpid()}-{next(_staged_count)}" / path.name
+    try:
+        files = [f for f in path.iterdir() if f.is_file()]
+        target.mkdir(parents=True)
+        for f in files:
+            try:
+                os.link(f, target / f.name)
+            except OSError:  # another file system, or no hard links there
+                shutil.copy2(f, target / f.name)
+    except FileNotFoundError as exc:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise CheckpointError(f"{path} is gone (pruned by newer checkpoints before it could be loaded?): "
+                              f"{exc}") from exc
+    return target
+
+
+def unstage(path: Path) -> None:
+    """Remove a folder made by :func:`stage_folder` (nothing else)."""
+    if path.parent.name.startswith(_STAGING_PREFIX):
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def remove_stale_staging(cache_dir: Optional[str]) -> int:
+    """Remove staging folders left by processes that no longer run; returns how many."""
+    from monother_ros.runtime.cache import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    removed = 0
+    for folder in root.glob(f"{_STAGING_PREFIX}*") if root.is_dir() else []:
+        pid = folder.name[len(_STAGING_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # its process still runs
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def load_engine(path: Path, settings: EngineSettings, current: Any = None,
                 cancel: Optional[threading.Event] = None) -> tuple[Any, How]:
     """An engine for the model at ``path`` made as ``settings`` say, reusing ``current`` where it can.
@@ -194,8 +258,13 @@ def load_engine(path: Path, settings: EngineSettings, current: Any = None,
 
     backend = s.backend if current is None else current.info.backend
     if current is not None and backend in ("onnxruntime", "tensorrt"):
-        # The export (if any) in a child process; the engine below then reads a ready ONNX file.
-        path = resolve_onnx_isolated(path, hw, s.cache_dir, cancel)
+        # The export (if any) in a child process, from a private copy of the folder; the engine below then
+        # reads a ready ONNX file in the cache.
+        staged = stage_folder(path, s.cache_dir)
+        try:
+            path = resolve_onnx_isolated(staged, hw, s.cache_dir, cancel)
+        finally:
+            unstage(staged)
         if backend == "tensorrt" and hasattr(current, "refitted"):
             why = current.refit_unavailable(path)
             if not why:
@@ -215,7 +284,11 @@ def tensorrt_needs_rebuild(path: Path, settings: EngineSettings, current: Any,
     if current.info.backend != "tensorrt" or not hasattr(current, "refit_unavailable"):
         return False
     try:
-        onnx_path = resolve_onnx_isolated(path, current.info.input_hw, settings.cache_dir, cancel)
+        staged = stage_folder(path, settings.cache_dir)
+        try:
+            onnx_path = resolve_onnx_isolated(staged, current.info.input_hw, settings.cache_dir, cancel)
+        finally:
+            unstage(staged)
         return bool(current.refit_unavailable(onnx_path))
     except Exception:  # noqa: BLE001
         return False
@@ -260,6 +333,7 @@ class EngineHolder:
         self._lock = threading.Lock()             # guards the fields below; held only for reference swaps
         self._wake = threading.Condition(self._lock)
         path = Path(model_path)
+        remove_stale_staging(settings.cache_dir)
         engine, _ = self._load(path, settings, None)
         self._engine = engine
         self._model_path = path
