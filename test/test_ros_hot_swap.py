@@ -154,6 +154,7 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
             k, start = 0, time.monotonic()
             sent: list[int] = []
             swap_requests: list[float] = []
+            landed: list[float] = []
 
             def tick() -> None:
                 nonlocal k
@@ -183,6 +184,7 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
                     if changed_at is not None and time.monotonic() - changed_at > 2.0:
                         break
                 assert changed_at is not None, f"swap to {folder} never landed\n{proc.output()[-3000:]}"
+                landed.append(changed_at)
                 swaps_seen += 1
             times = np.asarray(depth.receive_times)
         assert proc.running(), proc.output()[-3000:]
@@ -192,10 +194,18 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
     window = times[times >= swap_requests[0]]
     gaps = np.diff(window)
     worst = float(gaps.max())
-    print(f"\nhot-swap stream: {len(gaps)} gaps after the first request, median {np.median(gaps) * 1e3:.0f} ms, "
+    before = np.diff(times[times < swap_requests[0]])
+    near = [float(np.diff(times[(times > t - 1.5) & (times < t + 0.5)]).max()) for t in landed]
+    print(f"\nbefore any swap: max gap {before.max() * 1e3:.0f} ms over {len(before)}; max gap within 1.5 s before "
+          f"each landing: {', '.join(f'{g * 1e3:.0f}' for g in near)} ms")
+    print(f"hot-swap stream: {len(gaps)} gaps after the first request, median {np.median(gaps) * 1e3:.0f} ms, "
           f"p99 {np.percentile(gaps, 99) * 1e3:.0f} ms, max {worst * 1e3:.0f} ms (period {period * 1e3:.0f} ms)")
-    # Two frame periods (one frame lost) plus 150 ms of scheduling slack on this loaded machine.
-    assert worst <= 2 * period + 0.15, (f"largest depth gap around swaps {worst * 1e3:.0f} ms "
+    # The swap itself (the new engine's last loading steps, warm-up and the reference swap: the 1.5 s before
+    # its output appears): two frame periods (one frame lost at most) plus 100 ms of scheduling slack.
+    assert max(near) <= 2 * period + 0.1, f"gap around a swap landing {max(near) * 1e3:.0f} ms"
+    # Everything after the first request, exports in the child process included: the machine is loaded
+    # (other test processes share its 2 cores), so 250 ms of slack; an in-thread export gave 1.2 s here.
+    assert worst <= 2 * period + 0.25, (f"largest depth gap around swaps {worst * 1e3:.0f} ms "
                                         f"(p99 {np.percentile(gaps, 99) * 1e3:.0f} ms, {len(gaps)} gaps)")
     received = len(window)
     expected = (times[-1] - swap_requests[0]) / period
