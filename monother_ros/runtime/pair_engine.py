@@ -123,7 +123,7 @@ class PairEngine:
             model, config = load_model(path, map_location="cpu")
         elif (path / "dual" / "config.json").is_file():
             # A student folder carrying its dual (as engines/default does): this student, that teacher.
-            from monother_ros.adapt.learner import load_dual
+            from monother_ros.model.dual_loading import load_dual
 
             model, config = load_dual(path, device="cpu")
         else:
