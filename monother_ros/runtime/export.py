@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from monother_ros.errors import CheckpointError, ConfigError, MonotherError
+from monother_ros.errors import BackendUnavailableError, CheckpointError, ConfigError, MonotherError
 
 if TYPE_CHECKING:  # heavy imports stay inside functions (the CLI imports this module for --help)
     import onnx
@@ -222,6 +222,7 @@ def export_onnx(
 
     if opset < 17:
         raise ConfigError(f"opset must be >= 17, got {opset}")
+    _require_onnxscript()
     hw = _check_input_hw(input_hw if input_hw is not None else config.input_size, config.patch_size)
     has_confidence = bool(config.confidence_head)
     if model_hash is None:
@@ -273,6 +274,18 @@ def export_onnx(
 
 
 @contextlib.contextmanager
+def _require_onnxscript() -> None:
+    """Raise a clear error when onnxscript (needed by torch's exporter, and only by it) is missing.
+
+    onnxscript is an optional dependency: running shipped or already exported ONNX files never needs it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise BackendUnavailableError("ONNX export needs the optional package onnxscript (torch's ONNX "
+                                      "exporter uses it): pip install onnxscript")
+
+
 def _quiet_exporter_logs() -> Any:
     """Silence the exporter's warnings about optional torchvision ops (irrelevant to these models)."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
