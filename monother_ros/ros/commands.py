@@ -127,20 +127,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck rig is doing.
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    import threading
-
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from monother_ros.ros.shutdown import StopSignals
+
     # Our own SIGINT/SIGTERM handling: a flag the spin loop checks every 0.1 s. rclpy's handler does not
-    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT.
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT. Repeated
+    # signals (terminal + a supervisor) are ignored, so nothing interrupts the clean-up.
+    signals = StopSignals(interrupt_startup=False).install()
+    stop = signals.stop
     context = Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Any] = []
@@ -165,11 +163,11 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
         if on_stopping is not None:
             on_stopping([n for n in nodes if hasattr(n, "health")])
     finally:
+        signals.closing()
         for node in reversed(nodes):
             node.destroy_node()
         context.try_shutdown()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.restore()
     return 0
 
 
