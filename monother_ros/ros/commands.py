@@ -1,7 +1,7 @@
 """``monother rig``: the node graph of ``launch/rig.launch.py`` in one process over the wheel rclpy.
 
     monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--namespace NS]
-                 [--duration S]
+                 [--frame-prefix P] [--duration S]
 
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
 ``--ros-args --params-file <config>`` (plus ``-p model:=... -p backend:=...`` from the options) as
@@ -35,6 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--backend", default="", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend (default: the params file's)")
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
+    p.add_argument("--frame-prefix", default="", help="tf_prefix-style frame prefix (e.g. robot1/) of the simulated "
+                   "rig's frames and the nodes' default frames, for several robots in one DDS domain")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(handler=_rig)
 
@@ -43,11 +45,12 @@ class RigOptions:
     """What ``monother rig`` was asked for (also used by ``monother demo``)."""
 
     def __init__(self, *, sim: bool = False, adapt: bool = False, config: Optional[str | Path] = None,
-                 model: str = "", backend: str = "", namespace: str = "",
+                 model: str = "", backend: str = "", namespace: str = "", frame_prefix: str = "",
                  extra_overrides: Optional[dict[str, dict[str, str]]] = None) -> None:
         self.sim, self.adapt = sim, adapt
         self.config = Path(config) if config else None
         self.model, self.backend, self.namespace = str(model or ""), backend or "", namespace or ""
+        self.frame_prefix = frame_prefix or ""
         self.extra_overrides = extra_overrides or {}
 
 
@@ -87,7 +90,7 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     import yaml
     from rclpy.parameter import Parameter
 
-    values = {"model": options.model, "backend": options.backend}
+    values = {"model": options.model, "backend": options.backend, "frame_prefix": options.frame_prefix}
     nodes: list[Any] = []
     try:
         for spec in specs:
@@ -173,7 +176,7 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
 
 def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
-                         backend=args.backend, namespace=args.namespace)
+                         backend=args.backend, namespace=args.namespace, frame_prefix=args.frame_prefix)
     return run_rig(options, duration_s=args.duration)
 
 
