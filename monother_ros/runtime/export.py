@@ -273,7 +273,6 @@ def export_onnx(
     return read_onnx_info(out_path)
 
 
-@contextlib.contextmanager
 def _require_onnxscript() -> None:
     """Raise a clear error when onnxscript (needed by torch's exporter, and only by it) is missing.
 
@@ -286,6 +285,7 @@ def _require_onnxscript() -> None:
                                       "exporter uses it): pip install onnxscript")
 
 
+@contextlib.contextmanager
 def _quiet_exporter_logs() -> Any:
     """Silence the exporter's warnings about optional torchvision ops (irrelevant to these models)."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
