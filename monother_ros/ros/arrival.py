@@ -9,9 +9,9 @@ rate can be read from the stamps and compared with the arrival rate.
 whose drops are the node's, counted separately). Over a sliding window it measures
 
 * the arrival rate X = (n - 1) / (newest - oldest arrival time), and
-* the stamp rate Y = 1 / (the camera period): the period is the median of the smallest fifth of the
-  positive stamp steps between consecutive arrivals (steps are whole multiples of the period when frames
-  are lost; the median of the smallest keeps a single jittery step from inflating Y),
+* the stamp rate Y = 1 / (the camera period): the period is the smallest stamp step between consecutive
+  arrivals (steps are whole multiples of the period when frames are lost, and with random losses some
+  consecutive frames get through; stamp jitter of a few tens of percent stays well inside ``ratio``),
 
 and reports a problem when X < ``ratio`` * Y. A camera that really runs slowly has stamp steps equal to
 its arrival period, so it is not reported. A source that keeps exactly every k-th frame is
@@ -48,10 +48,12 @@ class ArrivalMonitor:
         self._lock = threading.Lock()
 
     def add(self, stamp_ns: int, arrival_s: float) -> None:
-        """One frame arrived (``arrival_s`` monotonic seconds) with header stamp ``stamp_ns``."""
+        """One frame arrived at ``arrival_s`` (seconds of the node clock: simulated time under
+        ``use_sim_time``, so a slowed-down simulation or bag replay is not taken for losses) with header
+        stamp ``stamp_ns``."""
         with self._lock:
-            if self._frames and stamp_ns < self._frames[-1][1]:
-                self._frames.clear()  # stamps went back (bag loop, clock reset): start over
+            if self._frames and (stamp_ns < self._frames[-1][1] or arrival_s < self._frames[-1][0]):
+                self._frames.clear()  # stamps or the clock went back (bag loop, clock reset): start over
             self._frames.append((float(arrival_s), int(stamp_ns)))
             while self._frames and self._frames[0][0] < arrival_s - self.window_s:
                 self._frames.popleft()
@@ -70,9 +72,7 @@ class ArrivalMonitor:
         steps = sorted((b[1] - a[1]) / 1e9 for a, b in zip(frames, frames[1:]) if (b[1] - a[1]) / 1e9 >= _MIN_STEP_S)
         if span <= 0 or not steps:
             return None
-        smallest = steps[: max(1, len(steps) // 5)]
-        period = smallest[len(smallest) // 2]
-        return (len(frames) - 1) / span, 1.0 / period
+        return (len(frames) - 1) / span, 1.0 / steps[0]
 
     def problem(self) -> Optional[str]:
         """The warning text when frames arrive much slower than their stamps advance, else None."""

@@ -640,7 +640,7 @@ class ThermalDepthNode(Node):
     def _on_image(self, msg: Image) -> None:
         now = time.monotonic()
         self.rate_in.tick(now)
-        self.arrival.add(stamp_to_ns(msg.header.stamp), now)
+        self.arrival.add(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds / 1e9)
         self.slot.put(_Frame(msg, now))
 
     def _on_info(self, msg: CameraInfo) -> None:
