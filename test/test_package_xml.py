@@ -86,3 +86,13 @@ def test_export_without_onnxscript_says_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(BackendUnavailableError, match="pip install onnxscript"):
         export.export_onnx(None, None, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_reading_onnx_without_the_onnx_package_says_what_to_install(monkeypatch):
+    from monother_ros.errors import BackendUnavailableError
+    from monother_ros.paths import default_model_dir
+    from monother_ros.runtime import export
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(BackendUnavailableError, match="pip install onnx"):
+        export.read_onnx_info(default_model_dir() / "model.onnx")

@@ -78,3 +78,22 @@ def test_two_namespaced_rigs_and_depth_nodes_share_no_frame_id():
         assert {m.header.frame_id for m in depth["robot3"].messages} == {"robot3/thermal_optical_frame"}
         for node in nodes:
             node.destroy_node()
+
+
+@pytest.mark.ros
+def test_monother_rig_frame_prefix_reaches_every_node():
+    from monother_ros.ros.commands import RigOptions, start_rig
+    from ros_harness import ros_context
+
+    with ros_context() as context:
+        nodes = start_rig(RigOptions(sim=True, backend="onnxruntime", namespace="robot7", frame_prefix="robot7/"),
+                          context)
+        try:
+            assert {n.get_name(): n.params["frame_prefix"] for n in nodes} == {"sim_rig": "robot7/",
+                                                                               "thermal_depth": "robot7/"}
+            assert {n.get_namespace() for n in nodes} == {"/robot7"}
+            sim = next(n for n in nodes if n.get_name() == "sim_rig")
+            assert (sim.base_frame, sim.thermal_frame) == ("robot7/base_link", "robot7/thermal_optical_frame")
+        finally:
+            for node in reversed(nodes):
+                node.destroy_node()

@@ -356,8 +356,12 @@ def read_onnx_info(path: str | os.PathLike) -> OnnxModelInfo:
     Raises:
         CheckpointError: missing, unreadable or corrupt file, or metadata missing/malformed (e.g. an
             ONNX file exported by other tools).
+        BackendUnavailableError: the onnx package is not installed.
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError as exc:  # pip-only on a ROS install (no rosdep key): say so instead of a traceback
+        raise BackendUnavailableError("reading ONNX files needs the onnx package: pip install onnx") from exc
 
     path = Path(path)
     if not path.is_file():
