@@ -106,6 +106,33 @@ def test_run_node_second_sigint_never_interrupts_the_clean_up(tmp_path, gap_s):
     assert "destroyed" in output, f"destroy_node did not finish:\n{output}"
 
 
+def test_sigterm_during_a_hung_clean_up_ends_the_process(tmp_path):
+    # ros2 launch escalates to SIGTERM when a node takes too long to stop: that one is obeyed at once.
+    script = tmp_path / "slow_node.py"
+    script.write_text(_SLOW_NODE)
+    proc, out_path, err_path = _start([str(script), "0", "30"], tmp_path, "hung")
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in _both(out_path, err_path):
+            assert proc.poll() is None and time.monotonic() < deadline, _both(out_path, err_path)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        while "destroying" not in _both(out_path, err_path):
+            assert time.monotonic() < deadline, _both(out_path, err_path)
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # ignored: the clean-up goes on
+        time.sleep(0.3)
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM and time.monotonic() - started < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err_path.read_text()
+
+
 def test_run_node_sigints_during_start_up_stop_it_cleanly(tmp_path):
     script = tmp_path / "slow_node.py"
     script.write_text(_SLOW_NODE)

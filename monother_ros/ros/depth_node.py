@@ -525,6 +525,8 @@ class ThermalDepthNode(Node):
             engine = self.engine
             engine.set_thresholds(thresholds_for(engine.info, params["min_depth_m"] or None,
                                                  params["max_depth_m"] or None, params["min_confidence"]))
+        if "fusion.enabled" in changes and self.teacher is None:
+            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
         if any(name.startswith("cloud.") for name in changes):
             self._camera_key = None  # the cloud builder is rebuilt with the new options on the next frame
         self.params = params

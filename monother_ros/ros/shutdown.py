@@ -1,13 +1,14 @@
-"""SIGINT/SIGTERM handling for node processes: stop on the first signal, ignore every later one.
+"""SIGINT/SIGTERM handling for node processes: stop on the first signal, ignore repeated SIGINTs.
 
 Under ``ros2 launch`` a Ctrl-C reaches each node twice: once from the terminal (the whole process group)
 and once from launch, which forwards SIGINT to its children. With rclpy's default handler the second
 signal raises ``KeyboardInterrupt`` inside ``destroy_node`` (traceback, exit code -2). Here the first
 signal only sets a flag that the spin loop checks; later ones are ignored, so shutdown runs to the end.
 
-Once shutdown begins (:meth:`StopSignals.closing`) both signals are ignored outright, through interpreter
-exit. A signal that arrives while the node is still being built (model loading, a TensorRT build) aborts the
-start-up with ``KeyboardInterrupt`` (the caller catches it); later signals are ignored as well.
+Once shutdown begins (:meth:`StopSignals.closing`) SIGINT is ignored outright, through interpreter exit,
+and SIGTERM (launch's escalation when a clean-up hangs) terminates at once. A signal that arrives while
+the node is still being built (model loading, a TensorRT build) aborts the start-up with
+``KeyboardInterrupt`` (the caller catches it); later signals are ignored as well.
 """
 from __future__ import annotations
 
@@ -48,14 +49,14 @@ class StopSignals:
         self._running = True
 
     def closing(self) -> None:
-        """Shutdown has begun: from now on signals are ignored (SIG_IGN, which, unlike a Python handler,
+        """Shutdown has begun: from now on SIGINT is ignored (SIG_IGN, which, unlike a Python handler,
         stays in force while the interpreter finalises; Python resets its own handlers to the default
-        then, and a late SIGINT would kill the process with exit code -2)."""
+        then, and a late SIGINT would kill the process with exit code -2). SIGTERM gets its default
+        action back: ``ros2 launch`` escalates to it only when the clean-up takes too long."""
         self._running = True
         self.stop.set()
-        if self._previous:
-            for signum in self._previous:
-                signal.signal(signum, signal.SIG_IGN)
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN if signum == signal.SIGINT else signal.SIG_DFL)
 
     def _on_signal(self, signum: int, _frame: Optional[Any]) -> None:
         first = not self._signalled
