@@ -1,5 +1,6 @@
-"""TransformBuffer: interpolation, chain lookups, tf2 errors, validation, resets; and the rclpy
-listener / static broadcaster over real DDS."""
+"""TransformBuffer: interpolation, chain lookups, tf2 errors, validation, resets; tf2's own test
+vectors (parents changing over time, the cache window and stale data, quaternion tolerance, leading
+'/', latest common time); and the rclpy listener / static broadcaster over real DDS."""
 from __future__ import annotations
 
 import math
@@ -452,6 +453,20 @@ def test_listener_receives_static_late_and_dynamic_and_rejects_bad(tmp_path):
             dynamic.publish(TFMessage(transforms=[good, bad]))
             assert wait_for(lambda: buf.rejected.get("non_unit_quaternion") == 1, 10.0)
             np.testing.assert_allclose(buf.lookup_transform("odom", "cam", 5 * S)[:3, 3], [3, 0.5, 1], atol=1e-9)
+
+            # A stale transform (30 s older than the newest, cache 10 s) and a ROS 1 style '/odom':
+            # logged once per reason on the node's logger, the data kept.
+            lines = []
+            forward = listener.reporter.log
+            listener.reporter.log = lambda text: (lines.append(text), forward(text))
+            newer = transform_to_msg("odom", "base", 40 * S, T(np.eye(3), (4, 0, 0)))
+            stale = transform_to_msg("odom", "base", 10 * S, T(np.eye(3), (9, 9, 9)))
+            slashed = transform_to_msg("/odom", "/base", 41 * S, T(np.eye(3), (5, 0, 0)))
+            dynamic.publish(TFMessage(transforms=[newer, stale, stale, slashed]))
+            assert wait_for(lambda: buf.latest_stamp("base") == 41 * S, 10.0)
+            assert buf.rejected == {"non_unit_quaternion": 1, "old_data": 2} and buf.slashes_stripped == 1
+            assert [line.split(":")[0] for line in lines] == ["TF old_data", "TF leading_slash"], lines
+            np.testing.assert_allclose(buf.lookup_transform("odom", "base", int(40.5 * S))[:3, 3], [4.5, 0, 0])
         listener.unregister()
 
 

@@ -103,7 +103,8 @@ class CloudOptions:
     rgb: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.decimation, bool) or not isinstance(self.decimation, (int, np.integer)) or self.decimation < 1:
+        integer = isinstance(self.decimation, (int, np.integer)) and not isinstance(self.decimation, bool)
+        if not integer or self.decimation < 1:
             raise ValueError(f"decimation must be an integer >= 1, got {self.decimation!r}")
         if not math.isfinite(self.max_range_m) or self.max_range_m < 0:
             raise ValueError(f"max_range_m must be finite and >= 0 (0 = no limit), got {self.max_range_m!r}")
@@ -232,7 +233,8 @@ class CloudProjector:
         # makes the whole point NaN.
         self._ray_norm = None
         if options.max_range_m:
-            self._ray_norm = np.sqrt(1.0 + self._x_factor[None, :] ** 2 + self._y_factor[:, None] ** 2).astype(np.float32)
+            squared = 1.0 + self._x_factor[None, :] ** 2 + self._y_factor[:, None] ** 2
+            self._ray_norm = np.sqrt(squared).astype(np.float32)
         # x and y are adjacent float32 in the packed layout: seen as one complex64, both come from one
         # multiply z * (x_factor + i y_factor) (exact: the cross terms are z * 0), one pass instead of two.
         # Only possible when a point is a whole number of complex64 (the 16-byte layout).

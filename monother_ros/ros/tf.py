@@ -587,8 +587,8 @@ class TransformListener:
             TFMessage, tf_static_topic, self._on_tf_static, static_qos or qos_profiles.TF_STATIC
         )
         self._jump_handle = on_backward_clock_jump(node, buffer.clear)
-        self._reporter = ThrottledReporter(node.get_logger().warning, warn_period_s)
-        buffer.add_problem_callback(self._reporter)
+        self.reporter = ThrottledReporter(node.get_logger().warning, warn_period_s)
+        buffer.add_problem_callback(self.reporter)
 
     def _on_tf(self, msg) -> None:
         for transform in msg.transforms:
@@ -602,7 +602,7 @@ class TransformListener:
         """Destroy the subscriptions (call before destroying the node)."""
         self.node.destroy_subscription(self.tf_sub)
         self.node.destroy_subscription(self.tf_static_sub)
-        self.buffer.remove_problem_callback(self._reporter)
+        self.buffer.remove_problem_callback(self.reporter)
         self._jump_handle = None
 
 
