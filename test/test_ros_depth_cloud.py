@@ -106,6 +106,27 @@ def stamp_of(msg) -> int:
     return msg.header.stamp.sec * S + msg.header.stamp.nanosec
 
 
+def test_raw_geometry_info_keeps_the_raw_model_and_sets_p_from_k():
+    from monother_ros.ros.convert import camera_from_info, raw_geometry_info
+
+    info = info_with_rectified_p()
+    info.binning_x, info.binning_y = 2, 2
+    info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height = 8, 4, 48, 40
+    p_before = list(info.p)
+    out = raw_geometry_info(info)
+    assert list(info.p) == p_before  # the input is not modified
+    K = np.asarray(info.k).reshape(3, 3)
+    np.testing.assert_array_equal(np.asarray(out.p).reshape(3, 4), np.hstack([K, np.zeros((3, 1))]))
+    np.testing.assert_array_equal(np.asarray(out.r), np.eye(3).ravel())
+    assert list(out.d) == list(info.d) and out.distortion_model == info.distortion_model
+    assert (out.width, out.height, out.binning_x, out.binning_y) == (W, H, 2, 2)
+    assert (out.roi.x_offset, out.roi.y_offset, out.roi.width, out.roi.height) == (8, 4, 48, 40)
+    assert out.header.frame_id == info.header.frame_id
+    # Binning and ROI act on P as on K (image_geometry does both): the rectified and raw models agree.
+    assert camera_from_info(out, use_rectified=True) == camera_from_info(out)
+    assert camera_from_info(info, use_rectified=True) != camera_from_info(info)
+
+
 def test_depth_image_proc_on_depth_image_and_camera_info_agrees_with_depth_points():
     from rclpy.node import Node
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
