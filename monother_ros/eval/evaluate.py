@@ -605,6 +605,23 @@ def bag_condition(bag: Any) -> tuple[str, str, dict]:
     return (str(scenario), source, info) if scenario else ("unknown", "none", info)
 
 
+def options_for_bag(bag: Any, options: EvalOptions) -> EvalOptions:
+    """``options`` with the thermal (and ground-truth depth) topic resolved for an open ``BagReader``: a
+    stream recorded through image_transport's compressed transport (``/thermal/image_raw/compressed``,
+    sensor_msgs/CompressedImage) is read when the raw topic is absent; a topic given as the compressed
+    one is read as it is (the message type decides how frames are decoded)."""
+    from dataclasses import replace
+
+    from monother_ros.eval.bag_reader import resolve_image_topic
+
+    topics = bag.topics
+    thermal = resolve_image_topic(topics, options.thermal_topic)
+    gt = options.gt_topic if options.lidar_topic else resolve_image_topic(topics, options.gt_topic)
+    if thermal == options.thermal_topic and gt == options.gt_topic:
+        return options
+    return replace(options, thermal_topic=thermal, gt_topic=gt)
+
+
 def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
     """Topic checks and metadata of an open ``BagReader``.
 
@@ -634,7 +651,9 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
     Raises:
         BagError: truncated / corrupt storage, undecodable messages, missing TF for LiDAR.
     """
-    from monother_ros.eval.bag_reader import camera_info_to_pinhole, image_to_numpy, pointcloud2_to_array
+    from monother_ros.eval.bag_reader import (
+        camera_info_k, camera_info_to_pinhole, decoded_encoding, image_to_numpy, pointcloud2_to_array,
+    )
     from monother_ros.eval.ground_truth import StampMatcher, depth_image_to_metres, project_points
 
     tree = bag.static_transforms(options.tf_topic) if options.lidar_topic else None
@@ -672,7 +691,8 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
                 if gt.shape != image.shape:
                     raise BagError(f"camera_info size {gt.shape[::-1]} differs from thermal image {image.shape[::-1]}")
             else:
-                gt = depth_image_to_metres(image_to_numpy(truth), truth.encoding)
+                truth_image = image_to_numpy(truth)
+                gt = depth_image_to_metres(truth_image, decoded_encoding(truth, truth_image))
                 if gt.shape != image.shape:
                     raise BagError(f"bag {bag.path}: {options.gt_topic} is {gt.shape[1]}x{gt.shape[0]}, the thermal "
                                    f"image {image.shape[1]}x{image.shape[0]}; ground truth must be in the thermal "
@@ -687,15 +707,15 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
                 continue
             image = image_to_numpy(message.msg)
             if image.ndim != 2:
-                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding {message.msg.encoding}; "
-                               "expected mono16/mono8")
+                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding "
+                               f"{decoded_encoding(message.msg, image)}; expected mono16/mono8")
             matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
             taken += 1
             if options.max_frames and taken >= options.max_frames:
                 done = True
         elif message.topic == options.info_topic:
             if camera is None or camera.width != message.msg.width or camera.height != message.msg.height or \
-                    not np.allclose(camera.K, np.asarray(message.msg.k, dtype=np.float64).reshape(3, 3)):
+                    not np.allclose(camera.K, np.asarray(camera_info_k(message.msg), dtype=np.float64).reshape(3, 3)):
                 camera = camera_info_to_pinhole(message.msg)
                 latest_camera[0] = camera
         else:
@@ -813,7 +833,7 @@ class EvalRun:
 
 def _unique_name(path: Path, taken: dict[str, Any]) -> str:
     base = path.name or str(path)
-    for suffix in (".mcap", ".db3"):
+    for suffix in (".mcap", ".db3", ".bag"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     name, k = base, 2
@@ -851,6 +871,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
         return
     with bag:
         try:
+            options = options_for_bag(bag, options)
             info = open_bag_info(bag, options, name)
         except MonotherError as exc:
             entry.update(status="error", error=str(exc))
@@ -859,7 +880,8 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
             return
         entry.update(condition=info.condition, condition_source=info.condition_source, duration_s=info.duration_s,
                      thermal_messages=info.thermal_messages, expected_frames=info.expected_frames,
-                     rig_info=info.rig_info)
+                     rig_info=info.rig_info, thermal_topic=options.thermal_topic,
+                     thermal_type=bag.topics[options.thermal_topic].msgtype, ros_version=bag.ros_version)
         if progress is not None:
             progress.total = (progress.total or 0) + info.expected_frames
             progress.set_description(name[:24])
