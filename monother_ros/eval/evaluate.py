@@ -25,9 +25,11 @@ decoded frame.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -56,6 +58,7 @@ __all__ = [
     "align_prediction",
     "boundary_f1",
     "bag_condition",
+    "check_output_dir",
     "evaluate",
     "iter_frames",
     "score_frame",
@@ -980,6 +983,38 @@ def load_predictors(models: Sequence[ModelSpec], options: EvalOptions, run: Eval
     return predictors
 
 
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove that files can be written into it, before any work.
+
+    A probe file is written, flushed to disk (``fsync``: a full filesystem fails here, not after the whole
+    evaluation) and removed. Permission bits are not trusted (root passes ``os.access`` where a read-only
+    mount still refuses writes).
+
+    Returns:
+        The folder.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (read-only, no space, not a folder...).
+    """
+    out = Path(out_dir).expanduser()
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".monother-write-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        hint = " (no space left on the device)" if exc.errno == errno.ENOSPC else ""
+        raise ConfigError(f"cannot write the outputs into {out}: {exc.strerror or exc}{hint}") from None
+    return out
+
+
 def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: EvalOptions, out_dir: str | Path, *,
              predictors: Sequence[Predictor] | None = None, mode: str = "offline",
              run: EvalRun | None = None) -> EvalRun:
@@ -996,8 +1031,7 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
     from monother_ros.eval import report
 
     options.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
     run = run or EvalRun(mode=mode, options=options)
     t_load = time.perf_counter()
     own = predictors is None
