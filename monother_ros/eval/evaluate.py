@@ -647,9 +647,13 @@ def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
     return info
 
 
-def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
+def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = None) -> Iterator[EvalFrame]:
     """Thermal frames of an open ``BagReader`` (every ``options.every``-th, at most ``max_frames``) with
     their ground truth, in bag order.
+
+    A thermal frame whose payload cannot be decoded (a corrupt or truncated PNG/JPEG, a malformed Image,
+    a 16-bit payload whose format says 8 bits) is skipped, the reason appended to ``skipped`` (logged when
+    None), and reading goes on with the next frame.
 
     Raises:
         BagError: truncated / corrupt storage, undecodable messages, missing TF for LiDAR.
@@ -708,7 +712,15 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
             ordinal += 1
             if done or n % options.every:
                 continue
-            image = image_to_numpy(message.msg)
+            try:
+                image = image_to_numpy(message.msg)
+            except BagError as exc:
+                reason = f"thermal frame {n} ({message.stamp_ns} ns) skipped: {exc}"
+                if skipped is None:
+                    LOG.warning("bag %s: %s", bag.path, reason)
+                else:
+                    skipped.append(reason)
+                continue
             if image.ndim != 2:
                 raise BagError(f"bag {bag.path}: thermal frame {n} has encoding "
                                f"{decoded_encoding(message.msg, image)}; expected mono16/mono8")
@@ -889,6 +901,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
             progress.total = (progress.total or 0) + info.expected_frames
             progress.set_description(name[:24])
         samples_at = _sample_positions(info.expected_frames, options.mosaic_frames)
+        skipped: list[str] = []
         position = 0
         frames_read = 0
         # Scoring runs in one worker thread while the engine infers the next frame (numpy releases the
@@ -912,7 +925,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-score") as pool:
             try:
-                for frame in iter_frames(bag, options):
+                for frame in iter_frames(bag, options, skipped=skipped):
                     frames_read += 1
                     record_base = {"bag": name, "index": frame.index, "stamp_ns": frame.stamp_ns,
                                    "gt_stamp_ns": frame.gt_stamp_ns}
@@ -957,6 +970,12 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
                     fold_one()
         entry["frames_read"] = frames_read
         entry["wall_s"] = time.perf_counter() - t_start
+        if skipped:
+            # Undecodable frames do not stop a bag, but the run says so (exit code 1 from the CLI).
+            entry["frames_skipped"] = len(skipped)
+            msg = f"bag {name}: {len(skipped)} thermal frame(s) could not be decoded and were skipped; first: {skipped[0]}"
+            run.errors.append(msg)
+            LOG.error("%s", msg)
         if frames_read == 0 and entry["status"] == "ok":
             entry.update(status="empty", error=f"bag {bag_path}: no thermal frame on {options.thermal_topic}")
             run.errors.append(entry["error"])

@@ -111,7 +111,8 @@ class SalvagedMcap:
                             footer_seen = True
                             break
                 except Exception as exc:  # EndOfFile, CRC errors, garbage lengths: the data ends here
-                    reason = f"{path.name} ends in a cut or damaged record at byte ~{stream.tell()} of {size} ({type(exc).__name__}: {exc})"
+                    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    reason = f"{path.name} ends in a cut or damaged record at byte ~{stream.tell()} of {size} ({detail})"
                     break
                 else:
                     if not footer_seen:  # a clean end of the stream, but no footer
