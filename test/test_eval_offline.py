@@ -519,3 +519,9 @@ def test_corrupt_compressed_frames_are_skipped_and_reported(tmp_path):
     # The scores of the good frames are those of their exact thermal counts.
     expected = np.nanmean(np.abs(2.0 + frames[0].astype(np.float32)[4:] / 1000.0 - synth_depth(0)[4:]) / synth_depth(0)[4:])
     assert run.frames[0]["abs_rel"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_live_mode_refuses_a_ros1_bag_before_starting_a_node(recordings, tiny_model, tmp_path, capsys):
+    code = _eval(recordings["raw_ros1"], "--model", tiny_model, "--out", tmp_path / "o", "--live")
+    err = capsys.readouterr().err
+    assert code == 2 and "is a ROS 1 bag: --live replays rosbag2 bags only" in err and "Traceback" not in err

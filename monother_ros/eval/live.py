@@ -117,6 +117,10 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                 from monother_ros.eval.bag_reader import BagReader
 
                 with BagReader(bag) as reader:  # check the topics first: a clear message, no node started
+                    if reader.ros_version != 2:
+                        # Its messages are ROS 1 serialised: they cannot go onto DDS as they are.
+                        raise BagError(f"{bag} is a ROS 1 bag: --live replays rosbag2 bags only (score it offline, "
+                                       "or convert it: `rosbags-convert --src BAG --dst FOLDER --dst-typestore ros2_humble`)")
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
                 recording = play_and_record(
