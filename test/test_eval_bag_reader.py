@@ -333,3 +333,41 @@ def test_garbage_mcap_is_still_an_error(tmp_path):
     bad.write_bytes(b"\x89MCAP0\r\n" + bytes(range(256)) * 3)
     with pytest.raises(BagError, match="nothing readable"):
         BagReader(bad)
+
+
+@pytest.mark.parametrize("compression", [None, "bz2"])
+def test_ros1_bag_without_index_yields_the_messages_before_the_cut(tmp_path, compression):
+    from monother_ros.sim.bag import export_rosbag1
+
+    source = _sample_bag(tmp_path / "bag", "mcap")
+    ros1 = export_rosbag1(source, tmp_path / "whole.bag", compression=compression)
+    with BagReader(ros1) as reader:
+        assert not reader.salvaged
+        intact = [(m.topic, m.log_time_ns, m.stamp_ns) for m in reader.messages()]
+        thermal = [image_to_numpy(m.msg).copy() for m in reader.messages(["/thermal/image_raw"])]
+    blob = ros1.read_bytes()
+    index_at = blob.rfind(b"op=\x06")  # the first chunk-info record: the index starts near there
+    for cut_at in (len(blob) - 10, index_at - 20):
+        cut = tmp_path / f"cut_{cut_at}.bag"
+        cut.write_bytes(blob[:cut_at])
+        got, images = [], []
+        with BagReader(cut) as reader:
+            assert reader.salvaged and reader.ros_version == 1
+            with pytest.raises(BagError, match="truncated.*rosbag reindex"):
+                for m in reader.messages():
+                    got.append((m.topic, m.log_time_ns, m.stamp_ns))
+                    if m.topic == "/thermal/image_raw":
+                        images.append(image_to_numpy(m.msg))
+        assert sorted(got) == sorted(intact)  # the cuts are past the data: every message is there
+        for a, b in zip(thermal, images):
+            np.testing.assert_array_equal(a, b)
+    # Cut inside the (single) chunk: the complete records before the cut are read.
+    if compression is None:
+        cut = tmp_path / "mid.bag"
+        cut.write_bytes(blob[: blob.find(b"op=\x04") - 300])  # the chunk's last messages (before its index)
+        with BagReader(cut) as reader:
+            partial = []
+            with pytest.raises(BagError, match="truncated"):
+                for m in reader.messages():
+                    partial.append((m.topic, m.log_time_ns, m.stamp_ns))
+        assert partial and len(partial) < len(intact) and set(partial) <= set(intact)

@@ -407,22 +407,36 @@ def test_cli_without_model_scores_the_shipped_default(recordings, tmp_path, caps
     assert doc["overall"][0]["frames_scored"] == 1
 
 
-def test_truncated_ros1_bag_is_a_clear_error(recordings, fake_model, tmp_path, capsys):
+def test_ros1_bag_cut_mid_chunk_is_scored_up_to_the_cut(recordings, fake_model, tmp_path, capsys):
     from monother_ros.errors import BagError
     from monother_ros.eval.bag_reader import BagReader
 
     cut = tmp_path / "cut.bag"
     blob = recordings["raw_ros1"].read_bytes()
     cut.write_bytes(blob[: len(blob) // 2])  # mid-chunk: the index at the end is gone
-    with pytest.raises(BagError, match="rosbag reindex"):
-        BagReader(cut)
-    assert _eval(cut, "--model", fake_model, "--out", tmp_path / "o") == 2
-    err = capsys.readouterr().err
-    assert "cut.bag" in err and "rosbag reindex" in err and "Traceback" not in err
-    # Next to a good bag: the good one is scored, the cut one reported, exit 1.
+    with BagReader(cut) as bag:
+        assert bag.salvaged and 1 <= bag.topics["/thermal/image_raw"].count < 6
+    run = evaluate([cut], [], EvalOptions(progress=False, pictures=False), tmp_path / "o", predictors=[ThermalDepth()])
+    entry = run.bags["cut"]
+    assert entry["status"] == "error" and entry["partial"] is True and "rosbag reindex" in entry["error"]
+    full = evaluate([recordings["raw_ros1"]], [], EvalOptions(progress=False, pictures=False), tmp_path / "full",
+                    predictors=[ThermalDepth()])
+    first = {f["index"]: f["abs_rel"] for f in full.frames}
+    assert 1 <= run.frames_scored < 6
+    assert all(first[f["index"]] == f["abs_rel"] for f in run.frames if f.get("abs_rel") is not None)
+    # Through the CLI next to a good bag: both reported, no traceback, exit 1 (something failed).
     assert _eval(recordings["raw_ros1"], cut, "--model", fake_model, "--out", tmp_path / "o2") == 1
+    err = capsys.readouterr().err
+    assert "rosbag reindex" in err and "Traceback" not in err
     doc = json.loads((tmp_path / "o2" / "metrics.json").read_text())
-    assert doc["bags"]["rec_raw"]["status"] == "ok" and doc["bags"]["cut"]["status"] == "error"
+    assert doc["bags"]["rec_raw"]["status"] == "ok" and doc["bags"]["cut"]["partial"] is True
+    # Cut before its first connection record: nothing to read, a clear error.
+    stub = tmp_path / "stub.bag"
+    stub.write_bytes(blob[:100])
+    with pytest.raises(BagError, match="rosbag reindex.*nothing readable"):
+        BagReader(stub)
+    assert _eval(stub, "--model", fake_model, "--out", tmp_path / "o3") == 2
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_crash_truncated_mcap_is_scored_up_to_the_cut(recordings, tmp_path, capsys):

@@ -12,8 +12,9 @@ accept. Image topics may be recorded raw or through image_transport's ``compress
 (``<base>/compressed``, sensor_msgs/CompressedImage): ``resolve_image_topic`` picks whichever the bag has,
 ``image_to_numpy`` decodes either, ``decoded_encoding`` names the result's encoding.
 
-A crash-truncated mcap (footer lost) is read up to the cut (``mcap_salvage``) with a warning; reading
-then ends with a ``BagError`` that says how many messages were read and how to repair the file.
+A crash-truncated mcap (footer lost, ``mcap_salvage``) or ROS 1 bag (index lost, ``rosbag1_salvage``) is
+read up to the cut with a warning; reading then ends with a ``BagError`` that says how many messages were
+read and how to repair the file (``mcap recover`` / ``rosbag reindex``).
 
 Every failure to read a bag (missing path, not a bag, truncated or corrupt storage, undecodable message,
 missing topic) raises ``BagError`` with the path and the reason.
@@ -132,14 +133,25 @@ class BagReader:
             self._reader = AnyReader([self.path])
             self._reader.open()
         except Exception as exc:  # AnyReaderError (unindexed, truncated, damaged), OSError, ...
-            raise BagError(
-                f"cannot open ROS 1 bag {self.path}: {type(exc).__name__}: {exc}. A bag cut short (recorder killed, "
-                "copy interrupted) has no index: rebuild it with `rosbag reindex` (ROS 1), then evaluate the "
-                "reindexed file"
-            ) from None
-        # The bag's own message definitions (ROS 1 field names): AnyReader built its type store from them.
+            self._reader = self._salvage_rosbag1(exc)
+        # The bag's own message definitions (ROS 1 field names): the reader built its type store from them.
         self._typestore = self._reader.typestore
         self._deserialize = self._reader.deserialize
+
+    def _salvage_rosbag1(self, error: Exception):
+        """Fall back to reading an index-less ROS 1 bag up to its cut; ``BagError`` when nothing is readable."""
+        from monother_ros.eval.rosbag1_salvage import SalvagedRosbag1
+
+        reason = (f"cannot open ROS 1 bag {self.path}: {type(error).__name__}: {error}. A bag cut short (recorder "
+                  "killed, copy interrupted) has no index: rebuild it with `rosbag reindex` (ROS 1)")
+        try:
+            salvaged = SalvagedRosbag1(self.path)
+        except Exception as exc:  # not a bag at all, or cut before its first connection
+            raise BagError(f"{reason}; nothing readable in it either ({exc})") from None
+        self.salvaged = True
+        LOG.warning("bag %s: %s; reading the %d message(s) before the cut (%s)", self.path, salvaged.stopped_reason,
+                    salvaged.messages_read, salvaged.repair_hint)
+        return salvaged
 
     def _salvage_mcap(self, error: Exception):
         """Fall back to reading a footer-less mcap up to its cut; re-raise ``error`` as ``BagError`` otherwise."""
@@ -241,12 +253,9 @@ class BagReader:
                 connection, log_time, raw = next(iterator)
             except StopIteration:
                 if self.salvaged:
-                    from monother_ros.eval.mcap_salvage import recover_hint
-
                     raise BagError(
                         f"bag {self.path} is truncated: {self._reader.stopped_reason}; the "
-                        f"{self._reader.messages_read} message(s) before the cut were read; "
-                        f"{recover_hint(self._reader.files[-1])}"
+                        f"{self._reader.messages_read} message(s) before the cut were read; {self._reader.repair_hint}"
                     ) from None
                 return
             except Exception as exc:

@@ -12,7 +12,8 @@ The salvaged messages are read-only use; to repair the file itself run ``mcap re
 
 The object mimics the part of ``rosbags.rosbag2.Reader`` that ``bag_reader.BagReader`` uses:
 ``connections`` (topic, msgtype, msgcount, msgdef), ``messages(connections=...)``, ``start_time``,
-``end_time``, ``close``, and ``stopped_reason`` says where and why the data ended.
+``end_time``, ``close``; ``stopped_reason`` says where and why the data ended, ``repair_hint`` how to
+repair the file.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class SalvagedMcap:
         self.end_time = 0
         self.stopped_reason: str | None = None
         self.messages_read = 0
+        self.repair_hint = recover_hint(self.files[-1])
         first = last = None
         for _conn, log_time, _data in self._scan(count=True):
             first = log_time if first is None else min(first, log_time)

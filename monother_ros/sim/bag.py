@@ -378,7 +378,7 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
     return counts, previews
 
 
-def export_rosbag1(source: str | Path, target: str | Path) -> Path:
+def export_rosbag1(source: str | Path, target: str | Path, *, compression: Literal["bz2", "lz4"] | None = None) -> Path:
     """Convert a rosbag2 bag (as ``write_bag`` writes it) into a ROS 1 bag file at ``target``.
 
     Messages are migrated to the ROS 1 Noetic definitions (``Header.seq`` added, ``CameraInfo.K``/``D``/
@@ -389,6 +389,7 @@ def export_rosbag1(source: str | Path, target: str | Path) -> Path:
     Args:
         source: the rosbag2 bag (directory or storage file).
         target: the ``.bag`` file to create; must not exist.
+        compression: chunk compression (None: uncompressed chunks, as ``rosbag record`` writes by default).
 
     Raises:
         ConfigError: ``target`` exists, does not end in ``.bag``, or cannot be written.
@@ -409,7 +410,7 @@ def export_rosbag1(source: str | Path, target: str | Path) -> Path:
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):  # the converter prints its notes
-            convert([Path(source)], tmp, "mcap", 9, None, "file", None, get_typestore(Stores.ROS1_NOETIC),
+            convert([Path(source)], tmp, "mcap", 9, compression, "file", None, get_typestore(Stores.ROS1_NOETIC),
                     [], [], [], [])
         os.rename(tmp, target)
     except ConverterError as exc:
