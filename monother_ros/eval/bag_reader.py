@@ -98,7 +98,7 @@ class BagReader:
 
     Attributes:
         ros_version: 1 or 2.
-        salvaged: True when the bag is a crash-truncated mcap read up to its cut.
+        salvaged: True when the bag is a crash-truncated mcap or ROS 1 bag read up to its cut.
 
     Raises:
         BagError: the path does not exist or is not a readable bag.
@@ -129,6 +129,7 @@ class BagReader:
         from rosbags.highlevel import AnyReader
 
         self.ros_version = 1
+        self._custom = {}  # rosbag1 has no metadata custom data (the simulator's /rig/info topic carries it)
         try:
             self._reader = AnyReader([self.path])
             self._reader.open()
@@ -165,9 +166,11 @@ class BagReader:
             salvaged = SalvagedMcap(files)
         except Exception as exc:  # not an mcap at all, or cut inside its first records
             raise BagError(f"{reason}; nothing readable in it either ({exc})") from error
+        self._custom = _metadata_custom_data(self.path / "metadata.yaml") if self.path.is_dir() else {}
+        if salvaged.stopped_reason is None:  # complete after all (rosbags refused it for another reason)
+            LOG.info("bag %s: read with the mcap package (%s)", self.path, reason)
+            return salvaged
         self.salvaged = True
-        if self.path.is_dir():
-            self._custom = _metadata_custom_data(self.path / "metadata.yaml")
         LOG.warning("bag %s: %s; reading the %d message(s) before the cut (%s)", self.path, salvaged.stopped_reason,
                     salvaged.messages_read, recover_hint(files[-1]))
         return salvaged
@@ -213,8 +216,8 @@ class BagReader:
     @property
     def custom_data(self) -> dict[str, str]:
         """The bag metadata's ``custom_data`` (rosbag2 metadata v6+; ``ros2 bag record --custom-data``), or {}."""
-        if self._custom is not None or self.ros_version == 1 or self.salvaged:
-            return dict(self._custom or {})
+        if self._custom is not None:  # ROS 1 bags have none; salvaged mcaps: read from metadata.yaml
+            return dict(self._custom)
         # rosbags keeps it on the directory reader (``Reader.storage.metadata.custom``); single storage
         # files have no metadata.yaml and so no custom data.
         holder = getattr(self._reader, "storage", self._reader)
@@ -252,7 +255,7 @@ class BagReader:
             try:
                 connection, log_time, raw = next(iterator)
             except StopIteration:
-                if self.salvaged:
+                if self.salvaged:  # cut short: say so, with what was read and how to repair the file
                     raise BagError(
                         f"bag {self.path} is truncated: {self._reader.stopped_reason}; the "
                         f"{self._reader.messages_read} message(s) before the cut were read; {self._reader.repair_hint}"

@@ -4,7 +4,7 @@
 that stopped early, has none, and indexed readers (``rosbags``, ``rosbag`` itself) refuse it until
 ``rosbag reindex`` rebuilt it. The chunks before the cut are intact, though: ``SalvagedRosbag1`` walks
 the file's records from the start (bag format 2.0: ``header_len, header fields, data_len, data``),
-opening each chunk (uncompressed or bz2; a cut chunk is read up to its last complete record) and
+opening each chunk (uncompressed, bz2 or lz4; a cut chunk is read up to its last complete record) and
 collecting connection and message records until the data ends. Messages come out in file order (the
 order the recorder wrote them).
 
@@ -181,6 +181,10 @@ class SalvagedRosbag1:
                     elif compression == "bz2":
                         # Decompresses what the (possibly cut) stream holds in complete bz2 blocks.
                         data = bz2.BZ2Decompressor().decompress(body)
+                    elif compression == "lz4":
+                        import lz4.frame  # rosbags' own dependency for lz4 bags
+
+                        data = lz4.frame.LZ4FrameDecompressor().decompress(body)
                     else:
                         reason = f"chunk compression {compression!r} cannot be salvaged here"
                         break
@@ -192,7 +196,7 @@ class SalvagedRosbag1:
                     continue
         except _Truncated:
             reason = f"{self.path.name} ends inside a record ({len(self._blob)} bytes; the index is lost)"
-        except (ValueError, KeyError, struct.error, OSError, EOFError) as exc:
+        except (ValueError, KeyError, struct.error, OSError, EOFError, RuntimeError, ImportError) as exc:
             reason = f"{self.path.name} is damaged after the readable part ({type(exc).__name__}: {exc})"
         else:
             reason = reason or f"{self.path.name} has no index (the recorder did not finish it)"
