@@ -490,16 +490,18 @@ def test_unwritable_out_fails_before_evaluating(synth, fake_model, tmp_path, cap
     assert "no space left" in err.lower() and "Traceback" not in err and calls == []
     assert not list((tmp_path / "full").iterdir())  # the probe is removed
     monkeypatch.setattr(evaluate_module.os, "fsync", real_fsync)
-    # The disk fills up during the run: a clear error at the end, no traceback.
-    from monother_ros.eval import report
+    # The disk fills up during the run (the probe passed, metrics.json does not fit): a clear error, no
+    # traceback, no temporary file left behind.
+    def full_for_metrics(fd):
+        if ".metrics.json." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
 
-    def write_all(run, out):
-        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.md"))
-
-    monkeypatch.setattr(report, "write_all", write_all)
+    monkeypatch.setattr(evaluate_module.os, "fsync", full_for_metrics)
     assert _eval(synth, "--model", fake_model, "--out", tmp_path / "late") == 2
     err = capsys.readouterr().err
     assert "cannot write the outputs into" in err and "No space left" in err and "Traceback" not in err
+    assert calls == [1] and list((tmp_path / "late").iterdir()) == []
 
 
 def _compressed_thermal_bag(path: Path, payloads: list[tuple[bytes, str]]) -> Path:
