@@ -378,3 +378,29 @@ def test_ros1_bag_without_index_yields_the_messages_before_the_cut(tmp_path, com
                 for m in reader.messages():
                     partial.append((m.topic, m.log_time_ns, m.stamp_ns))
         assert partial and len(partial) < len(intact) and set(partial) <= set(intact)
+
+
+def test_compressed_messages_decode_with_their_encoding():
+    from monother_ros.core.image_codec import encode_compressed_image
+    from monother_ros.eval.bag_reader import decoded_encoding, is_compressed_image, resolve_image_topic
+
+    Compressed = T["sensor_msgs/msg/CompressedImage"]
+    depth_mm = np.array([[0, 1500], [65535, 20000]], np.uint16)
+    data, _ = encode_compressed_image(depth_mm, "16UC1", "png")
+    header = np.zeros(12, np.uint8).tobytes()  # image_transport compressedDepth config header
+    depth_msg = Compressed(header=_header(0, "cam"), format="16UC1; compressedDepth png",
+                           data=np.frombuffer(header + data, np.uint8))
+    image = image_to_numpy(depth_msg)
+    assert is_compressed_image(depth_msg) and decoded_encoding(depth_msg, image) == "16UC1"
+    np.testing.assert_array_equal(image, depth_mm)
+    mono8, fmt = encode_compressed_image(np.full((3, 4), 9, np.uint8), "mono8", "jpeg")
+    msg = Compressed(header=_header(0, "cam"), format=fmt, data=np.frombuffer(mono8, np.uint8))
+    assert decoded_encoding(msg, image_to_numpy(msg)) == "mono8"
+    bad = Compressed(header=_header(0, "cam"), format="mono16; png compressed", data=np.frombuffer(mono8, np.uint8))
+    with pytest.raises(BagError, match="malformed CompressedImage.*8-bit"):
+        image_to_numpy(bad)
+    topics = ["/thermal/image_raw/compressed", "/gt/depth/compressedDepth", "/rgb/image_raw", "/rgb/image_raw/compressed"]
+    assert resolve_image_topic(topics, "/thermal/image_raw") == "/thermal/image_raw/compressed"
+    assert resolve_image_topic(topics, "/gt/depth") == "/gt/depth/compressedDepth"
+    assert resolve_image_topic(topics, "/rgb/image_raw") == "/rgb/image_raw"  # raw wins when both exist
+    assert resolve_image_topic(topics, "/nothing") == "/nothing"
