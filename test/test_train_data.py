@@ -246,3 +246,20 @@ def test_ros1_and_compressed_recordings_give_the_same_training_records():
             np.testing.assert_array_equal(a.gt_thermal, b.gt_thermal)
             tolerance = 0 if "compressed" not in kind else 0.03  # RGB as JPEG
             assert np.abs(a.rgb - b.rgb).mean() <= tolerance + 1e-7, kind
+
+
+def test_ms2_training_source_refuses_a_malicious_calibration_without_running_it(tmp_path):
+    import os
+
+    class WritesMarker:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'PWNED'}",)
+
+    _write_ms2(tmp_path)
+    calib_file = next((tmp_path / "sync_data").glob("*/calib.npy"))
+    array = np.empty((), dtype=object)
+    array[()] = WritesMarker()
+    np.save(calib_file, array, allow_pickle=True)
+    with pytest.raises(ConfigError, match="refused global"):
+        load_ms2(tmp_path, "train", options())
+    assert not (tmp_path / "PWNED").exists()

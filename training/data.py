@@ -370,7 +370,7 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
     Raises:
         ConfigError: missing split list, calibration, images or depth maps.
     """
-    from monother_ros.eval.ms2 import read_png  # one MS2 image reader, shared with `monother import-ms2`
+    from monother_ros.eval.ms2 import read_calib, read_png  # shared with `monother import-ms2`
 
     root = Path(root)
     report = PairingReport(source=f"ms2:{root}:{split}", gt_source="proj_depth")
@@ -382,7 +382,7 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
         calib_path = sync / "calib.npy"
         if not calib_path.is_file():
             raise ConfigError(f"MS2 sequence {seq}: {calib_path} is missing")
-        calib = np.load(calib_path, allow_pickle=True).item()  # MS2 stores a pickled dict
+        calib = read_calib(calib_path)  # a pickled dict, read as data only (crafted pickles run nothing)
         T_rgb_thermal = ms2_extrinsic(calib)
         thermal_files = sorted((sync / "thr" / "img_left").glob("*.png"))
         report.thermal_frames += len(thermal_files)
