@@ -1,4 +1,4 @@
-"""Offline evaluation of depth models on rosbag2 bags: frames, ground truth, scoring, aggregation.
+"""Offline evaluation of depth models on bags (rosbag2 or ROS 1): frames, ground truth, scoring, aggregation.
 
 ``evaluate(bags, models, options, out_dir)`` reads every bag once (``bag_reader``), pairs thermal frames
 with ground truth (``ground_truth``), runs every model on each frame with the runtime engine the node uses
@@ -61,6 +61,7 @@ __all__ = [
     "check_output_dir",
     "evaluate",
     "iter_frames",
+    "options_for_bag",
     "score_frame",
 ]
 
