@@ -123,6 +123,12 @@ def test_huge_declared_size_is_refused_before_decompressing():
     with pytest.raises(ImageDecodeError) as info:
         decode_compressed_image(data, "png", max_dimension=32)
     assert info.value.reason == "too_large"
+    # A decompression bomb: 8192x8192 zeros is 64 MiB of pixels in about 64 KiB of PNG.
+    bomb = _png(np.zeros((8192, 8192), np.uint8))
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageDecodeError) as info:
+        decode_compressed_image(bomb, "png")
+    assert info.value.reason == "too_large" and "8192x8192" in str(info.value)
 
 
 def test_compressed_depth_transport_header_is_skipped():

@@ -170,6 +170,8 @@ def encode_image(image: np.ndarray, encoding: str) -> EncodedImage:
 # --- sensor_msgs/CompressedImage --------------------------------------------------------------------
 
 COMPRESSED_CODECS = ("png", "jpeg")
+# A few hundred KiB of PNG can declare a gigapixel image: cap the pixels decoded per frame (4K UHD fits).
+DEFAULT_MAX_COMPRESSED_PIXELS = 4096 * 4096
 # image_transport's compressedDepth prepends a 12-byte ConfigHeader (int32 format + float32[2] depth
 # quantisation parameters) to the PNG stream.
 _COMPRESSED_DEPTH_HEADER_BYTES = 12
@@ -234,7 +236,8 @@ def _image_bits(dtype: np.dtype) -> int:
     return 8 * dtype.itemsize
 
 
-def decode_compressed_image(data, fmt: str, *, max_dimension: int = DEFAULT_MAX_DIMENSION) -> np.ndarray:
+def decode_compressed_image(data, fmt: str, *, max_dimension: int = DEFAULT_MAX_DIMENSION,
+                            max_pixels: int = DEFAULT_MAX_COMPRESSED_PIXELS) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` payload (PNG or JPEG) with Pillow.
 
     Args:
@@ -242,6 +245,7 @@ def decode_compressed_image(data, fmt: str, *, max_dimension: int = DEFAULT_MAX_
         fmt: the message's ``format`` string (see ``parse_compressed_format``).
         max_dimension: largest accepted width or height, checked from the file header before the
             pixels are decompressed (guards against decompression bombs).
+        max_pixels: largest accepted width x height, checked the same way.
 
     Returns:
         A new array: (H, W) uint16 for 16-bit grey, (H, W) uint8 for 8-bit grey, (H, W, 3) uint8 **RGB**
@@ -270,9 +274,10 @@ def decode_compressed_image(data, fmt: str, *, max_dimension: int = DEFAULT_MAX_
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise ImageDecodeError("zero_size", f"compressed image has zero size: {width}x{height}")
-            if width > max_dimension or height > max_dimension:
+            if width > max_dimension or height > max_dimension or width * height > max_pixels:
                 raise ImageDecodeError(
-                    "too_large", f"compressed image {width}x{height} exceeds the largest accepted dimension {max_dimension}"
+                    "too_large", f"compressed image {width}x{height} exceeds the accepted size (each side <= "
+                    f"{max_dimension}, at most {max_pixels} pixels)"
                 )
             image.load()  # decompresses: truncated or corrupt streams fail here
             array = _pillow_to_array(image)
