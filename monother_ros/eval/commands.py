@@ -30,7 +30,7 @@ __all__ = ["add_commands", "parse_bins"]
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``eval`` and ``import-ms2``."""
     p = subparsers.add_parser(
-        "eval", help="score depth models on rosbag2 bags (metrics.json, report.md, pictures)",
+        "eval", help="score depth models on bags, rosbag2 or ROS 1 (metrics.json, report.md, pictures)",
         description="Replay bags through the depth pipeline and score it against ground truth (a depth image "
                     "topic or a LiDAR cloud projected into the thermal camera). Offline by default (the runtime "
                     "engine, deterministic, faster than real time); --live plays the bag into DDS with /clock and "
