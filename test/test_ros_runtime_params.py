@@ -121,3 +121,57 @@ def test_param_set_over_dds_applies_valid_refuses_invalid_and_read_only():
             assert _set(client, params, "max_depth_m", 0.0).successful
             np.testing.assert_array_equal(frame(4 * S), before)
         node.destroy_node()
+
+
+@pytest.mark.ros
+def test_cloud_options_change_at_runtime_over_dds():
+    from rclpy.node import Node
+    from rclpy.parameter_client import AsyncParameterClient
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from monother_ros.ros import qos
+    from monother_ros.ros.convert import array_to_image, camera_to_info
+    from ros_harness import Collector, Spinner, ros_context, wait_for, wait_for_subscribers
+    from test_ros_depth_cloud import (H, W, make_node, publish_until, read_points, stamp_of, thermal_camera,
+                                      thermal_frame, xyz_of)
+
+    cam = thermal_camera()
+    image = thermal_frame(4)
+    with ros_context() as context:
+        node = make_node(context)
+        client = Node("cloud_param_client", context=context)
+        pub = client.create_publisher(Image, "thermal/image_raw", qos.SENSOR)
+        pub_info = client.create_publisher(CameraInfo, "thermal/camera_info", qos.SENSOR)
+        points = Collector(client, PointCloud2, "depth/points", qos.SENSOR)
+        params = AsyncParameterClient(client, "thermal_depth")
+        with Spinner(context, node, client):
+            assert wait_for_subscribers(client, "thermal/camera_info", timeout=15)
+            assert params.wait_for_services(timeout_sec=10.0)
+            info = camera_to_info(cam, frame_id="thermal_optical_frame")
+            assert wait_for(lambda: (pub_info.publish(info), node._thermal_info is not None)[1], 10.0)
+
+            def cloud(stamp_ns):
+                msg = publish_until(points, lambda: pub.publish(array_to_image(
+                    image, encoding="mono16", stamp_ns=stamp_ns, frame_id="thermal_optical_frame")),
+                    lambda m: stamp_of(m) == stamp_ns)
+                return xyz_of(read_points(msg))
+
+            full = cloud(1 * S)
+            assert full.shape == (H, W, 3)
+            assert _set(client, params, "cloud.decimation", 4).successful
+            np.testing.assert_array_equal(cloud(2 * S), full[::4, ::4])
+            result = _set(client, params, "cloud.decimation", 0)
+            assert not result.successful and "must be >= 1" in result.reason
+            assert node.params["cloud.decimation"] == 4
+            result = _set(client, params, "cloud.rgb", True)  # decides the RGB subscriptions at start
+            assert not result.successful and "read-only" in result.reason.lower()
+
+            ranges = np.linalg.norm(full.astype(np.float64), axis=-1)
+            limit = float(np.nanmedian(ranges))
+            assert _set(client, params, "cloud.decimation", 1).successful
+            assert _set(client, params, "cloud.max_range_m", limit).successful
+            got = cloud(3 * S)
+            clear = np.abs(ranges - limit) > 1e-5 * limit
+            assert np.isnan(got[clear & (ranges > limit)]).all() and np.isfinite(got[clear & (ranges < limit)]).all()
+            np.testing.assert_array_equal(got[clear & (ranges < limit)], full[clear & (ranges < limit)])
+        node.destroy_node()
