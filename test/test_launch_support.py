@@ -137,3 +137,14 @@ def test_launch_file_plans_before_starting_and_stops_non_zero_when_thermal_depth
         handler(Event(), Context())
     Context.is_shutdown = True
     assert handler(Event(), Context()) is None
+
+
+def test_launch_support_imports_neither_launch_nor_rclpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, monother_ros.ros.launch_support; "
+            "print(sorted(m for m in ('rclpy', 'launch', 'launch_ros', 'numpy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
