@@ -240,12 +240,16 @@ def choose_and_build(
     warnings: list[str] = []
     last_error: BaseException | None = None
     for name in ("tensorrt", "torch", "onnxruntime"):
-        if name in ("tensorrt", "torch") and gpu_device is None:
-            skipped.append((name, "device cpu requested" if requested_device == "cpu" else gpu_reason))
+        on_gpu = name in ("tensorrt", "torch")
+        if on_gpu and requested_device == "cpu":
+            skipped.append((name, "device cpu requested"))
             continue
         ok, reason = PROBES["torch_cuda" if name == "torch" else name]()
         if not ok:
             skipped.append((name, reason))
+            continue
+        if on_gpu and gpu_device is None:
+            skipped.append((name, gpu_reason or "no CUDA GPU visible to torch"))
             continue
         run_on = gpu_device if name in ("tensorrt", "torch") else "cpu"
         try:

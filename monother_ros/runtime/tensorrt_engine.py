@@ -17,8 +17,9 @@ Choices (see also ``runtime/cache.py`` for the cache files):
     ``BuilderFlag.FP16``, and the arithmetic layers that are not matrix products or convolutions
     (element-wise, unary, activation, normalisation, softmax, reduce, scale) pinned to fp32 with
     per-layer precision and output types + ``OBEY_PRECISION_CONSTRAINTS``;
-  - strongly typed (11.x, where those were removed): the network is created with
-    ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` from a mixed-fp16 ONNX in which exactly the
+  - strongly typed (11.x, where those were removed and every network is strongly typed; 11 keeps
+    ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` only as an ignored, deprecated value, so it is
+    passed only to an older release without ``FP16``): built from a mixed-fp16 ONNX in which exactly the
     matrix products and convolutions compute in fp16 (``runtime/onnx_passes.py`` explains the choice:
     the residual stream, LayerNorm and softmax of a DINOv2 ViT stay fp32).
 
@@ -188,9 +189,9 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
     builder = trt.Builder(logger)
     flags = 0
     creation = trt.NetworkDefinitionCreationFlag
-    if typing == "strong":
-        flags |= 1 << int(creation.STRONGLY_TYPED)
-    elif hasattr(creation, "EXPLICIT_BATCH") and tensorrt_version_tuple(version) < (10, 0):
+    if typing == "strong" and tensorrt_version_tuple(version) < (11, 0):
+        flags |= 1 << int(creation.STRONGLY_TYPED)  # from 11 on every network is strongly typed (flag ignored)
+    elif typing == "weak" and hasattr(creation, "EXPLICIT_BATCH") and tensorrt_version_tuple(version) < (10, 0):
         flags |= 1 << int(creation.EXPLICIT_BATCH)  # required before 10; a deprecated no-op from 10 on
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
