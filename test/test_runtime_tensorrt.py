@@ -382,3 +382,66 @@ def test_io_tensor_discovery_both_apis():
     assert TensorRTEngine._io_tensors(types.SimpleNamespace(_engine=V3()), trt) == expect
     v2 = TensorRTEngine._io_tensors(types.SimpleNamespace(_engine=V2()), trt)
     assert v2["thermal"] == expect["thermal"] and v2["depth"][2] == torch.float16
+
+
+# ---------------------------------------------------------------------- the fp16 decision, checked numerically
+@pytest.fixture(scope="module")
+def dav2s_onnx(tmp_path_factory):
+    """A DAv2-S metric network at real width/depth (random weights) exported at 196x252, fp32 graph."""
+    import onnx
+    import torch
+
+    from monother_ros.model.branch import DepthBranch
+    from monother_ros.model.variants import get_preset
+    from monother_ros.runtime.export import export_onnx
+
+    config = get_preset("dav2-metric-vits")
+    torch.manual_seed(0)
+    model = DepthBranch(config).eval()
+    path = tmp_path_factory.mktemp("dav2s") / "dav2s.onnx"
+    export_onnx(model, config, path, input_hw=(196, 252), verify=False)
+    return onnx.load(str(path))
+
+
+def _ort_outputs(proto, x):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"thermal": x})
+
+
+@pytest.mark.slow
+def test_mixed_fp16_matches_fp32_on_a_real_size_vit(dav2s_onnx):
+    """The strongly typed fp16 graph (matmuls/convs in fp16, residual/LayerNorm/softmax in fp32) stays
+    within 1e-2 of fp32 on DAv2-S; and when the residual stream carries a value past fp16's range (as
+    DINOv2's high-norm channels can approach), it still does, while the all-fp16 graph overflows."""
+    import onnx
+    from onnx import numpy_helper
+
+    from monother_ros.runtime.onnx_passes import all_fp16, mixed_fp16
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 196, 252)).astype(np.float32)
+    ref = _ort_outputs(dav2s_onnx, x)[0]
+    mixed = mixed_fp16(dav2s_onnx)
+    types = {i.data_type for i in mixed.graph.initializer if i.name.endswith("__fp16")}
+    assert types == {onnx.TensorProto.FLOAT16}
+    got = _ort_outputs(mixed, x)[0]
+    assert np.isfinite(got).all() and _rel(got, ref) < 1e-2
+
+    outlier = onnx.ModelProto()
+    outlier.CopyFrom(dav2s_onnx)
+    # The class token (folded by the exporter into a (1, 1, 384) constant concatenated before the patches).
+    concat_inputs = {i for n in outlier.graph.node if n.op_type == "Concat" for i in n.input}
+    cls = next(i for i in outlier.graph.initializer if list(i.dims) == [1, 1, 384] and i.name in concat_inputs)
+    value = numpy_helper.to_array(cls).copy()
+    value[..., 7] = 7.0e4  # one residual channel of the class token beyond fp16's 65504
+    cls.CopyFrom(numpy_helper.from_array(value, cls.name))
+    ref_outlier = _ort_outputs(outlier, x)[0]
+    assert np.isfinite(ref_outlier).all()
+    got_outlier = _ort_outputs(mixed_fp16(outlier), x)[0]
+    assert np.isfinite(got_outlier).all() and _rel(got_outlier, ref_outlier) < 1e-2
+    naive = _ort_outputs(all_fp16(outlier), x)[0]
+    assert not np.isfinite(naive).all() or _rel(naive.astype(np.float32), ref_outlier) > 0.1
