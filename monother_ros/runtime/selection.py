@@ -6,14 +6,16 @@
    ``LayerNormalization``), torch has CUDA (TensorRT's buffers are torch CUDA tensors) and the engine
    builds or loads;
 2. ``torch`` on the CUDA device when torch sees a CUDA GPU;
-3. ``onnxruntime`` on the CPU.
+3. ``onnxruntime`` on the CPU;
+4. only when ONNX Runtime cannot run (not installed, or the model folder's ONNX cannot be loaded or
+   exported here): ``torch`` on the CPU.
 
 A candidate that is absent is skipped with its probe's reason; one that is present but fails to build,
 load or run a first frame (corrupt/stale engine that cannot be rebuilt, CUDA out of memory, a model
 folder without ONNX where the export fails...) is logged as a WARNING with the reason and the next one
 is tried. The outcome is a :class:`BackendSelection` attached to the engine (``engine.selection``),
-which the depth node shows in ``/diagnostics``. Running on the CPU while a CUDA GPU is visible is always
-a WARNING (never silent).
+which the depth node shows in ``/diagnostics``. Running on the CPU while a CUDA GPU is visible is a
+WARNING (never silent) unless ``device: cpu`` asked for the CPU.
 
 An explicitly named backend is not replaced by another: if it cannot run, ``BackendUnavailableError``
 says why and what to install.
@@ -224,9 +226,9 @@ def choose_and_build(
             run_on = resolve_device(requested_device)
         engine = builders[backend](run_on)
         notes: tuple[str, ...] = ()
-        if run_on == "cpu" and gpu_ok:
+        if run_on == "cpu" and gpu_ok and requested_device != "cpu":  # device cpu is a choice, not a fallback
             notes = (f"backend {backend} runs on the CPU although a CUDA GPU is visible (device "
-                     f"{requested_device})",)
+                     f"{requested_device}; ONNX Runtime uses a GPU only with device cuda[:N] and onnxruntime-gpu)",)
             _logger.warning(notes[0])
         _attach(engine, BackendSelection(backend, requested_device, backend, run_on, (), gpu_ok, notes))
         return engine
@@ -239,19 +241,22 @@ def choose_and_build(
     skipped: list[tuple[str, str]] = []
     warnings: list[str] = []
     last_error: BaseException | None = None
-    for name in ("tensorrt", "torch", "onnxruntime"):
-        on_gpu = name in ("tensorrt", "torch")
+    # (label in the record, backend, on the GPU?); torch on the CPU is the last resort, reached only when
+    # ONNX Runtime did not run (e.g. a model folder whose ONNX cannot be exported here).
+    candidates = (("tensorrt", "tensorrt", True), ("torch", "torch", True), ("onnxruntime", "onnxruntime", False),
+                  ("torch-cpu", "torch", False))
+    for label, name, on_gpu in candidates:
         if on_gpu and requested_device == "cpu":
-            skipped.append((name, "device cpu requested"))
+            skipped.append((label, "device cpu requested"))
             continue
-        ok, reason = PROBES["torch_cuda" if name == "torch" else name]()
+        ok, reason = PROBES["torch_cuda" if (name == "torch" and on_gpu) else name]()
         if not ok:
-            skipped.append((name, reason))
+            skipped.append((label, reason))
             continue
         if on_gpu and gpu_device is None:
-            skipped.append((name, gpu_reason or "no CUDA GPU visible to torch"))
+            skipped.append((label, gpu_reason or "no CUDA GPU visible to torch"))
             continue
-        run_on = gpu_device if name in ("tensorrt", "torch") else "cpu"
+        run_on = gpu_device if on_gpu else "cpu"
         try:
             engine = builders[name](run_on)
             if run_on != "cpu":
@@ -259,11 +264,11 @@ def choose_and_build(
         except Exception as exc:  # noqa: BLE001 - any failure of a candidate falls through to the next
             why = f"failed: {_describe(exc)}"
             _logger.warning("backend auto: %s on %s %s; trying the next backend", name, run_on, why)
-            skipped.append((name, why))
-            warnings.append(f"{name} {why}")
+            skipped.append((label, why))
+            warnings.append(f"{label} {why}")
             last_error = exc
             continue
-        if run_on == "cpu" and gpu_ok:
+        if run_on == "cpu" and gpu_ok and requested_device != "cpu":
             note = (f"a CUDA GPU is visible but {name} runs on the CPU ("
                     + "; ".join(f"{n}: {w}" for n, w in skipped) + ")")
             warnings.append(note)
