@@ -28,7 +28,7 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from monother_ros.errors import BackendUnavailableError, ConfigError
+from monother_ros.errors import ConfigError
 
 __all__ = [
     "BackendName",
