@@ -107,7 +107,7 @@ class CheckpointStore:
         return [p for _, p in self._numbered() if self.is_complete(p)]
 
     def _next_index(self) -> int:
-        # Past every numbered folder, partial ones included: a number is never reused.
+        # Past every numbered folder, partial ones included (a partial newest one must not be overwritten).
         items = self._numbered()
         return items[-1][0] + 1 if items else 1
 

@@ -515,6 +515,8 @@ class OnlineAdaptationNode(Node):
         report.add_value("swaps", status["swaps"])
         if status["update_errors"]:
             report.add_check(Level.WARN, f"{status['update_errors']} hand-over/training errors")
+        if status.get("checkpoint_error"):  # until a write succeeds again (the learner retries)
+            report.add_check(Level.ERROR, f"checkpoint write failing: {status['checkpoint_error']}")
         report.add_problems(self.problems)
         return report
 
