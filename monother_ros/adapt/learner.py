@@ -61,7 +61,7 @@ from monother_ros.adapt.buffer import (
     collate_samples,
 )
 from monother_ros.adapt.checkpoint_store import CheckpointStore
-from monother_ros.errors import ConfigError
+from monother_ros.errors import CheckpointError, ConfigError
 
 __all__ = [
     "LearnerConfig",
@@ -684,9 +684,17 @@ class OnlineLearner:
         return update
 
     def save(self) -> Optional[Path]:
-        """Checkpoint the running weights now; returns the folder (None without a checkpoint_dir)."""
+        """Checkpoint the running weights now; returns the folder (None without a checkpoint_dir).
+
+        Raises:
+            CheckpointError: the write failed (the training thread retries it later).
+        """
+        if self.store is None:
+            return None
         with self._train_lock:
-            path, _ = self._checkpoint(self.running_state, "save", self.counters["rounds"], float("nan"))
+            path, _ = self._checkpoint_or_retry_later(self.running_state, "save", self.counters["rounds"], float("nan"))
+        if path is None:
+            raise CheckpointError(f"checkpoint not written ({self.store.last_error}); it is retried")
         return path
 
     def reset(self) -> ModelUpdate:

@@ -517,6 +517,8 @@ class OnlineAdaptationNode(Node):
             report.add_check(Level.WARN, f"{status['update_errors']} hand-over/training errors")
         if status.get("checkpoint_error"):  # until a write succeeds again (the learner retries)
             report.add_check(Level.ERROR, f"checkpoint write failing: {status['checkpoint_error']}")
+        else:  # a failed save request is resolved by the learner's retry
+            self.problems.clear("save_failed")
         report.add_problems(self.problems)
         return report
 
