@@ -382,6 +382,7 @@ class OnlineLearner:
         self._paused = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._closed = threading.Event()
         self._thread: Optional[threading.Thread] = None
         if self.store is not None and config.resume:
             self._resume()
@@ -692,6 +693,8 @@ class OnlineLearner:
         if self.store is None:
             return None
         with self._train_lock:
+            if self._closed.is_set():  # queued behind the lock while the node shut down
+                return None
             path, _ = self._checkpoint_or_retry_later(self.running_state, "save", self.counters["rounds"], float("nan"))
         if path is None:
             raise CheckpointError(f"checkpoint not written ({self.store.last_error}); it is retried")
@@ -760,6 +763,12 @@ class OnlineLearner:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop for good: :meth:`save` calls still waiting for the training lock return without writing
+        (a shutdown mid-save finishes the write in flight only), then :meth:`stop`."""
+        self._closed.set()
+        return self.stop(timeout)
 
     def pause(self) -> None:
         """Stop admitting pairs and training (the current step finishes)."""

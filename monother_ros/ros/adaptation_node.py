@@ -324,7 +324,11 @@ class OnlineAdaptationNode(Node):
             else:
                 self.problems.clear(f"{name}_failed")
 
-        threading.Thread(target=run, name=f"adaptation-{name}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"adaptation-{name}", daemon=True)
+        # Joined by destroy_node: a daemon thread still inside torch at interpreter exit aborts the
+        # process ("terminate called without an active exception").
+        self._background = [t for t in getattr(self, "_background", []) if t.is_alive()] + [thread]
+        thread.start()
 
     def _srv_reset(self, _request, response):
         self._in_background("reset", self.learner.reset)
@@ -535,7 +539,9 @@ class OnlineAdaptationNode(Node):
             worker.stop()
         learner = getattr(self, "learner", None)
         if learner is not None:
-            learner.stop()
+            learner.close()
+        for thread in getattr(self, "_background", []):
+            thread.join(timeout=30.0)
         super().destroy_node()
 
 
