@@ -159,6 +159,23 @@ def apply_speed_options(config: TrainConfig, device: torch.device) -> SpeedOptio
                         pin_memory=bool(config.pin_memory and device.type == "cuda"))
 
 
+def optimizer_update(optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler", trainable: list[nn.Parameter],
+                     grad_clip: float) -> bool:
+    """After ``scaler.scale(loss).backward()``: clip the global gradient norm to ``grad_clip`` (0 = off) and
+    step, unless the norm is not finite (a NaN/inf gradient would poison every weight through AdamW).
+
+    Returns:
+        True when the optimiser stepped. One host sync (the norm).
+    """
+    scaler.unscale_(optimizer)  # (fp16) true gradients before clipping; a no-op when the scaler is off
+    norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else float("inf"))
+    stepped = bool(torch.isfinite(norm))
+    if stepped:
+        scaler.step(optimizer)
+    scaler.update()  # (fp16) lower the loss scale after an overflow, raise it after a quiet stretch
+    return stepped
+
+
 def build_model(config: TrainConfig):
     """``MonotherDual`` for the config's presets, with the optional initial weights loaded."""
     from monother_ros.model.checkpoints import read_model_dir
@@ -498,16 +515,9 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                         scaler.scale(result.total / len(chunks)).backward()
                     for k, v in result.losses.items():
                         step_losses[k] = step_losses.get(k, 0.0) + float(v) / len(chunks)
-                # The global gradient norm (one host sync): clip to grad_clip, and skip the update when it
-                # is not finite (a NaN/inf gradient would poison every weight through AdamW).
-                scaler.unscale_(optimizer)  # (fp16) true gradients before clipping; a no-op otherwise
-                norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else float("inf"))
-                if torch.isfinite(norm):
-                    scaler.step(optimizer)
-                else:
+                if not optimizer_update(optimizer, scaler, trainable, config.grad_clip):
                     skipped += 1
                     LOG.warning("step %d: non-finite gradient norm, update skipped", step + 1)
-                scaler.update()  # (fp16) lower the loss scale after an overflow, raise it after a quiet stretch
                 scheduler.step()
                 step += 1
                 in_epoch += 1
