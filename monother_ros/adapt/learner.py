@@ -68,6 +68,7 @@ __all__ = [
     "ModelUpdate",
     "RoundResult",
     "OnlineLearner",
+    "learner_device",
     "load_dual",
     "evaluate_student",
 ]
@@ -185,8 +186,27 @@ class RoundResult:
 # ----------------------------------------------------------------------------------- model loading
 
 
+def learner_device(device: str | torch.device) -> torch.device:
+    """The torch device for the learner (teacher, confidence network and student all go there).
+
+    Raises:
+        ConfigError: not a torch device, or a CUDA device torch cannot see.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: torch sees no CUDA GPU (CPU-only torch build or no driver); "
+                              "use device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
 def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | None = None,
-              *, device: str = "cpu") -> tuple[nn.Module, Any]:
+              *, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """The dual model to adapt: student from ``model_dir``, teacher + confidence from a dual folder.
 
     Args:
@@ -201,11 +221,13 @@ def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
         ``(MonotherDual, student ModelConfig)``.
 
     Raises:
-        ConfigError: no teacher/confidence network available, or student configurations differ.
+        ConfigError: no teacher/confidence network available, student configurations differ, or the
+            device is unusable.
         CheckpointError: unreadable folders.
     """
     from monother_ros.model.checkpoints import load_model, load_state_dict_strict, read_model_dir
 
+    device = learner_device(device)
     tensors, config, meta = read_model_dir(model_dir)
     if str(meta.get("kind")) == "monother_dual":
         dual, config = load_model(model_dir, map_location=device)
@@ -319,7 +341,8 @@ class OnlineLearner:
         shipped_state: the student weights ``reset`` returns to; default the model's current student.
         on_update: called with a :class:`ModelUpdate` whenever the running weights change (accepted
             candidate, reset, resume); runs on the calling thread (the training thread for accepts).
-        device: torch device of the model.
+        device: torch device (cpu, cuda, cuda:N) for the student, the teacher and the confidence network:
+            the model is moved there; training, admission (teacher + confidence) and scoring run there.
     """
 
     SAVE_RETRY_MIN_S = 5.0  # first retry of a failed checkpoint write, seconds
@@ -334,7 +357,7 @@ class OnlineLearner:
         if getattr(model, "confidence_net", None) is None and config.distillation == "full":
             raise ConfigError("distillation 'full' needs a dual model with a confidence network")
         self.config = config
-        self.device = torch.device(device)
+        self.device = learner_device(device)
         self.model = model.to(self.device)
         self.student_config = model.student.config
         self.max_depth = float(self.student_config.max_depth_m)
@@ -585,6 +608,7 @@ class OnlineLearner:
             if budget:
                 self._budget_wait(dt)
         self.last_loss = float(np.mean(losses))
+        e0 = time.monotonic()
         with self._train_lock:
             running = self.running_score()
             _, held = self.holdout.snapshot()
@@ -615,6 +639,11 @@ class OnlineLearner:
             if decision == "accepted":
                 # Under the training lock, so a concurrent reset cannot be overtaken by this hand-over.
                 self._publish(state, "accepted", rnd, candidate)
+        # Scoring (and the checkpoint) is compute too: the same budget follows it.
+        dt = time.monotonic() - e0
+        self.busy_seconds += dt
+        if budget:
+            self._budget_wait(dt)
         result = RoundResult(rnd, len(losses), decision, candidate, running, self.last_loss,
                              time.monotonic() - t0, gt.get("abs_rel", float("nan")))
         self.last_round = result
