@@ -21,6 +21,12 @@ pixels of the batch. Rank 0 logs (tqdm bar with loss and samples/s, ``metrics.js
 writes checkpoints; ``init_from=resume`` continues from the latest checkpoint in ``out_dir`` and
 reproduces the uninterrupted run. An update whose gradient norm is not finite is skipped and counted
 (``skipped_steps`` in the log).
+
+Speed (``apply_speed_options``): ``deterministic`` auto | on | off (auto = on for the CPU, off on CUDA, where
+deterministic kernels cost several times the throughput and cuDNN autotuning is then on); ``amp`` off |
+bf16 | fp16 runs the networks under ``torch.autocast`` while warping, metadata and losses stay float32
+(fp16 with a ``GradScaler``, its state kept in the checkpoint); ``num_workers`` and ``pin_memory`` for the
+DataLoader. ``bench/gpu_train_section.py`` times them side by side.
 """
 from __future__ import annotations
 
