@@ -39,6 +39,8 @@ def _params(tmp_path: Path, ckpt: Path) -> Path:
     section = params["/**/online_adaptation"]["ros__parameters"]
     section.update(model=str(tiny_dual_dir()), status_period_s=0.2, handover="none", start_paused=True)
     section["checkpoint"].update(dir=str(ckpt), keep=KEEP)
+    if "export_onnx" in section["checkpoint"]:  # checkpoint folders only (ONNX exports are not the learner's job)
+        section["checkpoint"]["export_onnx"] = False
     path = tmp_path / "adapt.yaml"
     path.write_text(yaml.safe_dump({"/**/online_adaptation": params["/**/online_adaptation"]}))
     return path
@@ -75,10 +77,13 @@ class _Client:
         """Request saves back to back (without waiting for replies) for ``seconds``; how many."""
         n = 0
         deadline = time.monotonic() + seconds
+        next_request = 0.0
         while time.monotonic() < deadline and not stop_when():
-            self.save.call_async(self._request)
-            n += 1
-            time.sleep(0.02)
+            if time.monotonic() >= next_request:
+                self.save.call_async(self._request)
+                n += 1
+                next_request = time.monotonic() + 0.02
+            time.sleep(0.0005)  # stop_when is polled often: a write lasts milliseconds
         return n
 
 
