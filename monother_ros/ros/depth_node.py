@@ -6,13 +6,13 @@ Topics (relative names, so a namespace or remapping moves them; QoS from ``monot
 |----------------------|-----|-------------------------|-----------------------------|-----------------------------|
 | thermal/image_raw    | in  | sensor_msgs/Image       | sensor (best effort, 5)     | thermal optical frame       |
 | thermal/camera_info  | in  | sensor_msgs/CameraInfo  | sensor (cached, not synced) | thermal optical frame       |
-| rgb/image_raw        | in  | sensor_msgs/Image       | sensor (teacher.enabled)    | RGB optical frame           |
-| rgb/camera_info      | in  | sensor_msgs/CameraInfo  | sensor (teacher.enabled)    | RGB optical frame           |
-| /tf, /tf_static      | in  | tf2_msgs/TFMessage      | tf2's (teacher.enabled)     |                             |
+| rgb/image_raw        | in  | sensor_msgs/Image       | sensor (teacher.enabled or cloud.rgb) | RGB optical frame |
+| rgb/camera_info      | in  | sensor_msgs/CameraInfo  | sensor (teacher.enabled or cloud.rgb) | RGB optical frame |
+| /tf, /tf_static      | in  | tf2_msgs/TFMessage      | tf2's (teacher.enabled or cloud.rgb)  |                   |
 | depth/image          | out | Image 32FC1, m, NaN bad | sensor                      | input header (stamp, frame) |
-| depth/camera_info    | out | sensor_msgs/CameraInfo  | sensor                      | input header                |
+| depth/camera_info    | out | sensor_msgs/CameraInfo, P = [K | 0], R = I | sensor    | input header                |
 | depth/confidence     | out | Image 32FC1 in [0, 1]   | sensor                      | input header                |
-| depth/points         | out | PointCloud2 x,y,z,intensity (= confidence), organised | sensor | input header  |
+| depth/points         | out | PointCloud2 x,y,z,intensity (= confidence)[,rgb], organised | sensor | input header |
 | teacher/confidence   | out | Image 32FC1 in [0, 1]   | sensor (teacher.enabled)    | input header                |
 | /diagnostics         | out | DiagnosticArray (1 Hz)  | reliable, 10                |                             |
 
@@ -43,6 +43,13 @@ confidence into the thermal frame (``core.warp``); the warped confidence is publ
 ``teacher/confidence``. With ``fusion.enabled`` the depth is the confidence-weighted fusion of teacher
 and student depth (``core.fusion.fuse``, formula there); the published confidence is the fused one.
 
+Camera model: the network sees the raw (unrectified) thermal image, so ``depth/image`` is in the raw
+image's geometry, described by K (with D); P describes the rectified image. ``depth/points`` uses K, and
+``depth/camera_info`` is published with P = [K | 0] and R = I (``convert.raw_geometry_info``), so
+depth_image_proc, which reads P, computes the same cloud. Cloud options (``cloud.*``, ``core.cloud``):
+decimation, a range limit and an ``rgb`` field coloured from the paired RGB frame (paired and located
+like the teacher's: ``teacher.slop_s``, ``teacher.queue_size``, ``teacher.tf_timeout_s``).
+
 Hot swap: a model folder named on ``model_topic`` (or handed over in-process by ``online_adaptation``
 through :meth:`ThermalDepthNode.request_model`) goes to the node's
 :class:`~monother_ros.runtime.engine_holder.EngineHolder`, which loads it for this node's backend,
@@ -58,6 +65,20 @@ Bad input (wrong encoding, short data, zero or huge size, bad step, bad camera_i
 missing TF / camera_info / RGB) is reported by :class:`~monother_ros.ros.diagnostics.ProblemTracker`:
 one throttled log line per problem, the reason in ``/diagnostics``, the frame dropped or processed
 without the missing part; the problem clears when good input returns.
+
+Runtime parameters: the thresholds (``min_depth_m``, ``max_depth_m``, ``min_confidence``), ``fusion.enabled``,
+``cloud.decimation`` and ``cloud.max_range_m`` are ``dynamic``: ``ros2 param set`` changes them from the
+next frame (the cloud builder follows the ``cloud.*`` values per frame), validated like at start (an
+invalid value is refused with the reason, nothing changes); the rest is read-only (``cloud.rgb`` too: it
+decides at start whether RGB is subscribed and paired).
+
+Transport losses: :class:`~monother_ros.ros.arrival.ArrivalMonitor` compares, at the image callback, the
+arrival rate with the rate the stamps step at; far fewer arrivals (a driver without the shipped Fast DDS
+profile) is a WARN in ``/diagnostics`` naming ``FASTDDS_DEFAULT_PROFILES_FILE``. Frames the node drops
+itself (latest-only slot) are counted separately and do not count as losses.
+
+Frames: ``frame_prefix`` (e.g. ``robot1/``) is put in front of the output frame and of the frames looked
+up in TF, unless they carry it already (several robots in one DDS domain).
 
 Parameters: :data:`DEPTH_PARAMETERS` (config/rig.yaml ``thermal_depth`` section, README table).
 """
@@ -77,10 +98,11 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
+from monother_ros.core.cloud import CloudOptions, CloudProjector, RgbView
 from monother_ros.core.fusion import fuse
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.arrival import ArrivalMonitor
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
     ENCODINGS,
@@ -88,6 +110,7 @@ from monother_ros.ros.convert import (
     array_to_image,
     camera_from_info,
     image_to_array,
+    raw_geometry_info,
     stamp_to_ns,
 )
 from monother_ros.ros.diagnostics import (
@@ -99,9 +122,11 @@ from monother_ros.ros.diagnostics import (
     make_array,
     to_status,
 )
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
+from monother_ros.runtime.device import DEVICE_HELP, device_validator
 
 __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "CloudBuilder", "make_cloud",
            "main"]
@@ -109,9 +134,11 @@ __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNod
 DEPTH_PARAMETERS = ParamTable(
     [
         ParamSpec("model", str, "", "model folder or .onnx file; empty = the shipped default (engines/default)"),
-        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT on a CUDA GPU, else ONNX Runtime), "
+        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT >= 8.6 if it builds, else torch on a "
+                  "CUDA GPU, else ONNX Runtime on the CPU; the choice and reasons are in /diagnostics), "
                   "tensorrt, onnxruntime or torch", one_of("auto", "tensorrt", "onnxruntime", "torch")),
-        ParamSpec("precision", str, "fp16", "TensorRT / CUDA precision (CPU backends always run fp32)",
+        ParamSpec("device", str, "auto", f"where the engine and the teacher run: {DEVICE_HELP}", device_validator),
+        ParamSpec("precision", str, "fp16", "precision on CUDA (TensorRT, torch, teacher); CPU backends run fp32",
                   one_of("fp16", "fp32")),
         ParamSpec("input_height", int, 0, "network input height in pixels, a multiple of 14; 0 = the model's",
                   non_negative),
@@ -121,12 +148,15 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("cache_dir", str, "",
                   "where exported ONNX files and TensorRT engines are cached; empty = engines/cache"),
         ParamSpec("min_depth_m", float, 0.0, "depth at or below this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("max_depth_m", float, 0.0, "depth at or above this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("min_confidence", float, 0.0, "pixels with confidence below this are invalid (NaN); 0 keeps all",
-                  in_range(0.0, 1.0)),
+                  in_range(0.0, 1.0), dynamic=True),
         ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the output frame and the frames looked up in "
+                  "TF unless they carry it already (e.g. robot1/), for several robots in one DDS domain",
+                  frame_prefix_error),
         ParamSpec("max_image_dimension", int, 8192, "thermal images wider or taller than this are rejected, pixels",
                   in_range(2, 65536)),
         ParamSpec("camera_info_timeout_s", float, 2.0,
@@ -152,10 +182,20 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("teacher.tf_timeout_s", float, 0.05,
                   "wait for the RGB-thermal extrinsic at the thermal stamp, seconds (worker thread only)",
                   in_range(0.0, 10.0)),
-        ParamSpec("teacher.device", str, "cpu", "torch device of the teacher: cpu, cuda or cuda:N"),
+        ParamSpec("teacher.device", str, "", f"device of the teacher: empty = the device parameter's, or {DEVICE_HELP}",
+                  lambda v: device_validator(v) if v else None),
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
-                  "(depth/confidence is the fused confidence either way)"),
+                  "(depth/confidence is the fused confidence either way)", dynamic=True),
+        ParamSpec("cloud.decimation", int, 1,
+                  "depth/points keeps every n-th pixel row and column (organised, ceil(H/n) x ceil(W/n)); 1 = all",
+                  in_range(1, 64), dynamic=True),
+        ParamSpec("cloud.max_range_m", float, 0.0,
+                  "depth/points: points farther than this from the camera centre (Euclidean) are NaN, metres; "
+                  "0 = no limit", non_negative, dynamic=True),
+        ParamSpec("cloud.rgb", bool, False,
+                  "add an rgb field to depth/points: each point's colour in the paired RGB frame (through the TF "
+                  "extrinsic; black when unseen or unpaired); pairs RGB as teacher.slop_s / queue_size / tf_timeout_s"),
     ]
 )
 
@@ -173,19 +213,20 @@ TEACHER_CONFIDENCE_TOPIC = "teacher/confidence"
 INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1)", "SENSOR", "thermal optical", ""),
     (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
-    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled"),
-    (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled, cached"),
-    ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled"),
-    ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled"),
+    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb"),
+    (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb, cached"),
+    ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled or cloud.rgb"),
+    ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled or cloud.rgb"),
     ("adaptation/model_path", "std_msgs/String (model folder)", "TF_STATIC_PUBLISHER", "",
      "model_topic; hot swap"),
 )
 OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (DEPTH_IMAGE_TOPIC, "sensor_msgs/Image (32FC1, m, NaN invalid)", "SENSOR", "input image's", ""),
-    (DEPTH_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "input image's", "after camera_info"),
-    (CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", ""),
-    (POINTS_TOPIC, "sensor_msgs/PointCloud2 (x, y, z, intensity = confidence; organised)", "SENSOR",
+    (DEPTH_INFO_TOPIC, "sensor_msgs/CameraInfo (P = [K | 0], R = I: the raw image's geometry)", "SENSOR",
      "input image's", "after camera_info"),
+    (CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", ""),
+    (POINTS_TOPIC, "sensor_msgs/PointCloud2 (x, y, z, intensity = confidence, rgb with cloud.rgb; organised)",
+     "SENSOR", "input image's", "after camera_info"),
     (TEACHER_CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", "teacher.enabled"),
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "1 Hz"),
 )
@@ -220,7 +261,7 @@ class ThermalDepthNode(Node):
 
     def __init__(self, node_name: str = "thermal_depth", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.params = p = DEPTH_PARAMETERS.declare(self)
+        self.params = p = DEPTH_PARAMETERS.declare(self, on_change=self._on_params_change)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
         from monother_ros.runtime.engine_holder import EngineHolder
@@ -229,6 +270,11 @@ class ThermalDepthNode(Node):
             self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
         # The running engine (a PairEngine with the teacher on); every hot swap goes through it.
         self.models = EngineHolder(self._engine_settings(p), self._resolve_model(p["model"]), on_swap=self._on_swap)
+        if p["teacher.enabled"]:
+            self.engine.selection = _teacher_selection(p, str(self.engine.device))
+        selection = getattr(self.engine, "selection", None)
+        if selection is not None:
+            self.get_logger().info(f"backend {selection.summary()}")
         info = self.engine.info
         warm_ms = self._warm_up()
         self.get_logger().info(
@@ -270,6 +316,7 @@ class ThermalDepthNode(Node):
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
                          "unpaired": 0, "resets": 0, "model_swaps": 0}
         self.rate_in = RateMeter()
+        self.arrival = ArrivalMonitor()  # transport losses, measured at the subscription callback
         self.rate_out = RateMeter()
         self.rate_rgb = RateMeter()
         self.latency_receive = LatencyStats()   # callback -> published, wall seconds
@@ -279,7 +326,7 @@ class ThermalDepthNode(Node):
         self.sync: Optional[ApproximateTimeSynchronizer] = None
         self.tf_buffer = None
         self._tf_listener = None
-        if self.teacher is not None:
+        if self.teacher is not None or p["cloud.rgb"]:  # RGB pairs + extrinsic: teacher and/or coloured cloud
             from monother_ros.ros.tf import TransformBuffer, TransformListener
 
             self.sync = ApproximateTimeSynchronizer(
@@ -331,12 +378,17 @@ class ThermalDepthNode(Node):
             if not (p["input_height"] and p["input_width"]):
                 raise ConfigError("input_height and input_width must be given together (or both 0)")
             hw = (p["input_height"], p["input_width"])
+        device = p["device"]
+        if p["teacher.enabled"]:
+            from monother_ros.runtime.device import resolve_device
+
+            device = resolve_device(p["teacher.device"] or p["device"])
         return EngineSettings(
-            backend=p["backend"], device=p["teacher.device"] if p["teacher.enabled"] else None,
-            precision=p["precision"], input_hw=hw, cache_dir=p["cache_dir"] or None,
-            num_threads=p["num_threads"] or None, min_depth_m=p["min_depth_m"] or None,
-            max_depth_m=p["max_depth_m"] or None, min_confidence=p["min_confidence"],
-            teacher=p["teacher.enabled"], min_rebuild_interval_s=p["swap.min_rebuild_interval_s"])
+            backend=p["backend"], device=device, precision=p["precision"], input_hw=hw,
+            cache_dir=p["cache_dir"] or None, num_threads=p["num_threads"] or None,
+            min_depth_m=p["min_depth_m"] or None, max_depth_m=p["max_depth_m"] or None,
+            min_confidence=p["min_confidence"], teacher=p["teacher.enabled"],
+            min_rebuild_interval_s=p["swap.min_rebuild_interval_s"])
 
     @property
     def engine(self):
@@ -352,6 +404,25 @@ class ThermalDepthNode(Node):
     def model_path(self) -> Path:
         """The model the running engine was made from."""
         return self.models.model_path
+
+    def _on_params_change(self, changes: dict[str, Any]) -> None:
+        """Apply a validated runtime change (``ros2 param set``) from the next frame.
+
+        Raises:
+            ConfigError: the new values do not fit together (e.g. min_depth_m >= max_depth_m); nothing
+                was applied.
+        """
+        from monother_ros.runtime.engine import thresholds_for
+
+        params = {**self.params, **changes}
+        if changes.keys() & {"min_depth_m", "max_depth_m", "min_confidence"}:
+            engine = self.engine
+            engine.set_thresholds(thresholds_for(engine.info, params["min_depth_m"] or None,
+                                                 params["max_depth_m"] or None, params["min_confidence"]))
+        if "fusion.enabled" in changes and self.teacher is None:
+            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
+        self.params = params
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
     def _warm_up(self) -> float:
         """Run one synthetic frame (and pair) so the first real frame does not pay for lazy initialisation
@@ -404,7 +475,7 @@ class ThermalDepthNode(Node):
                 self.create_subscription(Image, THERMAL_IMAGE_TOPIC, self._on_image, qos.SENSOR),
                 self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_info, qos.SENSOR),
             ]
-            if self.teacher is not None:
+            if self.sync is not None:
                 self._subs += [
                     self.create_subscription(Image, RGB_IMAGE_TOPIC, self._on_rgb, qos.SENSOR),
                     self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR),
@@ -425,8 +496,10 @@ class ThermalDepthNode(Node):
     # ------------------------------------------------------------------ executor callbacks (never block)
 
     def _on_image(self, msg: Image) -> None:
-        self.rate_in.tick()
-        self.slot.put(_Frame(msg, time.monotonic()))
+        now = time.monotonic()
+        self.rate_in.tick(now)
+        self.arrival.add(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds / 1e9)
+        self.slot.put(_Frame(msg, now))
 
     def _on_info(self, msg: CameraInfo) -> None:
         self._thermal_info = msg
@@ -468,6 +541,7 @@ class ThermalDepthNode(Node):
             self.tf_buffer.clear()
         for meter in (self.rate_in, self.rate_out, self.rate_rgb):
             meter.reset()
+        self.arrival.reset()
         for stats in (self.latency_receive, self.latency_stamp, self.engine_ms):
             stats.reset()
         self.get_logger().info(f"reset ({why}): pairing, RGB history, TF cache and meters cleared")
@@ -494,13 +568,15 @@ class ThermalDepthNode(Node):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         self._check_stamp(stamp_ns)
         camera = self._camera_for(msg, frame.received)
-        pair = self._find_pair(stamp_ns) if self.teacher is not None else None
+        pair = self._find_pair(stamp_ns) if self._wants_rgb() else None
+        pair_inputs = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
         with self.models.frame() as engine:  # a hot swap lands before or after this frame, never inside
-            result = self._infer(engine, thermal, stamp_ns, msg, camera, pair)
+            result = self._infer(engine, thermal, camera, pair_inputs)
         if result is None:
             return
         depth, confidence, teacher_confidence, engine_ms = result
-        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence)
+        rgb_view = RgbView(*pair_inputs) if pair_inputs is not None and self.params["cloud.rgb"] else None
+        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence, rgb_view)
         self.engine_ms.add(engine_ms / 1e3)
         self.problems.clear("processing_failed")
 
@@ -557,7 +633,7 @@ class ThermalDepthNode(Node):
             self._camera_key = key
             try:
                 self._camera = camera_from_info(info, image_size=(msg.width, msg.height))
-                self._projector = CloudProjector(self._camera)
+                self._projector = CloudProjector(self._camera, self._cloud_options())
                 self._cloud = CloudBuilder(self._projector)
             except CalibrationError as exc:
                 self._camera, self._projector, self._cloud = None, None, None
@@ -620,7 +696,9 @@ class ThermalDepthNode(Node):
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
         try:
-            T = self.tf_buffer.lookup_transform(pair.header.frame_id, thermal_frame, stamp_ns,
+            prefix = self.params["frame_prefix"]
+            T = self.tf_buffer.lookup_transform(with_prefix(prefix, pair.header.frame_id),
+                                                with_prefix(prefix, thermal_frame), stamp_ns,
                                                 self.params["teacher.tf_timeout_s"])
         except TransformError as exc:
             rejected = self.tf_buffer.last_rejection
@@ -631,17 +709,34 @@ class ThermalDepthNode(Node):
             self.problems.clear(name)
         return rgb, rgb_camera, T
 
-    def _infer(self, engine, thermal: np.ndarray, stamp_ns: int, msg: Image, camera, pair):
-        teacher_in = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
+    def _wants_rgb(self) -> bool:
+        """Whether this frame needs its RGB partner: for the teacher, or for a coloured cloud someone reads."""
+        if self.sync is None:
+            return False
+        return self.teacher is not None or (self.params["cloud.rgb"] and self.pub_points.get_subscription_count() > 0)
+
+    def _cloud_options(self) -> CloudOptions:
+        p = self.params
+        return CloudOptions(p["cloud.decimation"], p["cloud.max_range_m"], p["cloud.rgb"])
+
+    def _cloud_for(self, camera) -> "CloudBuilder":
+        """The cloud builder for this camera and the current cloud.* parameters (rebuilt when they change)."""
+        options = self._cloud_options()
+        if self._cloud is None or self._cloud.projector.camera != camera or self._cloud.projector.options != options:
+            self._projector = CloudProjector(camera, options)
+            self._cloud = CloudBuilder(self._projector)
+        return self._cloud
+
+    def _infer(self, engine, thermal: np.ndarray, camera, teacher_in):
         res = None
-        if teacher_in is not None:
+        if teacher_in is not None and self.teacher is not None:
             rgb, rgb_camera, T = teacher_in
             try:
                 res = engine.infer_pair(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
             except Exception as exc:  # noqa: BLE001 - fall back to the student for this frame
                 self.problems.report("teacher_failed", f"{type(exc).__name__}: {exc}; student only", Level.ERROR)
                 res = None
-        if teacher_in is not None and res is not None:
+        if res is not None:
             self.problems.clear("teacher_failed")
             with self._lock:
                 self.counters["teacher_runs"] += 1
@@ -659,11 +754,13 @@ class ThermalDepthNode(Node):
         return result.depth, confidence, None, result.timings["total_ms"]
 
     def _publish(self, msg: Image, received: float, stamp_ns: int, camera, depth: np.ndarray,
-                 confidence: np.ndarray, teacher_confidence: Optional[np.ndarray]) -> None:
+                 confidence: np.ndarray, teacher_confidence: Optional[np.ndarray],
+                 rgb_view: Optional[RgbView] = None) -> None:
         header = msg.header
-        if self.params["frame_id"]:
+        frame = with_prefix(self.params["frame_prefix"], self.params["frame_id"] or header.frame_id)
+        if frame != header.frame_id:
             header = copy.copy(header)
-            header.frame_id = self.params["frame_id"]
+            header.frame_id = frame
         self.pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header))
         if self.pub_confidence.get_subscription_count():
             self.pub_confidence.publish(array_to_image(confidence, encoding="32FC1", header=header))
@@ -671,11 +768,9 @@ class ThermalDepthNode(Node):
             self.pub_teacher_confidence.publish(array_to_image(teacher_confidence, encoding="32FC1", header=header))
         if camera is not None:
             if self.pub_info.get_subscription_count():
-                info = copy.copy(self._thermal_info)
-                info.header = header
-                self.pub_info.publish(info)
+                self.pub_info.publish(raw_geometry_info(self._thermal_info, header))
             if self.pub_points.get_subscription_count():
-                self.pub_points.publish(self._cloud.build(depth, confidence, header))
+                self.pub_points.publish(self._cloud_for(camera).build(depth, confidence, header, rgb_view))
         with self._lock:
             self.counters["published"] += 1
         self.rate_out.tick()
@@ -705,6 +800,7 @@ class ThermalDepthNode(Node):
         report.add_value("model path", str(self.model_path))
         report.add_value("model hash", info.model_hash[:16])
         report.add_value("precision", info.precision)
+        self._report_backend_selection(report)
         report.add_value("input size", f"{info.input_hw[0]}x{info.input_hw[1]}")
         last = self.models.last_outcome
         report.add_value("last swap", "none" if last is None else (f"{last.how} {last.path} ({last.seconds:.1f} s)"
@@ -715,15 +811,35 @@ class ThermalDepthNode(Node):
                          ("invalid" if self._thermal_info is not None else "missing"))
         if self.teacher is not None:
             report.add_value("teacher", "on" + (" + fusion" if self.params["fusion.enabled"] else ""))
-            report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
-            report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
             if self.sync is not None:
                 report.add_value("pairs emitted", self.sync.counters.emitted)
+        if self.tf_buffer is not None:
+            report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
+            report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
+        if self.teacher is None and self.sync is not None:  # RGB paired for the coloured cloud only
+            report.add_value("pairs emitted", self.sync.counters.emitted)
+        transport = self.arrival.problem()
+        if transport is not None:
+            self.problems.report("input_transport_losses", transport)
+        else:
+            self.problems.clear("input_transport_losses")
         minimum = self.params["min_output_rate_hz"]
         if minimum and in_hz > 0 and out_hz < minimum:
             report.add_check(Level.WARN, f"output rate {out_hz:.1f} Hz < {minimum:g} Hz")
         report.add_problems(self.problems)
         return report
+
+    def _report_backend_selection(self, report: HealthReport) -> None:
+        """How the backend was chosen (``engine.selection``): requested/chosen backend and device, why
+        each earlier candidate was not used; a WARN when a present backend failed or the CPU runs while a
+        CUDA GPU is visible."""
+        selection = getattr(self.engine, "selection", None)
+        if selection is None:
+            return
+        for key, value in selection.diagnostics().items():
+            report.add_value(key, value)
+        for warning in selection.warnings:
+            report.add_check(Level.WARN, f"backend: {warning}")
 
     def _publish_diagnostics(self) -> None:
         self.pub_diagnostics.publish(make_array([to_status(self.health())], self.get_clock().now().nanoseconds))
@@ -735,13 +851,26 @@ class ThermalDepthNode(Node):
             worker.stop()
         models = getattr(self, "models", None)
         if models is not None:
-            models.close()  # joins the loader thread: a swap in progress finishes first
+            models.close()  # joins the loader thread: a swap in progress finishes (an export is killed)
         super().destroy_node()
 
 
+def _teacher_selection(p: dict[str, Any], device: str):
+    """The backend record of the teacher path (torch on ``device``), WARN-worthy on the CPU with a GPU."""
+    from monother_ros.runtime.device import cuda_device_count
+    from monother_ros.runtime.selection import BackendSelection
+
+    gpu = cuda_device_count() > 0
+    notes = (f"the teacher path runs on the CPU although a CUDA GPU is visible (device "
+             f"{p['teacher.device'] or p['device']})",) if device == "cpu" and gpu else ()
+    return BackendSelection(p["backend"], p["teacher.device"] or p["device"], "torch", device,
+                            (("tensorrt", "teacher.enabled runs the torch backend"),) if p["backend"] == "auto" else (),
+                            gpu, notes)
+
+
 class CloudBuilder:
-    """Organised ``PointCloud2`` messages (x, y, z, intensity = confidence; float32; NaN invalid) for one
-    camera, written straight into a reused message buffer.
+    """Organised ``PointCloud2`` messages (x, y, z, intensity = confidence[, rgb]; float32; NaN invalid)
+    for one camera and one set of cloud options, written straight into a reused message buffer.
 
     ``core.cloud.CloudProjector.pack`` back-projects (hoisted per-row/column factors, vectorised) into a
     numpy view of the message's ``array.array``, so building a cloud costs no extra copy and no
@@ -754,23 +883,26 @@ class CloudBuilder:
         h, w = projector.height, projector.width
         self.msg = PointCloud2()
         self.msg.height, self.msg.width = h, w
+        step = projector.point_step
         self.msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-                           for f in POINT_FIELDS]
+                           for f in projector.fields]
         self.msg.is_bigendian = False  # core.cloud writes little-endian float32
-        self.msg.point_step = POINT_STEP
-        self.msg.row_step = POINT_STEP * w
+        self.msg.point_step = step
+        self.msg.row_step = step * w
         self.msg.is_dense = False
         buffer = array.array("B")
-        buffer.frombytes(bytes(POINT_STEP * h * w))
+        buffer.frombytes(bytes(step * h * w))
         if "_data" in getattr(type(self.msg), "__slots__", ()):
             self.msg._data = buffer  # skip the generated setter's copy (see ros/convert.py)
         else:  # pragma: no cover - other message generators
             self.msg.data = buffer
         self._view = np.frombuffer(self.msg.data, dtype=np.uint8)
 
-    def build(self, depth: np.ndarray, confidence: Optional[np.ndarray], header) -> PointCloud2:
-        """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``."""
-        self.projector.pack(depth, confidence, out=self._view)
+    def build(self, depth: np.ndarray, confidence: Optional[np.ndarray], header,
+              rgb: Optional[RgbView] = None) -> PointCloud2:
+        """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``
+        (``rgb``: the paired RGB frame for the rgb field, when the options have one)."""
+        self.projector.pack(depth, confidence, out=self._view, rgb=rgb)
         self.msg.header = header
         return self.msg
 

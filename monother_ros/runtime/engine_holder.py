@@ -437,6 +437,8 @@ class EngineHolder:
             _close(new)
             return self._settle(SwapOutcome(path, False, reason=f"warm-up failed: {type(exc).__name__}: {exc}",
                                             seconds=time.monotonic() - t0))
+        if getattr(new, "selection", None) is None and getattr(current, "selection", None) is not None:
+            new.selection = current.selection  # how the backend was chosen still holds (same backend, device)
         with self._lock:
             old, self._engine, self._model_path = self._engine, new, path
             key = id(old)
