@@ -362,41 +362,25 @@ def test_refit_engine_with_the_10x_and_86_bindings_and_its_refusals(tmp_path):
         refit_engine(trt10, types.SimpleNamespace(refittable=False), onnx_path, logger=object())
 
 
-def test_builds_are_refittable_where_the_flag_exists(monkeypatch, tmp_path):
+def test_builds_are_refittable_with_each_release(monkeypatch, tmp_path):
+    """REFIT is set on 8.6, 10.x and 11.x (fakes with each release's real attribute sets, test/fake_tensorrt.py)
+    and left out on request."""
     import sys
 
+    from fake_tensorrt import make_fake_tensorrt
     from monother_ros.runtime import tensorrt_engine as T
 
-    flags = []
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            pass
-
-        def set_flag(self, flag):
-            flags.append(flag)
-
-        def create_timing_cache(self, data):
-            return data
-
-        def set_timing_cache(self, cache, ignore):
-            return True
-
-    trt = types.SimpleNamespace(
-        __version__="10.3.0", Logger=_FakeRefitTRT.Logger,
-        NetworkDefinitionCreationFlag=types.SimpleNamespace(),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="ws"),
-        BuilderFlag=types.SimpleNamespace(REFIT="refit"),
-        Builder=lambda logger: types.SimpleNamespace(
-            create_network=lambda flags: types.SimpleNamespace(),
-            create_builder_config=Config,
-            build_serialized_network=lambda network, config: b"PLAN"),
-        OnnxParser=lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True))
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    assert T.build_serialized_engine(tmp_path / "m.onnx", "fp32") == b"PLAN" and flags == ["refit"]
-    flags.clear()
-    T.build_serialized_engine(tmp_path / "m.onnx", "fp32", refittable=False)
-    assert flags == []
+    onnx_path = tiny_student_dir() / "model.onnx"
+    for release in ("8.6", "10", "11"):
+        fake = make_fake_tensorrt(release)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake)
+        T.build_serialized_engine(onnx_path, "fp16", work_dir=tmp_path)
+        assert fake.BuilderFlag.REFIT in fake.calls["set_flags"], release
+        assert T.refit_unavailable(fake, types.SimpleNamespace(refittable=True)) == "", release
+        fake = make_fake_tensorrt(release)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake)
+        T.build_serialized_engine(onnx_path, "fp32", work_dir=tmp_path, refittable=False)
+        assert fake.BuilderFlag.REFIT not in fake.calls["set_flags"], release
 
 
 def test_export_child_reports_failures_and_is_killed_on_cancel(tmp_path):

@@ -211,16 +211,17 @@ def test_build_per_release(monkeypatch, tmp_path, trt_model, release, precision)
     assert fake.calls["network_flags"] == (1 if release == "8.6" else 0)
     layers = fake.calls["network"]._layers
     parsed = fake.calls["parsed"][0]
+    refit = fake.BuilderFlag.REFIT  # every build is refittable (adapted weights are refitted, not rebuilt)
     if precision == "fp32":
-        assert fake.calls["set_flags"] == [] and parsed == str(trt_model["onnx"])
+        assert fake.calls["set_flags"] == [refit] and parsed == str(trt_model["onnx"])
     elif release in ("8.6", "10"):
-        assert set(fake.calls["set_flags"]) == {fake.BuilderFlag.FP16, fake.BuilderFlag.OBEY_PRECISION_CONSTRAINTS}
+        assert set(fake.calls["set_flags"]) == {fake.BuilderFlag.FP16, fake.BuilderFlag.OBEY_PRECISION_CONSTRAINTS, refit}
         pinned = {n for n, layer in zip(_layer_names(fake, layers), layers) if layer.precision == fake.float32}
         assert pinned == _WEAK_PINNED
         assert all(layer._out_types == ({0: fake.float32} if layer.precision else {}) for layer in layers)
         assert parsed == str(trt_model["onnx"])  # the fp32 graph; the builder makes the fp16 choice
     else:
-        assert fake.calls["set_flags"] == []
+        assert fake.calls["set_flags"] == [refit]
         assert parsed.endswith("fp16mixed.trt.onnx") and parsed.startswith(str(tmp_path))
         graph = onnx.load(parsed).graph
         half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
