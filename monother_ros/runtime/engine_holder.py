@@ -25,8 +25,9 @@ node's ``adaptation/model_path`` topic and the in-process hand-over of ``online_
   ``min_rebuild_interval_s`` (default 600 s): a newer request waits for the interval to pass.
 * A failed load keeps the running engine; :class:`SwapOutcome` says why (the node logs WARN and puts
   it in ``/diagnostics``).
-* :meth:`close` stops the loader thread and joins it (a load in progress finishes first: a daemon
-  thread inside native code at interpreter exit can abort the process), then closes every engine.
+* :meth:`close` kills an export child in progress, stops the loader thread and joins it (a load or
+  TensorRT build in progress finishes first: a daemon thread inside native code at interpreter exit
+  can abort the process), then closes every engine.
 """
 from __future__ import annotations
 
