@@ -56,6 +56,19 @@ missing TF / camera_info / RGB) is reported by :class:`~monother_ros.ros.diagnos
 one throttled log line per problem, the reason in ``/diagnostics``, the frame dropped or processed
 without the missing part; the problem clears when good input returns.
 
+Real drivers (``ros.camera_input``): ``thermal.transport``/``rgb.transport`` ``compressed`` subscribe
+``<base>/compressed`` (CompressedImage, PNG/JPEG); ``*.camera_info_url`` is a calibration file used while
+no camera_info arrives; ``*.frame_id`` names the frame of input images that arrive without one (the
+``frame_id`` parameter instead renames the outputs' frame); ``thermal.crop`` drops rows/columns first
+(camera_info cropped alike); grey rgb8/bgr8 thermal frames are accepted, colour-mapped ones refused.
+Lens distortion in camera_info is not modelled: warned once and shown in ``/diagnostics`` (WARN).
+
+Blind sensor (``core.frame_health``, ``frame_check.*``): a thermal frame without a scene (closed
+shutter, lens cap, saturated or dead sensor, frozen driver) gets NO depth message at all, rather than an
+all-NaN one: consumers' staleness checks then see the sensor is out, whereas NaN reads as "nothing
+there" (free space) to some of them. ``blind_frame`` is an ERROR in ``/diagnostics`` while it lasts and
+clears on the next good frame.
+
 Parameters: :data:`DEPTH_PARAMETERS` (config/rig.yaml ``thermal_depth`` section, README table).
 """
 from __future__ import annotations
@@ -77,13 +90,19 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.camera_input import (
+    FRAME_CHECK_PARAMETERS,
+    RGB_INPUT_PARAMETERS,
+    THERMAL_INPUT_PARAMETERS,
+    CameraStream,
+    frame_health_config,
+)
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
-    ENCODINGS,
     ImageDecodeError,
     array_to_image,
     camera_from_info,
-    image_to_array,
+    distortion_note,
     stamp_to_ns,
 )
 from monother_ros.ros.diagnostics import (
@@ -122,7 +141,8 @@ DEPTH_PARAMETERS = ParamTable(
                   non_negative),
         ParamSpec("min_confidence", float, 0.0, "pixels with confidence below this are invalid (NaN); 0 keeps all",
                   in_range(0.0, 1.0)),
-        ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame"),
+        ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame (to name the frame "
+                  "of input images that arrive without one, use thermal.frame_id)"),
         ParamSpec("max_image_dimension", int, 8192, "thermal images wider or taller than this are rejected, pixels",
                   in_range(2, 65536)),
         ParamSpec("camera_info_timeout_s", float, 2.0,
@@ -149,6 +169,9 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
                   "(depth/confidence is the fused confidence either way)"),
+        *THERMAL_INPUT_PARAMETERS,
+        *RGB_INPUT_PARAMETERS,
+        *FRAME_CHECK_PARAMETERS,
     ]
 )
 
@@ -164,9 +187,14 @@ TEACHER_CONFIDENCE_TOPIC = "teacher/confidence"
 
 # (topic, type name, QoS profile name in ros.qos, frame, condition) for the README tables and tests.
 INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
-    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1)", "SENSOR", "thermal optical", ""),
+    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1; rgb8/bgr8 if grey)", "SENSOR",
+     "thermal optical", "thermal.transport raw"),
+    (THERMAL_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (16/8-bit PNG, 8-bit JPEG)", "SENSOR",
+     "thermal optical", "thermal.transport compressed"),
     (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
     (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled"),
+    (RGB_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (JPEG, PNG)", "SENSOR", "RGB optical",
+     "teacher.enabled, rgb.transport compressed"),
     (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled, cached"),
     ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled"),
     ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled"),
@@ -183,7 +211,6 @@ OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "1 Hz"),
 )
 
-_THERMAL_ENCODINGS = ("mono16", "16UC1", "mono8", "8UC1")
 _RGB_ENCODINGS = ("rgb8", "bgr8")
 _BACKWARD_JUMP_NS = 1_000_000_000  # a stamp older than the previous one by more than this resets pairing
 _RGB_HISTORY = 16
@@ -371,6 +398,7 @@ class ThermalDepthNode(Node):
         self.params = p = DEPTH_PARAMETERS.declare(self)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
+        self._make_inputs(p)
         self.model_path = self._resolve_model(p["model"])
         self.teacher: Optional[TeacherRunner] = None
         self.engine = self._build_engine(p)
@@ -404,6 +432,7 @@ class ThermalDepthNode(Node):
         self._thermal_info: Optional[CameraInfo] = None
         self._rgb_info: Optional[CameraInfo] = None
         self._camera_key: Optional[tuple] = None
+        self._info_used: Optional[CameraInfo] = None  # the camera_info in use (topic or file, cropped)
         self._camera = None
         self._bad_info_reason = ""
         self._projector: Optional[CloudProjector] = None
@@ -457,6 +486,19 @@ class ThermalDepthNode(Node):
         self._update_subscriptions()
 
     # ------------------------------------------------------------------ set-up
+
+    def _make_inputs(self, p: dict[str, Any]) -> None:
+        """Input streams (transport, calibration file, frame id, crop: ``ros.camera_input``) and the
+        blind-frame check (``core.frame_health``)."""
+        from monother_ros.core.frame_health import FrameHealthChecker
+
+        self.thermal_input = CameraStream("thermal", p, THERMAL_IMAGE_TOPIC, max_dimension=p["max_image_dimension"])
+        self.rgb_input = CameraStream("rgb", p, RGB_IMAGE_TOPIC, max_dimension=p["max_image_dimension"])
+        self.frame_health = FrameHealthChecker(frame_health_config(p))
+        self._distortion: Optional[str] = None
+        for stream in (self.thermal_input, self.rgb_input) if p["teacher.enabled"] else (self.thermal_input,):
+            if stream.calibration_error:  # the node still runs, as without camera_info
+                self.problems.report(f"{stream.camera}_camera_info_url", stream.calibration_error, Level.ERROR)
 
     @staticmethod
     def _resolve_model(value: str) -> Path:
@@ -577,12 +619,12 @@ class ThermalDepthNode(Node):
         wanted = self.wanted()
         if wanted and not self._subs:
             self._subs = [
-                self.create_subscription(Image, THERMAL_IMAGE_TOPIC, self._on_image, qos.SENSOR),
+                self.thermal_input.subscribe(self, self._on_image, qos.SENSOR),
                 self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_info, qos.SENSOR),
             ]
             if self.teacher is not None:
                 self._subs += [
-                    self.create_subscription(Image, RGB_IMAGE_TOPIC, self._on_rgb, qos.SENSOR),
+                    self.rgb_input.subscribe(self, self._on_rgb, qos.SENSOR),
                     self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR),
                 ]
             self.get_logger().info("an output has a subscriber: subscribing to the inputs")
@@ -602,6 +644,7 @@ class ThermalDepthNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         self.rate_in.tick()
+        self.thermal_input.fill_header(msg)
         self.slot.put(_Frame(msg, time.monotonic()))
 
     def _on_info(self, msg: CameraInfo) -> None:
@@ -612,6 +655,7 @@ class ThermalDepthNode(Node):
 
     def _on_rgb(self, msg: Image) -> None:
         self.rate_rgb.tick()
+        self.rgb_input.fill_header(msg)
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
             history = self._rgb_history
@@ -638,6 +682,7 @@ class ThermalDepthNode(Node):
             self._pairs.clear()
             self._last_stamp_ns = None
             self.counters["resets"] += 1
+            self.frame_health.reset()
         if self.sync is not None:
             self.sync.reset()
         if self.tf_buffer is not None:
@@ -667,11 +712,11 @@ class ThermalDepthNode(Node):
             if self._first_image_time is None:
                 self._first_image_time = frame.received
         thermal = self._decode_thermal(msg)
-        if thermal is None:
+        if thermal is None or not self._has_scene(thermal):
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         self._check_stamp(stamp_ns)
-        camera = self._camera_for(msg, frame.received)
+        camera = self._camera_for(thermal.shape, frame.received)
         pair = self._find_pair(stamp_ns) if self.teacher is not None else None
         result = self._infer(thermal, stamp_ns, msg, camera, pair)
         if result is None:
@@ -682,26 +727,30 @@ class ThermalDepthNode(Node):
         self.problems.clear("processing_failed")
 
     def _decode_thermal(self, msg: Image) -> Optional[np.ndarray]:
-        if msg.encoding not in ENCODINGS:
-            self._reject("thermal_unknown_encoding", f"thermal image encoding {msg.encoding!r} is unknown (expected "
-                         f"one of {', '.join(_THERMAL_ENCODINGS)}); frame dropped")
-            return None
-        if msg.encoding not in _THERMAL_ENCODINGS:
-            self._reject("thermal_bad_encoding", f"thermal image encoding {msg.encoding!r} is not one of "
-                         f"{', '.join(_THERMAL_ENCODINGS)}; frame dropped")
-            return None
+        """(H, W) thermal intensities (raw or compressed, grey checked, cropped), or None (reported)."""
         try:
-            image = image_to_array(msg, max_dimension=self.params["max_image_dimension"])
+            image = self.thermal_input.thermal(msg)
         except ImageDecodeError as exc:
-            self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}")
+            self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}; frame dropped")
             return None
         if min(image.shape) < 2:
-            self._reject("thermal_too_small", f"thermal image {msg.width}x{msg.height} is too small (needs 2x2 or "
-                         "more); frame dropped")
+            self._reject("thermal_too_small", f"thermal image {image.shape[1]}x{image.shape[0]} is too small (needs "
+                         "2x2 or more); frame dropped")
             return None
         for name in [n for n in self.problems.active() if n.startswith("thermal_") and n != "thermal_stamp_backwards"]:
             self.problems.clear(name)
         return image
+
+    def _has_scene(self, thermal: np.ndarray) -> bool:
+        """False for a blind, saturated or frozen frame (``core.frame_health``): no depth is published for it
+        (silence lets consumers' staleness checks fire; an all-NaN image would read as free space)."""
+        verdict = self.frame_health.check(thermal)
+        if verdict is not None:
+            self._reject("blind_frame", f"thermal frame without usable content ({verdict.reason}): {verdict.message}; "
+                         "no depth published", Level.ERROR)
+            return False
+        self.problems.clear("blind_frame")
+        return True
 
     def _check_stamp(self, stamp_ns: int) -> None:
         with self._lock:
@@ -718,22 +767,26 @@ class ThermalDepthNode(Node):
             with self._lock:
                 self._last_stamp_ns = stamp_ns
 
-    def _camera_for(self, msg: Image, received: float):
-        """The thermal camera for this image from the cached camera_info, or None (reported)."""
-        info = self._thermal_info
+    def _camera_for(self, image_hw: tuple[int, int], received: float):
+        """The thermal camera for an image of ``image_hw`` (H, W, after the crop) from the cached camera_info
+        (else ``thermal.camera_info_url``'s), or None (reported)."""
+        info = self.thermal_input.camera_info(self._thermal_info, image_hw)
+        self._info_used = info
         if info is None:
             waited = received - (self._first_image_time or received)
             if waited >= self.params["camera_info_timeout_s"]:
                 self.problems.report("camera_info_missing", f"no thermal camera_info received for {waited:.1f} s: "
-                                     "publishing depth and confidence without depth/camera_info and depth/points")
+                                     "publishing depth and confidence without depth/camera_info and depth/points "
+                                     "(drivers without camera_info: set thermal.camera_info_url)")
             return None
         self.problems.clear("camera_info_missing")
-        key = (tuple(info.k), info.width, info.height, info.binning_x, info.binning_y, info.roi.x_offset,
-               info.roi.y_offset, info.roi.width, info.roi.height, msg.width, msg.height)
+        key = (tuple(info.k), tuple(info.d), info.distortion_model, info.width, info.height, info.binning_x,
+               info.binning_y, info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height, image_hw)
         if key != self._camera_key:
             self._camera_key = key
+            self._note_distortion(info)
             try:
-                self._camera = camera_from_info(info, image_size=(msg.width, msg.height))
+                self._camera = camera_from_info(info, image_size=(image_hw[1], image_hw[0]))
                 self._projector = CloudProjector(self._camera)
                 self._cloud = CloudBuilder(self._projector)
             except CalibrationError as exc:
@@ -745,6 +798,13 @@ class ThermalDepthNode(Node):
             return None
         self.problems.clear("camera_info_invalid")
         return self._camera
+
+    def _note_distortion(self, info: CameraInfo) -> None:
+        """Warn once per calibration that lens distortion is not modelled (shown in /diagnostics)."""
+        note = distortion_note(info)
+        self._distortion = None if note is None else f"{note}; depth/points assumes a rectified image"
+        if self._distortion is not None:
+            self.get_logger().warning(f"thermal camera_info: {self._distortion}")
 
     def _find_pair(self, stamp_ns: int) -> Optional[Image]:
         """The RGB partner of a thermal frame: its ApproximateTime set if emitted, else the nearest RGB
@@ -777,22 +837,23 @@ class ThermalDepthNode(Node):
 
         if camera is None:
             return None
-        if pair.encoding not in _RGB_ENCODINGS:
-            self.problems.report("rgb_bad_encoding", f"RGB encoding {pair.encoding!r} is not rgb8/bgr8: student only")
-            return None
         try:
-            rgb = image_to_array(pair, max_dimension=self.params["max_image_dimension"])
+            rgb, encoding = self.rgb_input.decode(pair)
         except ImageDecodeError as exc:
             self.problems.report(f"rgb_{exc.reason}", f"RGB image rejected: {exc}; student only")
             return None
-        if pair.encoding == "bgr8":
+        if encoding not in _RGB_ENCODINGS:
+            self.problems.report("rgb_bad_encoding", f"RGB encoding {encoding!r} is not rgb8/bgr8: student only")
+            return None
+        if encoding == "bgr8":
             rgb = rgb[..., ::-1]
-        info = self._rgb_info
+        info = self.rgb_input.camera_info(self._rgb_info, rgb.shape[:2])
         if info is None:
-            self.problems.report("rgb_camera_info_missing", "no rgb/camera_info yet: student only")
+            self.problems.report("rgb_camera_info_missing", "no rgb/camera_info yet (set rgb.camera_info_url for "
+                                 "drivers without one): student only")
             return None
         try:
-            rgb_camera = camera_from_info(info, image_size=(pair.width, pair.height))
+            rgb_camera = camera_from_info(info, image_size=(rgb.shape[1], rgb.shape[0]))
         except CalibrationError as exc:
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
@@ -848,7 +909,7 @@ class ThermalDepthNode(Node):
             self.pub_teacher_confidence.publish(array_to_image(teacher_confidence, encoding="32FC1", header=header))
         if camera is not None:
             if self.pub_info.get_subscription_count():
-                info = copy.copy(self._thermal_info)
+                info = copy.copy(self._info_used)
                 info.header = header
                 self.pub_info.publish(info)
             if self.pub_points.get_subscription_count():
@@ -886,7 +947,13 @@ class ThermalDepthNode(Node):
         report.add_value("subscribed (lazy)", self.subscribed)
         report.add_value("laziness by", "matched events" if self._matched_events else "subscription count poll")
         report.add_value("camera_info", "ok" if self._camera is not None else
-                         ("invalid" if self._thermal_info is not None else "missing"))
+                         ("invalid" if self._info_used is not None else "missing"))
+        report.add_value("camera_info source", "topic" if self._thermal_info is not None else
+                         ("thermal.camera_info_url" if self.thermal_input.url_info is not None else "none"))
+        report.add_value("thermal transport", self.thermal_input.transport + f" ({self.thermal_input.topic})")
+        if self._distortion is not None:
+            report.add_value("lens distortion", self._distortion)
+            report.add_check(Level.WARN, f"lens distortion not modelled: {self._distortion}")
         if self.teacher is not None:
             report.add_value("teacher", "on" + (" + fusion" if self.params["fusion.enabled"] else ""))
             report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
