@@ -106,7 +106,11 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
         raise ConfigError(f"live mode needs rclpy and the ROS message packages: {exc}") from exc
     # RGB goes out too when the bag has it: the node only subscribes with teacher.enabled (a --config
     # with teacher / fusion on scores the fused output), and unsubscribed topics cost almost nothing.
-    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw", "/rgb/camera_info")
+    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw",
+                   "/rgb/image_raw/compressed", "/rgb/camera_info")
+    # image_transport naming: a thermal topic ending in /compressed is a CompressedImage stream, which the
+    # node subscribes with thermal.transport compressed (RGB likewise when the bag has only compressed RGB).
+    thermal_transport = "compressed" if options.thermal_topic.endswith("/compressed") else "raw"
     for spec in models:
         if spec.name in run.models:
             raise ConfigError(f"two models are named {spec.name!r}; use --model NAME=PATH")
@@ -120,10 +124,15 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                 with BagReader(bag) as reader:  # check the topics first: a clear message, no node started
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
+                rgb_transport = ("compressed" if "/rgb/image_raw/compressed" in present and "/rgb/image_raw" not in
+                                 present else "raw")
+                unused_rgb = "/rgb/image_raw" if rgb_transport == "compressed" else "/rgb/image_raw/compressed"
+                present = [t for t in present if t != unused_rgb]
                 recording = play_and_record(
                     bag, spec.path, backend=options.backend, rate=live.rate, config=live.config,
                     thermal_topic=options.thermal_topic, topics=present, num_threads=live.num_threads,
-                    ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s)
+                    ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s,
+                    thermal_transport=thermal_transport, rgb_transport=rgb_transport)
             except MonotherError as exc:
                 msg = f"live replay of {bag} with model {spec.name} failed: {exc}"
                 LOG.error("%s", msg)

@@ -1,7 +1,7 @@
 """``monother rig``: the node graph of ``launch/rig.launch.py`` in one process over the wheel rclpy.
 
     monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--namespace NS]
-                 [--duration S]
+                 [--transport raw|compressed] [--duration S]
 
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
 ``--ros-args --params-file <config>`` (plus ``-p model:=... -p backend:=...`` from the options) as
@@ -35,6 +35,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--backend", default="", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend (default: the params file's)")
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
+    p.add_argument("--transport", default="", choices=["raw", "compressed"],
+                   help="image transport of the thermal and RGB streams for every node (sim_rig publishes it, "
+                        "thermal_depth/online_adaptation subscribe it: <topic>/compressed = CompressedImage); "
+                        "default: the params file's")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(handler=_rig)
 
@@ -173,9 +177,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     return 0
 
 
+def transport_overrides(transport: str) -> dict[str, dict[str, str]]:
+    """Per-node parameter overrides putting every image stream of the graph on ``transport`` ('' = none)."""
+    if not transport:
+        return {}
+    streams = {"thermal.transport": transport, "rgb.transport": transport}
+    return {"sim_rig": {"transport": transport}, "thermal_depth": dict(streams), "online_adaptation": dict(streams)}
+
+
 def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
-                         backend=args.backend, namespace=args.namespace)
+                         backend=args.backend, namespace=args.namespace,
+                         extra_overrides=transport_overrides(args.transport))
     return run_rig(options, duration_s=args.duration)
 
 
