@@ -26,7 +26,7 @@ def test_generated_tables_list_every_parameter_with_its_default():
 
     text = readme_tables.generate()
     section = text.split("### thermal_depth", 2)[2].split("\n### ", 1)[0]  # the one under "## Parameters"
-    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| `([^`]*)` \|", section, flags=re.M)
+    rows = re.findall(r"^\| `([^`]+)` \| ([\w\[\]]+) \| `([^`]*)` \|", section, flags=re.M)
     assert [(n, t, d) for n, t, d in rows] == [(n, t, d) for n, t, d, _ in DEPTH_PARAMETERS.rows()]
     assert "| `teacher.slop_s` | double | `0.05` | largest stamp difference" in section
 
