@@ -100,7 +100,7 @@ def decode_compressed(data, format: str, *, max_dimension: int = DEFAULT_MAX_DIM
         raise
     except UnidentifiedImageError:
         raise CompressedDecodeError("corrupt_payload", f"compressed image ({len(payload)} bytes, format "
-                                                       f"{format!r}) is not a PNG or JPEG file") from None
+                                                       f"{format!r}) is corrupt: not a readable PNG or JPEG file") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise CompressedDecodeError("corrupt_payload", f"compressed image ({len(payload)} bytes, format "
                                                        f"{format!r}) is corrupt or truncated: {exc}") from None
