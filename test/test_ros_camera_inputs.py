@@ -64,9 +64,12 @@ def _settle(node, timeout=5.0):
     """Wait until every frame handed to the node is finished (published, rejected or dropped)."""
     from ros_harness import wait_for
 
+    slots = [node.slot] + ([node._decode_ahead.output] if node._decode_ahead is not None else [])
+
     def idle():
-        slot, c = node.slot, node.counters
-        return slot.offered == slot.taken + slot.dropped and c["received"] == c["published"] + c["rejected"]
+        c = node.counters
+        return (all(slot.offered == slot.taken + slot.dropped for slot in slots) and not node.worker.busy.is_set()
+                and c["received"] == c["published"] + c["rejected"])
 
     time.sleep(0.05)  # frames still in DDS
     assert wait_for(idle, timeout), (node.counters, node.slot.offered)

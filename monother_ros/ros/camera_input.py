@@ -205,3 +205,66 @@ def check_transport(value: str) -> str:
     if value not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {value!r}")
     return value
+
+
+class DecodeAhead:
+    """A decoding stage in front of a node's worker, for compressed input: frame n+1 is decoded while the
+    worker runs inference on frame n (ONNX Runtime / torch release the GIL), so decoding costs latency but
+    little rate.
+
+    The stage takes the newest item from ``source`` only when the worker is ready for another one (it called
+    :meth:`taken`), so at most one decoded item waits and nothing is decoded only to be dropped; the items
+    arriving meanwhile replace each other in ``source`` as before (latest-only).
+
+    Args:
+        source: the latest-only slot the executor callback fills.
+        decode: called with each item on this stage's thread; stores its result on the item and must not
+            raise (errors are stored too, and reported by the worker).
+        name: thread name.
+
+    Attributes:
+        output: the latest-only slot the worker drains instead of ``source``.
+    """
+
+    def __init__(self, source, decode: Callable[[Any], None], *, name: str = "decode-ahead") -> None:
+        import threading
+
+        from monother_ros.ros.worker import LatestSlot
+
+        self.source = source
+        self.output = LatestSlot()
+        self._decode = decode
+        self._ready = threading.Event()
+        self._ready.set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def taken(self) -> None:
+        """The worker took the decoded item: decode the next one while it works."""
+        self._ready.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._ready.wait(0.2):
+                continue
+            item = self.source.take(timeout=0.2)
+            if item is None:
+                if self.source.closed:
+                    break
+                continue
+            self._decode(item)
+            self._ready.clear()
+            self.output.put(item)
+        self.output.close()
+
+    def clear(self) -> None:
+        """Discard what waits in both slots (the node stopped listening)."""
+        self.source.clear()
+        self.output.clear()
+        self._ready.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.source.close()
+        self._thread.join(timeout)

@@ -223,6 +223,7 @@ class _Frame:
 
     msg: Image
     received: float  # time.monotonic() at the callback
+    decoded: Any = None  # compressed input: the thermal array (or its ImageDecodeError), decoded ahead
 
 
 @dataclass
@@ -476,7 +477,13 @@ class ThermalDepthNode(Node):
 
         self._subs: list[Any] = []
         self.slot: LatestSlot[_Frame] = LatestSlot()
-        self.worker: Worker[_Frame] = Worker(self.slot, self._process, name=f"{node_name}-worker",
+        self._decode_ahead = None
+        if self.thermal_input.transport == "compressed":  # PNG decoding overlaps inference (camera_input)
+            from monother_ros.ros.camera_input import DecodeAhead
+
+            self._decode_ahead = DecodeAhead(self.slot, self._predecode, name=f"{node_name}-decode")
+        self.worker: Worker[_Frame] = Worker(self._decode_ahead.output if self._decode_ahead else self.slot,
+                                             self._process, name=f"{node_name}-worker",
                                              on_error=self._on_worker_error).start()
         threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1), on_clock_change=True)
         self._jump_handle = self.get_clock().create_jump_callback(threshold, post_callback=self._on_time_jump)
@@ -633,6 +640,8 @@ class ThermalDepthNode(Node):
                 self.destroy_subscription(sub)
             self._subs = []
             self.slot.clear()
+            if self._decode_ahead is not None:
+                self._decode_ahead.clear()
             self.get_logger().info("no output has a subscriber: unsubscribed from the inputs (lazy)")
 
     @property
@@ -703,7 +712,15 @@ class ThermalDepthNode(Node):
             self.counters["rejected"] += 1
         self.problems.report(name, reason, level)
 
+    def _predecode(self, frame: _Frame) -> None:
+        try:
+            frame.decoded = self.thermal_input.thermal(frame.msg)
+        except ImageDecodeError as exc:
+            frame.decoded = exc
+
     def _process(self, frame: _Frame) -> None:
+        if self._decode_ahead is not None:
+            self._decode_ahead.taken()
         if self._retired:
             self._close_retired()  # between frames: nothing uses the old engine any more
         msg = frame.msg
@@ -711,7 +728,7 @@ class ThermalDepthNode(Node):
             self.counters["received"] += 1
             if self._first_image_time is None:
                 self._first_image_time = frame.received
-        thermal = self._decode_thermal(msg)
+        thermal = self._decode_thermal(msg, frame.decoded)
         if thermal is None or not self._has_scene(thermal):
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
@@ -726,10 +743,13 @@ class ThermalDepthNode(Node):
         self.engine_ms.add(engine_ms / 1e3)
         self.problems.clear("processing_failed")
 
-    def _decode_thermal(self, msg: Image) -> Optional[np.ndarray]:
-        """(H, W) thermal intensities (raw or compressed, grey checked, cropped), or None (reported)."""
+    def _decode_thermal(self, msg: Image, decoded: Any = None) -> Optional[np.ndarray]:
+        """(H, W) thermal intensities (raw or compressed, grey checked, cropped), or None (reported);
+        ``decoded``: the result of decoding ahead, if any."""
         try:
-            image = self.thermal_input.thermal(msg)
+            image = self.thermal_input.thermal(msg) if decoded is None else decoded
+            if isinstance(image, ImageDecodeError):
+                raise image
         except ImageDecodeError as exc:
             self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}; frame dropped")
             return None
@@ -937,7 +957,8 @@ class ThermalDepthNode(Node):
             counters = dict(self.counters)
         for key, value in counters.items():
             report.add_value(f"frames {key}", value)
-        report.add_value("frames dropped (worker busy)", self.slot.dropped)
+        report.add_value("frames dropped (worker busy)", self.slot.dropped + (
+            self._decode_ahead.output.dropped if self._decode_ahead is not None else 0))
         report.add_value("backend", info.backend)
         report.add_value("model", info.model_name)
         report.add_value("model path", str(self.model_path))
@@ -972,6 +993,8 @@ class ThermalDepthNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker, release the engine, then destroy the node."""
         worker = getattr(self, "worker", None)
+        if getattr(self, "_decode_ahead", None) is not None:
+            self._decode_ahead.stop()
         if worker is not None:
             worker.stop()
             self._close_retired()
