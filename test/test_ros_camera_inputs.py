@@ -456,3 +456,25 @@ def test_sim_rig_publishes_compressed_and_the_depth_node_reads_it_without_blind_
             assert sim.pub_thermal is None  # compressed only
         for n in (client, node, sim):
             n.destroy_node()
+
+
+def test_rig_transport_option_reaches_every_node_of_the_graph():
+    import argparse
+
+    from monother_ros.ros.commands import add_commands, transport_overrides
+    from monother_ros.ros.sim_node import SIM_PARAMETERS
+    from monother_ros.ros.depth_node import DEPTH_PARAMETERS
+    from monother_ros.ros.adaptation_node import ADAPTATION_PARAMETERS
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    assert parser.parse_args(["rig", "--sim", "--transport", "compressed"]).transport == "compressed"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["rig", "--transport", "theora"])
+    overrides = transport_overrides("compressed")
+    assert transport_overrides("") == {}
+    # every override names a declared parameter of its node, with a valid value
+    for table, name in ((SIM_PARAMETERS, "sim_rig"), (DEPTH_PARAMETERS, "thermal_depth"),
+                        (ADAPTATION_PARAMETERS, "online_adaptation")):
+        assert overrides[name] and table.validate(overrides[name])
+    assert overrides["thermal_depth"] == {"thermal.transport": "compressed", "rgb.transport": "compressed"}
