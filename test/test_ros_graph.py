@@ -101,8 +101,11 @@ def test_rviz_topics_are_what_the_nodes_publish():
     assert manager["Global Options"]["Fixed Frame"] == "base_link"
     classes = {d["Class"]: d for d in manager["Displays"]}
     assert "rviz_default_plugins/TF" in classes
-    cloud = classes["rviz_default_plugins/PointCloud2"]
-    assert cloud["Color Transformer"] in ("Intensity", "AxisColor") and cloud["Channel Name"] == "intensity"
+    clouds = [d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/PointCloud2"]
+    by_confidence, by_rgb = clouds  # the cloud by confidence (on), and by the cloud.rgb field (off by default)
+    assert by_confidence["Color Transformer"] in ("Intensity", "AxisColor") and by_confidence["Channel Name"] == "intensity"
+    assert by_confidence["Enabled"] and by_confidence["Value"]
+    assert by_rgb["Color Transformer"] == "RGB8" and not by_rgb["Enabled"]
     wanted_type = {"rviz_default_plugins/Image": "sensor_msgs/msg/Image",
                    "rviz_default_plugins/PointCloud2": "sensor_msgs/msg/PointCloud2"}
     rviz_topics = {d["Topic"]["Value"]: wanted_type[d["Class"]] for d in manager["Displays"] if "Topic" in d}

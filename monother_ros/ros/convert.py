@@ -54,6 +54,7 @@ __all__ = [
     "new_image",
     "camera_from_info",
     "camera_to_info",
+    "raw_geometry_info",
     "has_distortion",
     "distortion_note",
     "point_cloud_from_xyz",
@@ -302,6 +303,33 @@ def camera_to_info(camera: PinholeCamera, *, stamp_ns: int = 0, frame_id: str = 
     P[:, :3] = K
     msg.p = [float(v) for v in P.ravel()]
     return msg
+
+
+def raw_geometry_info(info: CameraInfo, header: Optional[Header] = None) -> CameraInfo:
+    """The camera_info of an image in the raw (unrectified) geometry that ``info`` describes.
+
+    For images computed from the raw camera image, pixel for pixel (the depth image): K (with D) is
+    the model of that geometry, P the model of the *rectified* image, which this image is not. So P
+    becomes ``[K | 0]`` and R the identity; K, D, the distortion model, size, binning and ROI are kept
+    (a rectifier can still undistort the image). depth_image_proc (image_geometry) back-projects with
+    P, which then equals K: it computes the same points as ``depth/points``.
+
+    Args:
+        info: the input camera's info (not modified).
+        header: the header of the new message; ``info.header`` when None.
+    """
+    out = CameraInfo()
+    out.header = header if header is not None else info.header
+    out.width, out.height = info.width, info.height
+    out.distortion_model = info.distortion_model
+    out.d = [float(v) for v in info.d]
+    k = [float(v) for v in info.k]
+    out.k = k
+    out.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    out.p = k[0:3] + [0.0] + k[3:6] + [0.0] + k[6:9] + [0.0]
+    out.binning_x, out.binning_y = info.binning_x, info.binning_y
+    out.roi = info.roi
+    return out
 
 
 # ---------------------------------------------------------------------------------------- point clouds

@@ -6,13 +6,13 @@ Topics (relative names, so a namespace or remapping moves them; QoS from ``monot
 |----------------------|-----|-------------------------|-----------------------------|-----------------------------|
 | thermal/image_raw    | in  | sensor_msgs/Image       | sensor (best effort, 5)     | thermal optical frame       |
 | thermal/camera_info  | in  | sensor_msgs/CameraInfo  | sensor (cached, not synced) | thermal optical frame       |
-| rgb/image_raw        | in  | sensor_msgs/Image       | sensor (teacher.enabled)    | RGB optical frame           |
-| rgb/camera_info      | in  | sensor_msgs/CameraInfo  | sensor (teacher.enabled)    | RGB optical frame           |
-| /tf, /tf_static      | in  | tf2_msgs/TFMessage      | tf2's (teacher.enabled)     |                             |
+| rgb/image_raw        | in  | sensor_msgs/Image       | sensor (teacher.enabled or cloud.rgb) | RGB optical frame |
+| rgb/camera_info      | in  | sensor_msgs/CameraInfo  | sensor (teacher.enabled or cloud.rgb) | RGB optical frame |
+| /tf, /tf_static      | in  | tf2_msgs/TFMessage      | tf2's (teacher.enabled or cloud.rgb)  |                   |
 | depth/image          | out | Image 32FC1, m, NaN bad | sensor                      | input header (stamp, frame) |
-| depth/camera_info    | out | sensor_msgs/CameraInfo  | sensor                      | input header                |
+| depth/camera_info    | out | sensor_msgs/CameraInfo, P = [K | 0], R = I | sensor    | input header                |
 | depth/confidence     | out | Image 32FC1 in [0, 1]   | sensor                      | input header                |
-| depth/points         | out | PointCloud2 x,y,z,intensity (= confidence), organised | sensor | input header  |
+| depth/points         | out | PointCloud2 x,y,z,intensity (= confidence)[,rgb], organised | sensor | input header |
 | teacher/confidence   | out | Image 32FC1 in [0, 1]   | sensor (teacher.enabled)    | input header                |
 | /diagnostics         | out | DiagnosticArray (1 Hz)  | reliable, 10                |                             |
 
@@ -47,6 +47,13 @@ confidence into the thermal frame (``core.warp``); the warped confidence is publ
     c   = (w_t * c_t + w_s * c_s) / (w_t + w_s)        (the published confidence)
 
 with c_t the warped teacher confidence, d_t the warped teacher depth, c_s and d_s the student's.
+
+Camera model: the network sees the raw (unrectified) thermal image, so ``depth/image`` is in the raw
+image's geometry, described by K (with D); P describes the rectified image. ``depth/points`` uses K, and
+``depth/camera_info`` is published with P = [K | 0] and R = I (``convert.raw_geometry_info``), so
+depth_image_proc, which reads P, computes the same cloud. Cloud options (``cloud.*``, ``core.cloud``):
+decimation, a range limit and an ``rgb`` field coloured from the paired RGB frame (paired and located
+like the teacher's: ``teacher.slop_s``, ``teacher.queue_size``, ``teacher.tf_timeout_s``).
 
 Time: a backward jump of the node clock (``ros2 bag play --loop --clock`` with ``use_sim_time``) resets
 the pairing, the RGB history, TF's dynamic cache and the rate/latency meters (``create_jump_callback``).
@@ -87,7 +94,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
-from monother_ros.core.cloud import POINT_FIELDS, POINT_STEP, CloudProjector
+from monother_ros.core.cloud import CloudOptions, CloudProjector, RgbView
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.camera_input import (
@@ -103,6 +110,7 @@ from monother_ros.ros.convert import (
     array_to_image,
     camera_from_info,
     distortion_note,
+    raw_geometry_info,
     stamp_to_ns,
 )
 from monother_ros.ros.diagnostics import (
@@ -172,6 +180,15 @@ DEPTH_PARAMETERS = ParamTable(
         *THERMAL_INPUT_PARAMETERS,
         *RGB_INPUT_PARAMETERS,
         *FRAME_CHECK_PARAMETERS,
+        ParamSpec("cloud.decimation", int, 1,
+                  "depth/points keeps every n-th pixel row and column (organised, ceil(H/n) x ceil(W/n)); 1 = all",
+                  in_range(1, 64)),
+        ParamSpec("cloud.max_range_m", float, 0.0,
+                  "depth/points: points farther than this from the camera centre (Euclidean) are NaN, metres; "
+                  "0 = no limit", non_negative),
+        ParamSpec("cloud.rgb", bool, False,
+                  "add an rgb field to depth/points: each point's colour in the paired RGB frame (through the TF "
+                  "extrinsic; black when unseen or unpaired); pairs RGB as teacher.slop_s / queue_size / tf_timeout_s"),
     ]
 )
 
@@ -192,21 +209,22 @@ INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (THERMAL_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (16/8-bit PNG, 8-bit JPEG)", "SENSOR",
      "thermal optical", "thermal.transport compressed"),
     (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
-    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled"),
+    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb"),
     (RGB_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (JPEG, PNG)", "SENSOR", "RGB optical",
-     "teacher.enabled, rgb.transport compressed"),
-    (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled, cached"),
-    ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled"),
-    ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled"),
+     "teacher.enabled or cloud.rgb, rgb.transport compressed"),
+    (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb, cached"),
+    ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled or cloud.rgb"),
+    ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled or cloud.rgb"),
     ("adaptation/model_path", "std_msgs/String (model folder)", "TF_STATIC_PUBLISHER", "",
      "model_topic; hot swap"),
 )
 OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     (DEPTH_IMAGE_TOPIC, "sensor_msgs/Image (32FC1, m, NaN invalid)", "SENSOR", "input image's", ""),
-    (DEPTH_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "input image's", "after camera_info"),
-    (CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", ""),
-    (POINTS_TOPIC, "sensor_msgs/PointCloud2 (x, y, z, intensity = confidence; organised)", "SENSOR",
+    (DEPTH_INFO_TOPIC, "sensor_msgs/CameraInfo (P = [K | 0], R = I: the raw image's geometry)", "SENSOR",
      "input image's", "after camera_info"),
+    (CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", ""),
+    (POINTS_TOPIC, "sensor_msgs/PointCloud2 (x, y, z, intensity = confidence, rgb with cloud.rgb; organised)",
+     "SENSOR", "input image's", "after camera_info"),
     (TEACHER_CONFIDENCE_TOPIC, "sensor_msgs/Image (32FC1, 0..1)", "SENSOR", "input image's", "teacher.enabled"),
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "1 Hz"),
 )
@@ -454,7 +472,7 @@ class ThermalDepthNode(Node):
         self.sync: Optional[ApproximateTimeSynchronizer] = None
         self.tf_buffer = None
         self._tf_listener = None
-        if self.teacher is not None:
+        if self.teacher is not None or p["cloud.rgb"]:  # RGB pairs + extrinsic: teacher and/or coloured cloud
             from monother_ros.ros.tf import TransformBuffer, TransformListener
 
             self.sync = ApproximateTimeSynchronizer(
@@ -503,7 +521,8 @@ class ThermalDepthNode(Node):
         self.rgb_input = CameraStream("rgb", p, RGB_IMAGE_TOPIC, max_dimension=p["max_image_dimension"])
         self.frame_health = FrameHealthChecker(frame_health_config(p))
         self._distortion: Optional[str] = None
-        for stream in (self.thermal_input, self.rgb_input) if p["teacher.enabled"] else (self.thermal_input,):
+        for stream in (self.thermal_input, self.rgb_input) if p["teacher.enabled"] or p["cloud.rgb"] else (
+                self.thermal_input,):
             if stream.calibration_error:  # the node still runs, as without camera_info
                 self.problems.report(f"{stream.camera}_camera_info_url", stream.calibration_error, Level.ERROR)
 
@@ -629,7 +648,7 @@ class ThermalDepthNode(Node):
                 self.thermal_input.subscribe(self, self._on_image, qos.SENSOR),
                 self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_info, qos.SENSOR),
             ]
-            if self.teacher is not None:
+            if self.sync is not None:
                 self._subs += [
                     self.rgb_input.subscribe(self, self._on_rgb, qos.SENSOR),
                     self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR),
@@ -734,12 +753,14 @@ class ThermalDepthNode(Node):
         stamp_ns = stamp_to_ns(msg.header.stamp)
         self._check_stamp(stamp_ns)
         camera = self._camera_for(thermal.shape, frame.received)
-        pair = self._find_pair(stamp_ns) if self.teacher is not None else None
-        result = self._infer(thermal, stamp_ns, msg, camera, pair)
+        pair = self._find_pair(stamp_ns) if self._wants_rgb() else None
+        pair_inputs = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
+        result = self._infer(thermal, camera, pair_inputs)
         if result is None:
             return
         depth, confidence, teacher_confidence, engine_ms = result
-        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence)
+        rgb_view = RgbView(*pair_inputs) if pair_inputs is not None and self.params["cloud.rgb"] else None
+        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence, rgb_view)
         self.engine_ms.add(engine_ms / 1e3)
         self.problems.clear("processing_failed")
 
@@ -807,7 +828,7 @@ class ThermalDepthNode(Node):
             self._note_distortion(info)
             try:
                 self._camera = camera_from_info(info, image_size=(image_hw[1], image_hw[0]))
-                self._projector = CloudProjector(self._camera)
+                self._projector = CloudProjector(self._camera, self._cloud_options())
                 self._cloud = CloudBuilder(self._projector)
             except CalibrationError as exc:
                 self._camera, self._projector, self._cloud = None, None, None
@@ -889,17 +910,34 @@ class ThermalDepthNode(Node):
             self.problems.clear(name)
         return rgb, rgb_camera, T
 
-    def _infer(self, thermal: np.ndarray, stamp_ns: int, msg: Image, camera, pair):
-        teacher_in = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
+    def _wants_rgb(self) -> bool:
+        """Whether this frame needs its RGB partner: for the teacher, or for a coloured cloud someone reads."""
+        if self.sync is None:
+            return False
+        return self.teacher is not None or (self.params["cloud.rgb"] and self.pub_points.get_subscription_count() > 0)
+
+    def _cloud_options(self) -> CloudOptions:
+        p = self.params
+        return CloudOptions(p["cloud.decimation"], p["cloud.max_range_m"], p["cloud.rgb"])
+
+    def _cloud_for(self, camera) -> "CloudBuilder":
+        """The cloud builder for this camera and the current cloud.* parameters (rebuilt when they change)."""
+        options = self._cloud_options()
+        if self._cloud is None or self._cloud.projector.camera != camera or self._cloud.projector.options != options:
+            self._projector = CloudProjector(camera, options)
+            self._cloud = CloudBuilder(self._projector)
+        return self._cloud
+
+    def _infer(self, thermal: np.ndarray, camera, teacher_in):
         res = None
-        if teacher_in is not None:
+        if teacher_in is not None and self.teacher is not None:
             rgb, rgb_camera, T = teacher_in
             try:
                 res = self.teacher.run(thermal, np.ascontiguousarray(rgb), camera, rgb_camera, T)
             except Exception as exc:  # noqa: BLE001 - fall back to the student for this frame
                 self.problems.report("teacher_failed", f"{type(exc).__name__}: {exc}; student only", Level.ERROR)
                 res = None
-        if teacher_in is not None and res is not None:
+        if res is not None:
             self.problems.clear("teacher_failed")
             with self._lock:
                 self.counters["teacher_runs"] += 1
@@ -917,7 +955,8 @@ class ThermalDepthNode(Node):
         return result.depth, confidence, None, result.timings["total_ms"]
 
     def _publish(self, msg: Image, received: float, stamp_ns: int, camera, depth: np.ndarray,
-                 confidence: np.ndarray, teacher_confidence: Optional[np.ndarray]) -> None:
+                 confidence: np.ndarray, teacher_confidence: Optional[np.ndarray],
+                 rgb_view: Optional[RgbView] = None) -> None:
         header = msg.header
         if self.params["frame_id"]:
             header = copy.copy(header)
@@ -929,11 +968,9 @@ class ThermalDepthNode(Node):
             self.pub_teacher_confidence.publish(array_to_image(teacher_confidence, encoding="32FC1", header=header))
         if camera is not None:
             if self.pub_info.get_subscription_count():
-                info = copy.copy(self._info_used)
-                info.header = header
-                self.pub_info.publish(info)
+                self.pub_info.publish(raw_geometry_info(self._info_used, header))
             if self.pub_points.get_subscription_count():
-                self.pub_points.publish(self._cloud.build(depth, confidence, header))
+                self.pub_points.publish(self._cloud_for(camera).build(depth, confidence, header, rgb_view))
         with self._lock:
             self.counters["published"] += 1
         self.rate_out.tick()
@@ -977,10 +1014,13 @@ class ThermalDepthNode(Node):
             report.add_check(Level.WARN, f"lens distortion not modelled: {self._distortion}")
         if self.teacher is not None:
             report.add_value("teacher", "on" + (" + fusion" if self.params["fusion.enabled"] else ""))
-            report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
-            report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
             if self.sync is not None:
                 report.add_value("pairs emitted", self.sync.counters.emitted)
+        if self.tf_buffer is not None:
+            report.add_value("tf", "ok" if not self.problems.is_active("tf_unavailable") else "unavailable")
+            report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
+        if self.teacher is None and self.sync is not None:  # RGB paired for the coloured cloud only
+            report.add_value("pairs emitted", self.sync.counters.emitted)
         minimum = self.params["min_output_rate_hz"]
         if minimum and in_hz > 0 and out_hz < minimum:
             report.add_check(Level.WARN, f"output rate {out_hz:.1f} Hz < {minimum:g} Hz")
@@ -1005,8 +1045,8 @@ class ThermalDepthNode(Node):
 
 
 class CloudBuilder:
-    """Organised ``PointCloud2`` messages (x, y, z, intensity = confidence; float32; NaN invalid) for one
-    camera, written straight into a reused message buffer.
+    """Organised ``PointCloud2`` messages (x, y, z, intensity = confidence[, rgb]; float32; NaN invalid)
+    for one camera and one set of cloud options, written straight into a reused message buffer.
 
     ``core.cloud.CloudProjector.pack`` back-projects (hoisted per-row/column factors, vectorised) into a
     numpy view of the message's ``array.array``, so building a cloud costs no extra copy and no
@@ -1019,23 +1059,26 @@ class CloudBuilder:
         h, w = projector.height, projector.width
         self.msg = PointCloud2()
         self.msg.height, self.msg.width = h, w
+        step = projector.point_step
         self.msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
-                           for f in POINT_FIELDS]
+                           for f in projector.fields]
         self.msg.is_bigendian = False  # core.cloud writes little-endian float32
-        self.msg.point_step = POINT_STEP
-        self.msg.row_step = POINT_STEP * w
+        self.msg.point_step = step
+        self.msg.row_step = step * w
         self.msg.is_dense = False
         buffer = array.array("B")
-        buffer.frombytes(bytes(POINT_STEP * h * w))
+        buffer.frombytes(bytes(step * h * w))
         if "_data" in getattr(type(self.msg), "__slots__", ()):
             self.msg._data = buffer  # skip the generated setter's copy (see ros/convert.py)
         else:  # pragma: no cover - other message generators
             self.msg.data = buffer
         self._view = np.frombuffer(self.msg.data, dtype=np.uint8)
 
-    def build(self, depth: np.ndarray, confidence: Optional[np.ndarray], header) -> PointCloud2:
-        """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``."""
-        self.projector.pack(depth, confidence, out=self._view)
+    def build(self, depth: np.ndarray, confidence: Optional[np.ndarray], header,
+              rgb: Optional[RgbView] = None) -> PointCloud2:
+        """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``
+        (``rgb``: the paired RGB frame for the rgb field, when the options have one)."""
+        self.projector.pack(depth, confidence, out=self._view, rgb=rgb)
         self.msg.header = header
         return self.msg
 

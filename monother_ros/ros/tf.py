@@ -1,20 +1,38 @@
 """A TF buffer with tf2 semantics, and thin rclpy wrappers to fill it from ``/tf`` + ``/tf_static``.
 
-tf2_ros is not available as a wheel (FACTS.md §1). :class:`TransformBuffer` is our own, needing no
-node (tests never spin): static and dynamic transforms, validation, time interpolation (slerp / lerp)
-inside the cache window, chain lookups through the tree and tf2's error behaviour:
+tf2_ros is not available as a wheel. :class:`TransformBuffer` is our own, needing no node (tests never
+spin) and no rclpy: static and dynamic transforms, validation, time interpolation (slerp / lerp) inside
+the cache window, chain lookups through the tree and tf2's error behaviour:
 
 * ``lookup_transform(target, source, time_ns)`` returns the 4x4 ``target_T_source`` (maps points in
-  ``source`` to ``target``); ``time_ns == 0`` means the latest time at which the whole chain is known;
+  ``source`` to ``target``); ``time_ns == 0`` means the latest time at which the whole chain is known
+  (tf2's ``getLatestCommonTime``, walked with each frame's newest parent);
+* each frame's cache stores ``(stamp, parent, transform)``, so a frame may change parent over time
+  (a robot handed from one map to another, a tool moved between mounts): a lookup at a time walks the
+  tree with the parent valid at that time, the older sample's parent between two samples, and never
+  interpolates across a parent change (tf2's ``TimeCache::getParent`` / ``getData``);
 * a time outside a link's data raises :class:`ExtrapolationError` ("Lookup would require extrapolation
   into the future/past ..."); unknown frames :class:`FrameNotFoundError`; frames in separate trees
-  :class:`ConnectivityError`; all derive from :class:`TransformError`;
+  :class:`ConnectivityError`; an empty frame id or one starting with ``/`` in a lookup
+  :class:`InvalidFrameError`; all derive from :class:`TransformError`;
 * ``timeout_s > 0`` waits (on a condition variable, woken by every insertion) for the data to arrive.
+
+Insertion follows tf2's ``BufferCore::setTransform``:
+
+* frame ids with a leading ``/`` (ROS 1 style) are stripped, as tf2 does, and counted
+  (``slashes_stripped``) and reported through ``problem callbacks`` (``leading_slash``); lookups with
+  such ids are refused (:class:`InvalidFrameError`), as tf2 refuses them;
+* a quaternion is accepted when ``| |q|^2 - 1 | < 1e-2`` (tf2's ``QUATERNION_NORMALIZATION_TOLERANCE``)
+  and normalised, so a hand-typed ``(0, 0, 0.71, 0.71)`` works; further off it is rejected;
+* a dynamic transform older than its frame's newest data by more than the cache length is ignored
+  (``old_data``, tf2's ``TF_OLD_DATA``): the frame's data stay. Backward clock jumps (bag loops) are
+  the clock's business: :class:`TransformListener` clears dynamic data when the node clock jumps back,
+  and the depth node does when its image stamps jump back.
 
 Bad input is rejected and counted by reason in ``TransformBuffer.rejected`` (``nan``,
 ``non_unit_quaternion``, ``self_transform``, ``empty_frame_id``, ``old_data``); ``last_rejection``
-holds the latest message. A dynamic transform older than its frame's newest data by more than the
-cache length is taken as a backward clock jump (bag loop): dynamic data is cleared (``resets``).
+holds the latest message; every rejection and every stripped slash is also passed to the callbacks
+added with :meth:`TransformBuffer.add_problem_callback` (the listener logs them, throttled per reason).
 
 Thread safety: every public method of :class:`TransformBuffer` may be called from any thread. A
 blocking lookup must not be made from an executor callback of the same single-threaded executor that
@@ -25,10 +43,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -40,14 +59,17 @@ __all__ = [
     "FrameNotFoundError",
     "ConnectivityError",
     "ExtrapolationError",
+    "InvalidFrameError",
     "TransformBuffer",
     "TransformListener",
     "StaticTransformBroadcaster",
+    "ThrottledReporter",
     "transform_to_msg",
     "on_backward_clock_jump",
     "DEFAULT_CACHE_TIME_NS",
     "DEFAULT_TF_TOPIC",
     "DEFAULT_STATIC_TF_TOPIC",
+    "QUATERNION_NORMALIZATION_TOLERANCE",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -55,7 +77,10 @@ _logger = logging.getLogger(__name__)
 DEFAULT_CACHE_TIME_NS = 10_000_000_000
 DEFAULT_TF_TOPIC = "/tf"
 DEFAULT_STATIC_TF_TOPIC = "/tf_static"
+QUATERNION_NORMALIZATION_TOLERANCE = 1e-2  # tf2: | |q|^2 - 1 | must stay below this
 _MAX_GRAPH_DEPTH = 1000  # as tf2: a longer walk means a loop in the tree
+
+ProblemCallback = Callable[[str, str], None]  # (reason, text)
 
 
 class TransformError(MonotherError, LookupError):
@@ -74,6 +99,10 @@ class ExtrapolationError(TransformError):
     """The requested time is outside the data held for a link of the chain."""
 
 
+class InvalidFrameError(TransformError):
+    """A lookup named an empty frame id or one starting with '/' (tf2's InvalidArgumentException)."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     stamp_ns: int
@@ -87,18 +116,18 @@ def _strip(frame_id: str) -> str:
 
 
 class TransformBuffer:
-    """Static and time-stamped transforms between frames, with tf2's lookup semantics.
+    """Static and time-stamped transforms between frames, with tf2's insertion and lookup semantics.
 
     Args:
         cache_time_ns: how long dynamic transforms are kept, behind each frame's newest (tf2: 10 s).
-        quaternion_tolerance: accepted | |q| - 1 |; larger is rejected (``non_unit_quaternion``).
+        quaternion_tolerance: accepted | |q|^2 - 1 | (tf2: 1e-2); larger is rejected (``non_unit_quaternion``).
     """
 
     def __init__(
         self,
         cache_time_ns: int = DEFAULT_CACHE_TIME_NS,
         *,
-        quaternion_tolerance: float = se3.QUATERNION_UNIT_TOLERANCE,
+        quaternion_tolerance: float = QUATERNION_NORMALIZATION_TOLERANCE,
     ) -> None:
         if cache_time_ns <= 0:
             raise ValueError(f"cache_time_ns must be > 0, got {cache_time_ns}")
@@ -106,13 +135,27 @@ class TransformBuffer:
         self.quaternion_tolerance = float(quaternion_tolerance)
         self._cond = threading.Condition(threading.RLock())
         self._static: dict[str, _Entry] = {}
-        self._dynamic: dict[str, list[_Entry]] = {}
-        self._stamps: dict[str, list[int]] = {}
+        self._dynamic: dict[str, list[_Entry]] = {}   # per child frame, sorted by stamp
+        self._stamps: dict[str, list[int]] = {}       # the same stamps, for bisect
         self._frames: set[str] = set()  # every frame seen since the last clear (kept incrementally)
+        self._problem_callbacks: list[ProblemCallback] = []
         self.rejected: dict[str, int] = {}
         self.last_rejection: Optional[str] = None
+        self.slashes_stripped = 0
         self.resets = 0
         self.accepted = 0
+
+    def add_problem_callback(self, callback: ProblemCallback) -> None:
+        """Call ``callback(reason, text)`` for every rejected transform and every stripped '/'
+        (from the inserting thread, outside the buffer's lock)."""
+        with self._cond:
+            self._problem_callbacks.append(callback)
+
+    def remove_problem_callback(self, callback: ProblemCallback) -> None:
+        """Stop calling a callback added with :meth:`add_problem_callback`."""
+        with self._cond:
+            if callback in self._problem_callbacks:
+                self._problem_callbacks.remove(callback)
 
     # ------------------------------------------------------------------ insertion
 
@@ -129,15 +172,17 @@ class TransformBuffer:
         """Insert ``parent_T_child`` (child frame expressed in the parent) valid at ``stamp_ns``.
 
         Args:
-            parent, child: frame ids (a leading '/' is stripped).
+            parent, child: frame ids (a leading '/' is stripped and reported, as tf2 strips it).
             stamp_ns: header stamp in nanoseconds (ignored for static transforms).
-            translation: (3,) metres. rotation: (4,) quaternion x, y, z, w (normalised if near unit).
+            translation: (3,) metres. rotation: (4,) quaternion x, y, z, w (normalised when
+                | |q|^2 - 1 | < ``quaternion_tolerance``).
             static: a static transform, valid at all times (``/tf_static``).
 
         Returns:
             True if stored, False if rejected (reason counted in ``rejected``, text in ``last_rejection``).
         """
-        parent, child = _strip(str(parent)), _strip(str(child))
+        raw = (str(parent), str(child))
+        parent, child = _strip(raw[0]), _strip(raw[1])
         t = np.asarray(translation, dtype=np.float64).reshape(-1)
         q = np.asarray(rotation, dtype=np.float64).reshape(-1)
         label = f"transform {parent!r} -> {child!r}"
@@ -147,24 +192,34 @@ class TransformBuffer:
             return self._reject("self_transform", f"{label}: a frame cannot be its own parent")
         if t.shape != (3,) or q.shape != (4,) or not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))):
             return self._reject("nan", f"{label}: translation/rotation not finite: t={t.tolist()} q={q.tolist()}")
-        with np.errstate(over="ignore"):  # |q| of 1e300-sized input is inf: rejected below
-            norm = float(np.linalg.norm(q))
-        if abs(norm - 1.0) > self.quaternion_tolerance:
+        with np.errstate(over="ignore"):  # |q|^2 of 1e300-sized input is inf: rejected below
+            squared = float(np.dot(q, q))
+        if not abs(squared - 1.0) < self.quaternion_tolerance:
             return self._reject(
-                "non_unit_quaternion", f"{label}: quaternion is not unit length (|q| = {norm:.6f}): {q.tolist()}"
+                "non_unit_quaternion",
+                f"{label}: quaternion is not unit length (|q|^2 = {squared:.6f}, tf2 accepts |q|^2 - 1 below "
+                f"{self.quaternion_tolerance:g}): {q.tolist()}",
             )
-        entry = _Entry(int(stamp_ns), parent, q / norm, t.copy())
+        entry = _Entry(int(stamp_ns), parent, q / math.sqrt(squared), t.copy())
         with self._cond:
             if static:
                 self._static[child] = entry
                 self._dynamic.pop(child, None)
                 self._stamps.pop(child, None)
+                too_old = None
             else:
-                if not self._insert_dynamic(child, entry):
-                    return False
-            self._frames.update((parent, child))  # after insertion: a jump-triggered clear resets the set
-            self.accepted += 1
-            self._cond.notify_all()
+                too_old = self._insert_dynamic(child, entry)
+            if too_old is None:
+                self._frames.update((parent, child))
+                self.accepted += 1
+                if raw != (parent, child):
+                    self.slashes_stripped += 1
+                self._cond.notify_all()
+        if too_old is not None:
+            return self._reject("old_data", too_old)
+        if raw != (parent, child):
+            self._notify("leading_slash", f"frame ids {raw[0]!r} -> {raw[1]!r} start with '/' (not allowed in "
+                         f"tf2): stored as {parent!r} -> {child!r}")
         return True
 
     def set_transform_message(self, msg, *, static: bool = False) -> bool:
@@ -180,15 +235,14 @@ class TransformBuffer:
             static=static,
         )
 
-    def _insert_dynamic(self, child: str, entry: _Entry) -> bool:
+    def _insert_dynamic(self, child: str, entry: _Entry) -> Optional[str]:
+        """Store ``entry``; returns the reason text when it is older than the cache window (not stored)."""
         entries = self._dynamic.setdefault(child, [])
         stamps = self._stamps.setdefault(child, [])
         if stamps and entry.stamp_ns < stamps[-1] - self.cache_time_ns:
-            # Far older than this frame's newest data: a backward clock jump (bag loop), not late data.
-            _logger.info("TF for %r jumped back %.3f s: clearing dynamic transforms", child, (stamps[-1] - entry.stamp_ns) / 1e9)
-            self._clear_dynamic_locked()
-            entries = self._dynamic.setdefault(child, [])
-            stamps = self._stamps.setdefault(child, [])
+            # tf2's TF_OLD_DATA: ignored, the frame's data stay (a stale message must not empty the cache).
+            return (f"transform {entry.parent!r} -> {child!r} at {entry.stamp_ns / 1e9:.9f} s is older than the "
+                    f"cache ({self.cache_time_ns / 1e9:g} s behind the newest, {stamps[-1] / 1e9:.9f} s): ignored")
         k = bisect.bisect_left(stamps, entry.stamp_ns)
         if k < len(stamps) and stamps[k] == entry.stamp_ns:
             entries[k] = entry  # same stamp again: the newer message wins
@@ -197,19 +251,25 @@ class TransformBuffer:
             stamps.insert(k, entry.stamp_ns)
         self._static.pop(child, None)
         # Prune behind the newest stamp by the cache length (tf2 TimeCache::pruneList).
-        cutoff = stamps[-1] - self.cache_time_ns
-        drop = bisect.bisect_left(stamps, cutoff)
+        drop = bisect.bisect_left(stamps, stamps[-1] - self.cache_time_ns)
         if drop:
             del entries[:drop]
             del stamps[:drop]
-        return True
+        return None
 
     def _reject(self, reason: str, text: str) -> bool:
         with self._cond:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             self.last_rejection = text
         _logger.debug("rejected %s", text)
+        self._notify(reason, text)
         return False
+
+    def _notify(self, reason: str, text: str) -> None:
+        with self._cond:
+            callbacks = list(self._problem_callbacks)
+        for callback in callbacks:
+            callback(reason, text)
 
     def clear(self) -> None:
         """Forget dynamic transforms (on a backward clock jump); static ones stay, as in tf2."""
@@ -236,118 +296,142 @@ class TransformBuffer:
         with self._cond:
             return set(self._frames)
 
-    def _parent_of(self, frame: str) -> Optional[str]:
-        if frame in self._static:
-            return self._static[frame].parent
-        entries = self._dynamic.get(frame)
-        if entries:
-            return entries[-1].parent
-        return None
+    def _has_cache(self, frame: str) -> bool:
+        return frame in self._static or bool(self._stamps.get(frame))
 
-    def _path_to_root(self, frame: str) -> list[str]:
-        """[frame, parent, grandparent, ..., root]."""
-        path = [frame]
-        while True:
-            parent = self._parent_of(path[-1])
-            if parent is None:
-                return path
-            path.append(parent)
-            if len(path) > _MAX_GRAPH_DEPTH:
-                raise ConnectivityError(f"the TF tree has a loop above frame {frame!r}")
+    def _sample(self, child: str, time_ns: int) -> _Entry:
+        """parent_T_child at ``time_ns`` (0 = newest) with the parent valid then (tf2 TimeCache::getData).
 
-    def _link_at(self, child: str, time_ns: int, target: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-        """(rotation, translation) of parent_T_child at ``time_ns`` (0 = newest)."""
+        Raises:
+            ExtrapolationError: the time is outside this frame's data (message without the chain part).
+        """
         static = self._static.get(child)
         if static is not None:
-            return static.rotation, static.translation
+            return static
         entries, stamps = self._dynamic[child], self._stamps[child]
         if time_ns == 0:
-            return entries[-1].rotation, entries[-1].translation
-        where = f"when looking up transform from frame [{source}] to frame [{target}]"
+            return entries[-1]
         if len(stamps) == 1:
             if stamps[0] == time_ns:
-                return entries[0].rotation, entries[0].translation
+                return entries[0]
             raise ExtrapolationError(
                 f"Lookup would require extrapolation at time {time_ns / 1e9:.9f}, but only time "
-                f"{stamps[0] / 1e9:.9f} is in the buffer, {where}"
+                f"{stamps[0] / 1e9:.9f} is in the buffer"
             )
         if time_ns > stamps[-1]:
             raise ExtrapolationError(
                 f"Lookup would require extrapolation into the future. Requested time {time_ns / 1e9:.9f} but the "
-                f"latest data is at time {stamps[-1] / 1e9:.9f}, {where}"
+                f"latest data is at time {stamps[-1] / 1e9:.9f}"
             )
         if time_ns < stamps[0]:
             raise ExtrapolationError(
                 f"Lookup would require extrapolation into the past. Requested time {time_ns / 1e9:.9f} but the "
-                f"earliest data is at time {stamps[0] / 1e9:.9f}, {where}"
+                f"earliest data is at time {stamps[0] / 1e9:.9f}"
             )
         k = bisect.bisect_left(stamps, time_ns)
         if stamps[k] == time_ns:
-            return entries[k].rotation, entries[k].translation
+            return entries[k]
         e0, e1 = entries[k - 1], entries[k]
         if e0.parent != e1.parent:
-            return e0.rotation, e0.translation  # parent changed between samples: no interpolation (tf2)
+            return e0  # the parent changed between the samples: the older one holds until the change (tf2)
         fraction = (time_ns - e0.stamp_ns) / (e1.stamp_ns - e0.stamp_ns)
         q = se3.slerp(e0.rotation, e1.rotation, fraction)
         t = (1.0 - fraction) * e0.translation + fraction * e1.translation
-        return q, t
+        return _Entry(time_ns, e0.parent, q, t)
 
-    def _chain(self, target: str, source: str) -> tuple[list[str], list[str]]:
-        """Frames from source and from target up to (excluding) their common ancestor."""
-        for name, frame in (("target_frame", target), ("source_frame", source)):
-            if not frame:
-                raise FrameNotFoundError(f"{name} is empty")
-        known = self._frames
-        for name, frame in (("target_frame", target), ("source_frame", source)):
-            if frame not in known:
-                raise FrameNotFoundError(f'"{frame}" passed to lookup_transform argument {name} does not exist.')
-        source_path = self._path_to_root(source)
-        target_path = self._path_to_root(target)
-        common = set(source_path) & set(target_path)
-        if not common:
-            raise ConnectivityError(
-                f"Could not find a connection between '{target}' and '{source}' because they are not part of the "
-                f"same tree. Tf has two or more unconnected trees."
-            )
-        ancestor = next(f for f in source_path if f in common)
-        return source_path[: source_path.index(ancestor)], target_path[: target_path.index(ancestor)]
+    def _walk_up(self, frame: str, time_ns: int) -> tuple[list[str], list[_Entry], Optional[str]]:
+        """Frames [frame, parent, ...] and links (parent_T_child) walked with the parents valid at
+        ``time_ns``; stops at the root, or where a link has no data at that time (its reason returned)."""
+        frames, links = [frame], []
+        while self._has_cache(frame):
+            try:
+                link = self._sample(frame, time_ns)
+            except ExtrapolationError as exc:
+                return frames, links, str(exc)
+            links.append(link)
+            frame = link.parent
+            frames.append(frame)
+            if len(links) > _MAX_GRAPH_DEPTH:
+                raise ConnectivityError(f"the TF tree has a loop above frame {frames[0]!r}")
+        return frames, links, None
 
-    def _latest_common_time(self, links: Iterable[str]) -> int:
-        """Newest time at which every dynamic link has data (0 when all links are static)."""
-        latest = 0
-        for child in links:
-            if child in self._static:
-                continue
-            newest = self._stamps[child][-1]
-            latest = newest if latest == 0 else min(latest, newest)
-        return latest
+    def _check_lookup_frame(self, argument: str, frame: str) -> None:
+        where = f"passed to lookup_transform argument {argument}"
+        if not frame:
+            raise InvalidFrameError(f'Invalid argument "" {where} - in tf2 frame_ids cannot be empty')
+        if frame.startswith("/"):
+            raise InvalidFrameError(f'Invalid argument "{frame}" {where} - in tf2 frame_ids cannot start with a \'/\'')
+        if frame not in self._frames:
+            raise FrameNotFoundError(f'"{frame}" {where} does not exist.')
+
+    def _connectivity_error(self, target: str, source: str) -> ConnectivityError:
+        return ConnectivityError(
+            f"Could not find a connection between '{target}' and '{source}' because they are not part of the "
+            f"same tree. Tf has two or more unconnected trees."
+        )
+
+    def _latest_common_time_locked(self, target: str, source: str) -> int:
+        """tf2's getLatestCommonTime: walk with each frame's newest parent; the oldest newest stamp of the
+        dynamic links below the common ancestor (0 when they are all static)."""
+        chains = []
+        for frame in (source, target):
+            frames, stamps = [frame], []
+            while self._has_cache(frame):
+                newest = self._sample(frame, 0)
+                stamps.append(0 if frame in self._static else newest.stamp_ns)
+                frame = newest.parent
+                frames.append(frame)
+                if len(stamps) > _MAX_GRAPH_DEPTH:
+                    raise ConnectivityError(f"the TF tree has a loop above frame {frames[0]!r}")
+            chains.append((frames, stamps))
+        (s_frames, s_stamps), (t_frames, t_stamps) = chains
+        in_target = set(t_frames)
+        common = next((f for f in s_frames if f in in_target), None)
+        if common is None:
+            raise self._connectivity_error(target, source)
+        below = s_stamps[: s_frames.index(common)] + t_stamps[: t_frames.index(common)]
+        dynamic = [s for s in below if s]
+        return min(dynamic) if dynamic else 0
 
     def _lookup_locked(self, target: str, source: str, time_ns: int) -> np.ndarray:
-        up_from_source, up_from_target = self._chain(target, source)
+        self._check_lookup_frame("target_frame", target)
+        self._check_lookup_frame("source_frame", source)
         if time_ns == 0:
-            time_ns = self._latest_common_time(up_from_source + up_from_target)
+            time_ns = self._latest_common_time_locked(target, source)
+        s_frames, s_links, s_error = self._walk_up(source, time_ns)
+        t_frames, t_links, t_error = self._walk_up(target, time_ns)
+        in_target = set(t_frames)
+        common = next((f for f in s_frames if f in in_target), None)
+        if common is None:
+            error = s_error or t_error
+            if error:  # a link had no data at that time: tf2 reports the extrapolation, not the tree
+                raise ExtrapolationError(
+                    f"{error}, when looking up transform from frame [{source}] to frame [{target}]")
+            raise self._connectivity_error(target, source)
 
-        def to_ancestor(path: list[str]) -> np.ndarray:
+        def to_ancestor(links: list[_Entry]) -> np.ndarray:
             T = np.eye(4)
-            for child in path:  # child -> parent, composed on the left
-                q, t = self._link_at(child, time_ns, target, source)
-                T = se3.make_transform(q, t) @ T
+            for link in links:  # child -> parent, composed on the left
+                T = se3.make_transform(link.rotation, link.translation) @ T
             return T
 
-        return se3.invert(to_ancestor(up_from_target)) @ to_ancestor(up_from_source)
+        source_T = to_ancestor(s_links[: s_frames.index(common)])
+        target_T = to_ancestor(t_links[: t_frames.index(common)])
+        return se3.invert(target_T) @ source_T
 
     def lookup_transform(self, target: str, source: str, time_ns: int = 0, timeout_s: float = 0.0) -> np.ndarray:
         """4x4 float64 ``target_T_source`` at ``time_ns`` (0 = latest common time).
 
         Args:
-            target, source: frame ids.
+            target, source: frame ids (no leading '/': refused as in tf2).
             time_ns: stamp in nanoseconds, 0 for the latest available.
             timeout_s: wall-clock seconds to wait for missing data (never from the executor thread).
 
         Raises:
+            InvalidFrameError: an empty frame id or one starting with '/' (at once, no waiting).
             FrameNotFoundError, ConnectivityError, ExtrapolationError: the last failure after the timeout.
         """
-        target, source = _strip(str(target)), _strip(str(source))
+        target, source = str(target), str(source)
         deadline = time.monotonic() + max(float(timeout_s), 0.0)
         with self._cond:
             while True:
@@ -355,6 +439,8 @@ class TransformBuffer:
                     if target == source and target:
                         return np.eye(4)
                     return self._lookup_locked(target, source, int(time_ns))
+                except InvalidFrameError:
+                    raise
                 except TransformError as exc:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -371,6 +457,33 @@ class TransformBuffer:
         except TransformError:
             return False
 
+    def latest_common_time(self, target: str, source: str) -> int:
+        """The stamp (ns) a lookup at time 0 uses: the oldest of the newest stamps of the dynamic links
+        between the frames (0 when every link is static).
+
+        Raises:
+            InvalidFrameError, FrameNotFoundError, ConnectivityError.
+        """
+        target, source = str(target), str(source)
+        with self._cond:
+            self._check_lookup_frame("target_frame", target)
+            self._check_lookup_frame("source_frame", source)
+            if target == source:
+                stamps = self._stamps.get(target)
+                return stamps[-1] if stamps else 0
+            return self._latest_common_time_locked(target, source)
+
+    def get_parent(self, frame: str, time_ns: int = 0) -> Optional[str]:
+        """The parent of ``frame`` at ``time_ns`` (0 = newest), or None for a root, an unknown frame or a
+        time outside its data (tf2's ``_getParent``)."""
+        with self._cond:
+            if not self._has_cache(frame):
+                return None
+            try:
+                return self._sample(frame, int(time_ns)).parent
+            except ExtrapolationError:
+                return None
+
     def latest_stamp(self, child: str) -> Optional[int]:
         """Newest stamp (ns) of a dynamic frame, 0 for a static one, None when unknown."""
         child = _strip(child)
@@ -379,6 +492,38 @@ class TransformBuffer:
                 return 0
             stamps = self._stamps.get(child)
             return stamps[-1] if stamps else None
+
+
+class ThrottledReporter:
+    """Passes (reason, text) problems to ``log`` at most once per ``period_s`` per reason, saying how
+    many were suppressed since the last line. No rclpy: the listener gives it a node logger's method.
+
+    Args:
+        log: called with one line of text.
+        period_s: seconds between two lines of the same reason.
+        clock: monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(self, log: Callable[[str], None], period_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.period_s = float(period_s)
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, reason: str, text: str) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self.period_s:
+                self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+                return
+            self._last[reason] = now
+            suppressed = self._suppressed.pop(reason, 0)
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        self.log(f"TF {reason}: {text}{more}")
 
 
 # ---------------------------------------------------------------------------------------- rclpy side
@@ -409,12 +554,15 @@ class TransformListener:
 
     Callbacks only insert into the buffer (two lines, never blocking). A backward jump of the node's
     clock (``ros2 bag play --loop --clock`` with ``use_sim_time``) clears the dynamic transforms.
+    Rejected transforms (stale, non-unit quaternion, NaN, ...) and stripped '/' frame ids are logged as
+    warnings on the node's logger, at most one line per reason every ``warn_period_s``.
 
     Args:
         buffer: the buffer to fill.
         node: the rclpy node owning the subscriptions.
         qos, static_qos: override the profiles (defaults ``qos.TF`` / ``qos.TF_STATIC``).
         tf_topic, tf_static_topic: topic names.
+        warn_period_s: throttle of the warnings, seconds per reason.
     """
 
     def __init__(
@@ -426,6 +574,7 @@ class TransformListener:
         static_qos=None,
         tf_topic: str = DEFAULT_TF_TOPIC,
         tf_static_topic: str = DEFAULT_STATIC_TF_TOPIC,
+        warn_period_s: float = 5.0,
     ) -> None:
         from tf2_msgs.msg import TFMessage
 
@@ -438,6 +587,8 @@ class TransformListener:
             TFMessage, tf_static_topic, self._on_tf_static, static_qos or qos_profiles.TF_STATIC
         )
         self._jump_handle = on_backward_clock_jump(node, buffer.clear)
+        self.reporter = ThrottledReporter(node.get_logger().warning, warn_period_s)
+        buffer.add_problem_callback(self.reporter)
 
     def _on_tf(self, msg) -> None:
         for transform in msg.transforms:
@@ -451,6 +602,7 @@ class TransformListener:
         """Destroy the subscriptions (call before destroying the node)."""
         self.node.destroy_subscription(self.tf_sub)
         self.node.destroy_subscription(self.tf_static_sub)
+        self.buffer.remove_problem_callback(self.reporter)
         self._jump_handle = None
 
 
