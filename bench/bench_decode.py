@@ -99,8 +99,8 @@ class Feeder:
         self.messages = {
             "raw": ([array_to_image(t, encoding="mono16", frame_id="thermal_optical_frame") for t in thermal],
                     [array_to_image(r, encoding="rgb8", frame_id="rgb_optical_frame") for r in rgb]),
-            "compressed": ([self._compressed(*encode_compressed(t, "mono16", "png", png_level=3), "thermal_optical_frame")
-                            for t in thermal],
+            "compressed": ([self._compressed(*encode_compressed(t, "mono16", "png", png_level=3),
+                                             "thermal_optical_frame") for t in thermal],
                            [self._compressed(*encode_compressed(r, "rgb8", "jpeg"), "rgb_optical_frame") for r in rgb]),
         }
         self.lock = threading.Lock()

@@ -99,8 +99,8 @@ def decode_compressed(data, format: str, *, max_dimension: int = DEFAULT_MAX_DIM
     except CompressedDecodeError:
         raise
     except UnidentifiedImageError:
-        raise CompressedDecodeError("corrupt_payload", f"compressed image ({len(payload)} bytes, format "
-                                                       f"{format!r}) is corrupt: not a readable PNG or JPEG file") from None
+        raise CompressedDecodeError("corrupt_payload", f"compressed image ({len(payload)} bytes, format {format!r}) "
+                                                       "is corrupt: not a readable PNG or JPEG file") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise CompressedDecodeError("corrupt_payload", f"compressed image ({len(payload)} bytes, format "
                                                        f"{format!r}) is corrupt or truncated: {exc}") from None

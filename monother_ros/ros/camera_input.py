@@ -34,7 +34,7 @@ from monother_ros.core.compressed import COMPRESSED_SUFFIX, decode_compressed
 from monother_ros.core.frame_health import FrameHealthConfig
 from monother_ros.core.image_codec import ImageDecodeError
 from monother_ros.core.thermal_format import Crop, crop_frame, crop_intrinsics, thermal_intensities
-from monother_ros.errors import CalibrationError, ConfigError
+from monother_ros.errors import CalibrationError
 from monother_ros.ros.convert import image_to_array
 from monother_ros.ros.params import ParamSpec, in_range, non_negative, one_of
 
@@ -198,13 +198,6 @@ class CameraStream:
             out.header.frame_id = self.fill_frame_id
         self._info_key, self._info_out = key, out
         return out
-
-
-def check_transport(value: str) -> str:
-    """The transport name, or ConfigError (for CLI options)."""
-    if value not in TRANSPORTS:
-        raise ConfigError(f"transport must be one of {', '.join(TRANSPORTS)}, got {value!r}")
-    return value
 
 
 class DecodeAhead:

@@ -273,7 +273,8 @@ class SimRigNode(Node):
                 out.append((self.pub_thermal, array_to_image(frame.counts, encoding="mono16", stamp_ns=stamp_ns,
                                                              frame_id=rig.THERMAL_FRAME)))
             if self.pub_thermal_z is not None:
-                out.append((self.pub_thermal_z, _compressed(frame.counts, "mono16", "png", stamp_ns, rig.THERMAL_FRAME)))
+                out.append((self.pub_thermal_z, _compressed(frame.counts, "mono16", "png", stamp_ns,
+                                                            rig.THERMAL_FRAME)))
             if self.pub_gt is not None:
                 out.append((self.pub_gt, array_to_image(frame.depth, encoding="32FC1", stamp_ns=stamp_ns, frame_id=rig.THERMAL_FRAME)))
             return out
