@@ -478,3 +478,39 @@ def test_rig_transport_option_reaches_every_node_of_the_graph():
                         (ADAPTATION_PARAMETERS, "online_adaptation")):
         assert overrides[name] and table.validate(overrides[name])
     assert overrides["thermal_depth"] == {"thermal.transport": "compressed", "rgb.transport": "compressed"}
+
+
+def test_live_replay_of_a_compressed_bag_reaches_the_node_on_the_compressed_transport(tmp_path):
+    """``monother eval --live`` path: a bag recording 16-bit PNG thermal on /thermal/image_raw/compressed is
+    played into the real node graph, which subscribes the compressed transport and answers every frame."""
+    from monother_ros.core.compressed import encode_compressed
+    from monother_ros.eval.live import _transport_of
+    from monother_ros.ros.bag_player import play_and_record
+    from test_eval_bag_reader import INFO, TS, _header, make_info, write_messages
+    from test_ros_depth_node import camera
+    from tiny_models import tiny_student_dir
+
+    assert _transport_of("sensor_msgs/msg/CompressedImage", "/thermal/image_raw/compressed") == "compressed"
+    assert _transport_of("sensor_msgs/msg/Image", "/thermal/image_raw") == "raw"
+    from monother_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="<base>/compressed"):
+        _transport_of("sensor_msgs/msg/CompressedImage", "/thermal/png")
+    items, stamps = [], []
+    for k in range(6):
+        stamp = 50 * S + k * 100_000_000
+        payload, fmt = encode_compressed(_thermal(20 + k), "mono16", "png")
+        msg = TS.types["sensor_msgs/msg/CompressedImage"](header=_header(stamp, "thermal"), format=fmt,
+                                                         data=np.frombuffer(payload, np.uint8))
+        items.append(("/thermal/image_raw/compressed", "sensor_msgs/msg/CompressedImage", stamp, msg))
+        items.append(("/thermal/camera_info", INFO, stamp - 1, make_info(camera(), stamp, "thermal")))
+        stamps.append(stamp)
+    bag = write_messages(tmp_path / "compressed_bag", items)
+    recording = play_and_record(bag, tiny_student_dir(), backend="onnxruntime", rate=2.0,
+                                thermal_topic="/thermal/image_raw/compressed",
+                                topics=("/thermal/image_raw/compressed", "/thermal/camera_info"), num_threads=1,
+                                ready_timeout_s=60.0, drain_s=3.0, thermal_transport="compressed")
+    assert recording.published == 6
+    assert set(recording.outputs) == set(stamps), (sorted(recording.outputs), stamps)
+    depth = recording.outputs[stamps[0]][0]
+    assert depth.shape == (H, W) and np.isfinite(depth).mean() > 0.5

@@ -108,9 +108,8 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
     # with teacher / fusion on scores the fused output), and unsubscribed topics cost almost nothing.
     play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw",
                    "/rgb/image_raw/compressed", "/rgb/camera_info")
-    # image_transport naming: a thermal topic ending in /compressed is a CompressedImage stream, which the
-    # node subscribes with thermal.transport compressed (RGB likewise when the bag has only compressed RGB).
-    thermal_transport = "compressed" if options.thermal_topic.endswith("/compressed") else "raw"
+    # The node's transport follows the bag's thermal type: CompressedImage is subscribed (thermal.transport
+    # compressed) on <base>/compressed, image_transport's naming; RGB likewise when the bag has only compressed RGB.
     for spec in models:
         if spec.name in run.models:
             raise ConfigError(f"two models are named {spec.name!r}; use --model NAME=PATH")
@@ -124,6 +123,8 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                 with BagReader(bag) as reader:  # check the topics first: a clear message, no node started
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
+                    thermal_transport = _transport_of(reader.topics[options.thermal_topic].msgtype,
+                                                      options.thermal_topic)
                 rgb_transport = ("compressed" if "/rgb/image_raw/compressed" in present and "/rgb/image_raw" not in
                                  present else "raw")
                 unused_rgb = "/rgb/image_raw" if rgb_transport == "compressed" else "/rgb/image_raw/compressed"
@@ -162,6 +163,20 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
             run.wall_s = time.perf_counter() - t0
             report.write_metrics(run, out)
     return finish_run(run, out, t0)
+
+
+def _transport_of(msgtype: str, topic: str) -> str:
+    """``compressed`` for a CompressedImage topic named ``<base>/compressed``, ``raw`` for an Image topic.
+
+    Raises:
+        ConfigError: a CompressedImage topic under another name (the node subscribes ``<base>/compressed``).
+    """
+    if msgtype.endswith("CompressedImage"):
+        if not topic.endswith("/compressed"):
+            raise ConfigError(f"{topic} holds CompressedImage messages but live mode plays them to a node that "
+                              "subscribes <base>/compressed (image_transport naming): record the topic under that name")
+        return "compressed"
+    return "raw"
 
 
 def _bag_name(run: EvalRun, bag: Path, model: str) -> str:
