@@ -16,6 +16,9 @@ Checks, in order (each off when its threshold is 0):
   below ``min_spread_16bit`` counts (16-bit frames) or ``min_spread_8bit`` levels (8-bit frames). The
   percentiles ignore isolated hot or dead pixels, so a uniform frame with one hot pixel is still blind.
   Simulated day/night/fog frames spread 330-2100 counts; a closed shutter spreads a few counts of noise;
+  Limitation: a driver's automatic gain control (8-bit AGC output) stretches even a closed shutter's
+  noise to full contrast, so this check sees such frames only when the gain is capped; 16-bit raw output
+  keeps the real contrast;
 * ``frozen``: the frame is byte-identical to the previous one for ``max_identical_frames`` frames in a
   row (sensor noise makes two real frames differ).
 """
