@@ -237,9 +237,9 @@ def test_bad_camera_info_url_is_reported_and_depth_still_flows(tmp_path, case):
         s = Session(context, node)
         with Spinner(context, node, s.client):
             assert wait_for_subscribers(s.client, "thermal/image_raw")
-            assert node.problems.is_active("thermal_camera_info_url")
-            assert _status_level(s, "thermal_camera_info_url") == 2  # ERROR, named
-            reason = s.diagnosed("thermal_camera_info_url")
+            assert node.problems.is_active("camera_info_url_thermal")
+            assert _status_level(s, "camera_info_url_thermal") == 2  # ERROR, named
+            reason = s.diagnosed("camera_info_url_thermal")
             assert ("does not exist" if case == "missing" else "camera_matrix must be 3x3") in reason, reason
             assert str(url) in reason
             # depth is still published, without cloud, and the missing camera_info is reported as today
@@ -247,6 +247,7 @@ def test_bad_camera_info_url_is_reported_and_depth_still_flows(tmp_path, case):
                                                                   frame_id="thermal"), repeat=10, expect_output=True)
             assert len(s.depth) > 0 and len(s.points) == 0
             assert "thermal.camera_info_url" in s.diagnosed("camera_info_missing")
+            assert node.problems.is_active("camera_info_url_thermal")  # good frames do not clear a bad file
             assert node.worker.alive
         node.destroy_node()
 

@@ -302,7 +302,7 @@ class OnlineAdaptationNode(Node):
         self.frame_health = FrameHealthChecker(frame_health_config(p))
         for stream in (self.thermal_input, self.rgb_input):
             if stream.calibration_error:  # the node still runs, as without camera_info
-                self.problems.report(f"{stream.camera}_camera_info_url", stream.calibration_error, Level.ERROR)
+                self.problems.report(f"camera_info_url_{stream.camera}", stream.calibration_error, Level.ERROR)
 
     # ------------------------------------------------------------------ executor callbacks (never block)
 

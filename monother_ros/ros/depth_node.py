@@ -524,7 +524,7 @@ class ThermalDepthNode(Node):
         for stream in (self.thermal_input, self.rgb_input) if p["teacher.enabled"] or p["cloud.rgb"] else (
                 self.thermal_input,):
             if stream.calibration_error:  # the node still runs, as without camera_info
-                self.problems.report(f"{stream.camera}_camera_info_url", stream.calibration_error, Level.ERROR)
+                self.problems.report(f"camera_info_url_{stream.camera}", stream.calibration_error, Level.ERROR)
 
     @staticmethod
     def _resolve_model(value: str) -> Path:
