@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python bench/bench_decode.py [--model DIR] [--seconds 30] [--repeats 40] [--threads 1]
 
-1. Decode (``core.compressed``, Pillow), median of ``--repeats`` runs each: a 640x512 16-bit PNG thermal
-   frame (a simulated frame, zlib level 3 = image_transport's default) and a 1280x720 JPEG RGB frame
+1. Decode (``core.image_codec.decode_compressed_image``, Pillow), median of ``--repeats`` runs each: a 640x512 16-bit PNG thermal
+   frame (a simulated frame, encoded by ``encode_compressed_image``: zlib level 1) and a 1280x720 JPEG RGB frame
    (quality 90), each as a share of the shipped model's frame time (ONNX Runtime, ``--threads`` CPU threads,
    ``engine.infer`` = pre + network + post, median).
 2. Output rate of ``thermal_depth`` (own process, ONNX Runtime, ``num_threads`` = ``--threads``) under
@@ -54,12 +54,13 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def decode_section(model: Path, thermal: np.ndarray, rgb: np.ndarray, repeats: int, threads: int) -> None:
-    from monother_ros.core.compressed import decode_compressed, encode_compressed
+    from monother_ros.core.image_codec import decode_compressed_image as decode_compressed
+    from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
     from monother_ros.runtime.engine import make_backend
 
-    png, png_fmt = encode_compressed(thermal, "mono16", "png", png_level=3)
+    png, png_fmt = encode_compressed(thermal, "mono16", "png")
     jpeg, jpeg_fmt = encode_compressed(rgb, "rgb8", "jpeg", jpeg_quality=90)
-    assert np.array_equal(decode_compressed(png, png_fmt)[0], thermal)
+    assert np.array_equal(decode_compressed(png, png_fmt), thermal)
     engine = make_backend(model, "onnxruntime", num_threads=threads)
     try:
         ms = _interleaved_medians({"png": lambda: decode_compressed(png, png_fmt),
@@ -83,7 +84,7 @@ class Feeder:
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         from monother_ros.core.camera import PinholeCamera
-        from monother_ros.core.compressed import encode_compressed
+        from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
         from monother_ros.ros import qos
         from monother_ros.ros.convert import array_to_image
 
@@ -99,7 +100,7 @@ class Feeder:
         self.messages = {
             "raw": ([array_to_image(t, encoding="mono16", frame_id="thermal_optical_frame") for t in thermal],
                     [array_to_image(r, encoding="rgb8", frame_id="rgb_optical_frame") for r in rgb]),
-            "compressed": ([self._compressed(*encode_compressed(t, "mono16", "png", png_level=3),
+            "compressed": ([self._compressed(*encode_compressed(t, "mono16", "png"),
                                              "thermal_optical_frame") for t in thermal],
                            [self._compressed(*encode_compressed(r, "rgb8", "jpeg"), "rgb_optical_frame") for r in rgb]),
         }

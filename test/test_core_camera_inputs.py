@@ -1,5 +1,4 @@
-"""Pure parts of the camera inputs: compressed payloads, calibration files, thermal formats and crop, and
-the blind-frame check (including real simulated frames, which must never be flagged)."""
+"""Pure parts of the camera inputs: calibration files, thermal formats and crop, and the blind-frame check (including real simulated frames, which must never be flagged)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +7,6 @@ import numpy as np
 import pytest
 
 from monother_ros.core.calibration_file import calibration_path, parse_calibration, read_calibration
-from monother_ros.core.compressed import CompressedDecodeError, decode_compressed, encode_compressed, parse_format
 from monother_ros.core.frame_health import FrameHealthChecker, FrameHealthConfig
 from monother_ros.core.image_codec import ImageDecodeError
 from monother_ros.core.thermal_format import Crop, crop_frame, crop_intrinsics, thermal_intensities
@@ -26,72 +24,6 @@ def _pil_bytes(array, fmt, **kw) -> bytes:
     out = io.BytesIO()
     Image.fromarray(array).save(out, format=fmt, **kw)
     return out.getvalue()
-
-
-# ------------------------------------------------------------------------------------------ compressed
-
-
-def test_format_strings_of_image_transport_are_parsed():
-    assert parse_format("mono16; png compressed") == ("mono16", "png")
-    assert parse_format("mono16; png compressed ") == ("mono16", "png")
-    assert parse_format("bgr8; jpeg compressed bgr8") == ("bgr8", "jpeg")
-    assert parse_format("jpeg") == ("", "jpeg") and parse_format("png") == ("", "png") and parse_format("") == ("", "")
-    with pytest.raises(CompressedDecodeError, match="compressedDepth"):
-        parse_format("16UC1; compressedDepth png")
-    with pytest.raises(CompressedDecodeError, match="yuv422"):
-        parse_format("yuv422; jpeg compressed bgr8")
-
-
-def test_16_bit_png_round_trips_exactly_and_8_bit_jpeg_png_decode():
-    payload, fmt = encode_compressed(THERMAL16, "mono16", "png")
-    assert fmt == "mono16; png compressed"
-    image, encoding = decode_compressed(payload, fmt)
-    assert encoding == "mono16" and image.dtype == np.uint16 and np.array_equal(image, THERMAL16)
-    grey = (THERMAL16 >> 6).astype(np.uint8)
-    image, encoding = decode_compressed(*encode_compressed(grey, "mono8", "png"))
-    assert encoding == "mono8" and np.array_equal(image, grey)
-    image, encoding = decode_compressed(*encode_compressed(grey, "mono8", "jpeg", jpeg_quality=95))
-    assert encoding == "mono8" and np.abs(image.astype(int) - grey).mean() < 3
-    with pytest.raises(ValueError, match="JPEG cannot carry 16-bit"):
-        encode_compressed(THERMAL16, "mono16", "jpeg")
-
-
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
-def test_colour_comes_out_in_rgb_order_whatever_the_original_encoding(encoding):
-    source = RGB[..., ::-1] if encoding == "bgr8" else RGB  # the array in the encoding's channel order
-    for codec in ("png", "jpeg"):
-        payload, fmt = encode_compressed(source, encoding, codec)
-        assert fmt == f"{encoding}; {codec} compressed bgr8"
-        image, out_encoding = decode_compressed(payload, fmt)
-        assert out_encoding == "rgb8"
-        err = np.abs(image.astype(int) - RGB.astype(int)).mean()
-        assert (err == 0) if codec == "png" else (err < 20), (codec, err)
-        # the channel order matters: the red channel matches red, not blue
-        assert np.abs(image[..., 0].astype(int) - RGB[..., 0]).mean() < np.abs(image[..., 0].astype(int) - RGB[..., 2]).mean()
-
-
-def test_corrupt_truncated_and_mislabelled_payloads_raise_with_a_reason():
-    payload, fmt = encode_compressed(THERMAL16, "mono16", "png")
-    jpeg, jfmt = encode_compressed(RGB, "rgb8", "jpeg")
-    cases = [
-        (payload[: len(payload) // 2], fmt, "corrupt_payload"),
-        (jpeg[: len(jpeg) // 2], jfmt, "corrupt_payload"),
-        (b"\x89PNG\r\n\x1a\n" + bytes(200), fmt, "corrupt_payload"),
-        (b"not an image at all" * 10, fmt, "corrupt_payload"),
-        (b"", fmt, "zero_size"),
-        (payload, "mono8; png compressed", "bit_depth_mismatch"),  # 16-bit PNG claiming 8 bits
-        (_pil_bytes((THERMAL16 >> 8).astype(np.uint8), "PNG"), "mono16; png compressed", "bit_depth_mismatch"),
-        (payload, "rgb8; png compressed bgr8", "bit_depth_mismatch"),
-        (jpeg, "rgb8; png compressed bgr8", "bad_format"),  # says PNG, is JPEG
-    ]
-    for data, format_, reason in cases:
-        with pytest.raises(CompressedDecodeError) as info:
-            decode_compressed(data, format_)
-        assert info.value.reason == reason, (format_, info.value)
-        assert isinstance(info.value, ImageDecodeError)
-    with pytest.raises(CompressedDecodeError) as info:
-        decode_compressed(payload, fmt, max_dimension=32)
-    assert info.value.reason == "too_large"
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -5,6 +5,7 @@ The bags are written here with rosbags' writer so each case controls stamps and 
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -244,3 +245,164 @@ def test_truncated_bag_raises_bag_error(tmp_path, storage):
     with pytest.raises(BagError):
         with BagReader(bag) as reader:
             list(reader.messages())
+
+
+# ------------------------------------------------------------- recordings: compressed, ROS 1, damaged
+def test_compressed_topics_decode_to_the_raw_frames():
+    from monother_ros.eval.bag_reader import decoded_encoding, resolve_image_topic
+    from test_eval_offline import sim_recordings
+
+    bags = sim_recordings()
+    decoded: dict[str, list[np.ndarray]] = {}
+    for kind in ("raw", "compressed", "compressed_ros1"):
+        with BagReader(bags[kind]) as reader:
+            thermal = resolve_image_topic(reader.topics, "/thermal/image_raw")
+            rgb = resolve_image_topic(reader.topics, "/rgb/image_raw")
+            assert (thermal == "/thermal/image_raw") == (kind == "raw")
+            frames = []
+            for m in reader.messages([thermal, rgb]):
+                image = image_to_numpy(m.msg)
+                frames.append((m.topic.split("/")[1], image, decoded_encoding(m.msg, image)))
+            decoded[kind] = frames
+    raw_thermal = [f for f in decoded["raw"] if f[0] == "thermal"]
+    raw_rgb = [f for f in decoded["raw"] if f[0] == "rgb"]
+    for kind in ("compressed", "compressed_ros1"):
+        thermal = [f for f in decoded[kind] if f[0] == "thermal"]
+        rgb = [f for f in decoded[kind] if f[0] == "rgb"]
+        assert len(thermal) == len(raw_thermal) == 6 and len(rgb) == len(raw_rgb) == 4
+        for (_, a, enc_a), (_, b, enc_b) in zip(raw_thermal, thermal):
+            assert enc_a == enc_b == "mono16" and b.dtype == np.uint16
+            np.testing.assert_array_equal(a, b)  # 16-bit PNG is lossless
+        for (_, a, _), (_, b, enc_b) in zip(raw_rgb, rgb):
+            assert enc_b == "rgb8" and b.shape == a.shape
+            # JPEG drops the pixel noise; 16x16 block means (per channel, so RGB order matters) survive.
+            blocks = [x.astype(np.float64).reshape(45, 16, 80, 16, 3).mean(axis=(1, 3)) for x in (a, b)]
+            assert np.abs(blocks[0] - blocks[1]).mean() < 1.5
+
+
+def test_ros1_bag_reads_like_its_ros2_source():
+    from test_eval_offline import sim_recordings
+
+    bags = sim_recordings()
+    with BagReader(bags["raw"]) as ros2, BagReader(bags["raw_ros1"]) as ros1:
+        assert ros1.ros_version == 1 and ros2.ros_version == 2
+        assert {t.name: (t.msgtype, t.count) for t in ros1.topics.values()} == \
+            {t.name: (t.msgtype, t.count) for t in ros2.topics.values()}
+        info1 = ros1.first_message("/thermal/camera_info").msg
+        assert hasattr(info1, "K") and not hasattr(info1, "k")  # ROS 1 field names
+        assert camera_info_to_pinhole(info1) == camera_info_to_pinhole(ros2.first_message("/thermal/camera_info").msg)
+        a = [(m.topic, m.stamp_ns) for m in ros2.messages()]
+        b = [(m.topic, m.stamp_ns) for m in ros1.messages()]
+        assert sorted(a) == sorted(b)
+        np.testing.assert_allclose(ros1.static_transforms().lookup("rgb_optical_frame", "thermal_optical_frame"),
+                                   ros2.static_transforms().lookup("rgb_optical_frame", "thermal_optical_frame"))
+        cloud1 = pointcloud2_to_array(ros1.first_message("/lidar/points").msg)
+        np.testing.assert_array_equal(cloud1, pointcloud2_to_array(ros2.first_message("/lidar/points").msg))
+        assert json.loads(ros1.first_message("/rig/info").msg.data)["scenario"] == "night"
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_crash_truncated_mcap_yields_the_messages_before_the_cut(tmp_path, as_folder):
+    bag = _sample_bag(tmp_path / "bag", "mcap")
+    storage = next(bag.glob("*.mcap"))
+    with BagReader(bag) as reader:
+        intact = [(m.topic, m.log_time_ns, m.stamp_ns) for m in reader.messages()]
+    blob = storage.read_bytes()
+    data_end = blob.find(b"\x0f" + (4).to_bytes(8, "little"))  # the DataEnd record (opcode 0x0f, 4 bytes)
+    assert data_end > 0
+    # Cut inside the summary (every chunk intact), in the middle, and only the last magic byte lost.
+    for cut_at in (data_end + 5, int(len(blob) * 0.6), len(blob) - 1):
+        target = tmp_path / f"cut_{cut_at}"
+        if as_folder:
+            shutil.copytree(bag, target)
+            next(target.glob("*.mcap")).write_bytes(blob[:cut_at])
+            # ros2 bag record writes metadata.yaml when it stops: a crashed recording folder has none.
+            (target / "metadata.yaml").unlink()
+        else:
+            target = target.with_suffix(".mcap")
+            target.write_bytes(blob[:cut_at])
+        got = []
+        with BagReader(target) as reader:
+            if cut_at == len(blob) - 1:  # the footer survived: nothing is missing, no error
+                assert not reader.salvaged
+                got = [(m.topic, m.log_time_ns, m.stamp_ns) for m in reader.messages()]
+                assert got == intact
+                continue
+            assert reader.salvaged
+            with pytest.raises(BagError, match=r"truncated.*mcap recover"):
+                for m in reader.messages():
+                    got.append((m.topic, m.log_time_ns, m.stamp_ns))
+        assert got and got == intact[: len(got)]
+        if cut_at == data_end + 5:
+            assert got == intact
+
+
+def test_garbage_mcap_is_still_an_error(tmp_path):
+    bad = tmp_path / "bad.mcap"
+    bad.write_bytes(b"\x89MCAP0\r\n" + bytes(range(256)) * 3)
+    with pytest.raises(BagError, match="nothing readable"):
+        BagReader(bad)
+
+
+@pytest.mark.parametrize("compression", [None, "bz2"])
+def test_ros1_bag_without_index_yields_the_messages_before_the_cut(tmp_path, compression):
+    from monother_ros.sim.bag import export_rosbag1
+
+    source = _sample_bag(tmp_path / "bag", "mcap")
+    ros1 = export_rosbag1(source, tmp_path / "whole.bag", compression=compression)
+    with BagReader(ros1) as reader:
+        assert not reader.salvaged
+        intact = [(m.topic, m.log_time_ns, m.stamp_ns) for m in reader.messages()]
+        thermal = [image_to_numpy(m.msg).copy() for m in reader.messages(["/thermal/image_raw"])]
+    blob = ros1.read_bytes()
+    index_at = blob.rfind(b"op=\x06")  # the first chunk-info record: the index starts near there
+    for cut_at in (len(blob) - 10, index_at - 20):
+        cut = tmp_path / f"cut_{cut_at}.bag"
+        cut.write_bytes(blob[:cut_at])
+        got, images = [], []
+        with BagReader(cut) as reader:
+            assert reader.salvaged and reader.ros_version == 1
+            with pytest.raises(BagError, match="truncated.*rosbag reindex"):
+                for m in reader.messages():
+                    got.append((m.topic, m.log_time_ns, m.stamp_ns))
+                    if m.topic == "/thermal/image_raw":
+                        images.append(image_to_numpy(m.msg))
+        assert sorted(got) == sorted(intact)  # the cuts are past the data: every message is there
+        for a, b in zip(thermal, images):
+            np.testing.assert_array_equal(a, b)
+    # Cut inside the (single) chunk: the complete records before the cut are read.
+    if compression is None:
+        cut = tmp_path / "mid.bag"
+        cut.write_bytes(blob[: blob.find(b"op=\x04") - 300])  # the chunk's last messages (before its index)
+        with BagReader(cut) as reader:
+            partial = []
+            with pytest.raises(BagError, match="truncated"):
+                for m in reader.messages():
+                    partial.append((m.topic, m.log_time_ns, m.stamp_ns))
+        assert partial and len(partial) < len(intact) and set(partial) <= set(intact)
+
+
+def test_compressed_messages_decode_with_their_encoding():
+    from monother_ros.core.image_codec import encode_compressed_image
+    from monother_ros.eval.bag_reader import decoded_encoding, is_compressed_image, resolve_image_topic
+
+    Compressed = T["sensor_msgs/msg/CompressedImage"]
+    depth_mm = np.array([[0, 1500], [65535, 20000]], np.uint16)
+    data, _ = encode_compressed_image(depth_mm, "16UC1", "png")
+    header = np.zeros(12, np.uint8).tobytes()  # image_transport compressedDepth config header
+    depth_msg = Compressed(header=_header(0, "cam"), format="16UC1; compressedDepth png",
+                           data=np.frombuffer(header + data, np.uint8))
+    image = image_to_numpy(depth_msg)
+    assert is_compressed_image(depth_msg) and decoded_encoding(depth_msg, image) == "16UC1"
+    np.testing.assert_array_equal(image, depth_mm)
+    mono8, fmt = encode_compressed_image(np.full((3, 4), 9, np.uint8), "mono8", "jpeg")
+    msg = Compressed(header=_header(0, "cam"), format=fmt, data=np.frombuffer(mono8, np.uint8))
+    assert decoded_encoding(msg, image_to_numpy(msg)) == "mono8"
+    bad = Compressed(header=_header(0, "cam"), format="mono16; png compressed", data=np.frombuffer(mono8, np.uint8))
+    with pytest.raises(BagError, match="malformed CompressedImage.*8-bit"):
+        image_to_numpy(bad)
+    topics = ["/thermal/image_raw/compressed", "/gt/depth/compressedDepth", "/rgb/image_raw", "/rgb/image_raw/compressed"]
+    assert resolve_image_topic(topics, "/thermal/image_raw") == "/thermal/image_raw/compressed"
+    assert resolve_image_topic(topics, "/gt/depth") == "/gt/depth/compressedDepth"
+    assert resolve_image_topic(topics, "/rgb/image_raw") == "/rgb/image_raw"  # raw wins when both exist
+    assert resolve_image_topic(topics, "/nothing") == "/nothing"

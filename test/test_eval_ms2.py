@@ -137,3 +137,85 @@ def test_cli_import_and_errors(tmp_path, capsys):
     assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d.partial-*"))
     with pytest.raises(Exception):
         read_calib(tmp_path / "missing.npy")
+
+
+# ------------------------------------------------------------------------------ files stay data
+class _WritesMarker:
+    """Unpickling this runs ``os.system`` (what a crafted calib.npy does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _save_object_npy(path: Path, value) -> None:
+    array = np.empty((), dtype=object)
+    array[()] = value
+    np.save(path, array, allow_pickle=True)
+
+
+@pytest.mark.parametrize("where", ["top", "inside_dict"])
+def test_malicious_calibration_runs_nothing_and_is_refused(tmp_path, capsys, where):
+    marker = tmp_path / "PWNED"
+    payload = _WritesMarker(marker)
+    root = tmp_path / "ms2"
+    write_ms2(root, "seq", frames=1)
+    calib_file = root / "sync_data" / "seq" / "calib.npy"
+    _save_object_npy(calib_file, payload if where == "top" else {**CALIB, "K_thrL": payload})
+    # The same file through numpy's unrestricted loader really would run the command (the test can fail).
+    probe = tmp_path / "probe.npy"
+    _save_object_npy(probe, _WritesMarker(tmp_path / "PROBE"))
+    np.load(probe, allow_pickle=True)
+    assert (tmp_path / "PROBE").exists()
+
+    from monother_ros.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"refused global (posix|os|nt)\.system"):
+        read_calib(calib_file)
+    assert not marker.exists()
+    code = cli.main(["import-ms2", str(root), "--sequence", "seq", "--out", str(tmp_path / "bag")])
+    err = capsys.readouterr().err
+    assert code == 2 and "refused global" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "bag").exists()
+
+
+def test_calibration_with_numpy_scalars_and_old_style_pickles_still_reads(tmp_path):
+    import pickle
+
+    calib = {k: v.astype(np.float32) for k, v in CALIB.items()}
+    calib["scale"] = np.float64(1.5)  # a numpy scalar in the dict
+    path = tmp_path / "calib.npy"
+    _save_object_npy(path, calib)
+    out = read_calib(path)
+    np.testing.assert_allclose(out["K_thrL"], K_THR, rtol=1e-6)
+    # A protocol-2 pickle (as Python 2 era numpy wrote it) after the .npy header.
+    legacy = tmp_path / "legacy.npy"
+    array = np.empty((), dtype=object)
+    array[()] = CALIB
+    with open(legacy, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(array, handle, protocol=2)
+    np.testing.assert_allclose(read_calib(legacy)["T_nir2rgb"], CALIB["T_nir2rgb"].reshape(3))
+
+
+def test_plain_and_broken_npy_files(tmp_path):
+    from monother_ros.core.safe_npy import UnsafeDataError, load_npy_data
+
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.arange(6, dtype=np.int16).reshape(2, 3))
+    np.testing.assert_array_equal(load_npy_data(plain), np.arange(6).reshape(2, 3))
+    cut = tmp_path / "cut.npy"
+    _save_object_npy(cut, CALIB)
+    cut.write_bytes(cut.read_bytes()[:-40])
+    with pytest.raises(UnsafeDataError, match="truncated"):
+        load_npy_data(cut)
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"not numpy at all")
+    with pytest.raises(UnsafeDataError, match="not a .npy file"):
+        load_npy_data(junk)
+    with pytest.raises(UnsafeDataError, match="cannot read"):
+        load_npy_data(tmp_path / "missing.npy")

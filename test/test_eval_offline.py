@@ -311,3 +311,233 @@ def test_interrupt_writes_what_was_scored(synth, tmp_path):
     doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert doc["complete"] is False and doc["results"][0]["frames_scored"] == 3
     assert any("interrupted" in e for e in doc["errors"])
+
+
+# ------------------------------------------------------------- recordings: compressed, ROS 1, damaged
+class ThermalDepth:
+    """A predictor whose depth is a fixed function of the decoded thermal pixels: two bags score alike
+    only when their thermal frames decode to the same counts."""
+
+    name = "thermal"
+
+    def predict(self, frame):
+        depth = 2.0 + frame.thermal.astype(np.float32) / 1000.0
+        return Prediction(depth, None, {"total_ms": 1.0})
+
+    def describe(self):
+        return {"status": "ok", "path": "-"}
+
+    def close(self):
+        pass
+
+
+def sim_recordings() -> dict[str, Path]:
+    """One short simulated drive recorded four ways (built once per session): raw rosbag2, rosbag2 with
+    thermal as 16-bit PNG and RGB as JPEG on the compressed topics, and both as ROS 1 bags."""
+    from monother_ros.sim.bag import export_rosbag1, write_bag
+
+    root = _session_dir()
+    bags = {"raw": root / "rec_raw", "compressed": root / "rec_compressed",
+            "raw_ros1": root / "rec_raw.bag", "compressed_ros1": root / "rec_compressed.bag"}
+    with open(root / ".recordings.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not bags["raw"].exists():
+            write_bag(bags["raw"], seconds=0.2, seed=3, scenario="night", preview=False, workers=0)
+        if not bags["compressed"].exists():
+            write_bag(bags["compressed"], seconds=0.2, seed=3, scenario="night", preview=False, workers=0,
+                      compress={"thermal": "png", "rgb": "jpeg"})
+        for ros2, ros1 in (("raw", "raw_ros1"), ("compressed", "compressed_ros1")):
+            if not bags[ros1].exists():
+                export_rosbag1(bags[ros2], bags[ros1])
+    return bags
+
+
+@pytest.fixture(scope="module")
+def recordings() -> dict[str, Path]:
+    return sim_recordings()
+
+
+def test_compressed_and_ros1_recordings_score_exactly_like_the_raw_ros2_bag(recordings, tmp_path):
+    runs = {}
+    for kind, bag in recordings.items():
+        runs[kind] = evaluate([bag], [], EvalOptions(progress=False, pictures=False), tmp_path / kind,
+                              predictors=[ThermalDepth()])
+        assert runs[kind].errors == [], (kind, runs[kind].errors)
+    entries = {kind: next(iter(run.bags.values())) for kind, run in runs.items()}
+    assert entries["raw"]["thermal_topic"] == "/thermal/image_raw" and entries["raw"]["ros_version"] == 2
+    assert entries["compressed"]["thermal_topic"] == "/thermal/image_raw/compressed"
+    assert entries["compressed"]["thermal_type"] == "sensor_msgs/msg/CompressedImage"
+    assert entries["raw_ros1"]["ros_version"] == 1 and entries["compressed_ros1"]["ros_version"] == 1
+    assert all(e["condition"] == "night" and e["thermal_messages"] == 6 for e in entries.values())
+    reference = runs["raw"].overall["thermal"].to_dict()
+    assert reference["frames_scored"] == 6 and 0 < reference["metrics"]["abs_rel"] < 10
+    for kind in ("compressed", "raw_ros1", "compressed_ros1"):
+        # 16-bit PNG is lossless and the ROS 1 copy carries the same bytes: identical scores.
+        assert runs[kind].overall["thermal"].to_dict()["metrics"] == reference["metrics"], kind
+    # LiDAR ground truth goes through CameraInfo (K in ROS 1), /tf_static and PointCloud2 in both formats.
+    lidar = [evaluate([recordings[kind]], [], EvalOptions(progress=False, pictures=False, lidar_topic="/lidar/points"),
+                      tmp_path / f"lidar_{kind}", predictors=[ThermalDepth()]).overall["thermal"].to_dict()
+             for kind in ("raw", "raw_ros1")]
+    assert lidar[0]["frames_scored"] == 6 and lidar[0]["pixels"] > 100
+    assert lidar[0]["metrics"] == lidar[1]["metrics"] and lidar[0]["pixels"] == lidar[1]["pixels"]
+
+
+def test_cli_thermal_topic_may_name_the_compressed_topic(recordings, tiny_model, tmp_path, capsys):
+    code = _eval(recordings["compressed"], "--model", tiny_model, "--out", tmp_path / "a", "--max-frames", "2",
+                 "--thermal-topic", "/thermal/image_raw/compressed")
+    assert code == 0, capsys.readouterr().err
+    code = _eval(recordings["compressed_ros1"], "--model", tiny_model, "--out", tmp_path / "b", "--max-frames", "2")
+    assert code == 0, capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text())["overall"][0] for d in ("a", "b"))
+    assert a["frames_scored"] == b["frames_scored"] == 2 and a["metrics"] == b["metrics"]
+    # The raw bag has no compressed topic: the missing topic is named.
+    assert _eval(recordings["raw"], "--model", tiny_model, "--out", tmp_path / "c",
+                 "--thermal-topic", "/thermal/image_raw/compressed") == 2
+    assert "lacks topic(s) /thermal/image_raw/compressed" in capsys.readouterr().err
+
+
+def test_cli_without_model_scores_the_shipped_default(recordings, tmp_path, capsys):
+    from monother_ros.paths import default_model_dir
+
+    code = _eval(recordings["raw"], "--out", tmp_path / "o", "--max-frames", "1")
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert list(doc["models"]) == ["default"]
+    assert Path(doc["models"]["default"]["path"]) == default_model_dir()
+    assert doc["overall"][0]["frames_scored"] == 1
+
+
+def test_ros1_bag_cut_mid_chunk_is_scored_up_to_the_cut(recordings, fake_model, tmp_path, capsys):
+    from monother_ros.errors import BagError
+    from monother_ros.eval.bag_reader import BagReader
+
+    cut = tmp_path / "cut.bag"
+    blob = recordings["raw_ros1"].read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])  # mid-chunk: the index at the end is gone
+    with BagReader(cut) as bag:
+        assert bag.salvaged and 1 <= bag.topics["/thermal/image_raw"].count < 6
+    run = evaluate([cut], [], EvalOptions(progress=False, pictures=False), tmp_path / "o", predictors=[ThermalDepth()])
+    entry = run.bags["cut"]
+    assert entry["status"] == "error" and entry["partial"] is True and "rosbag reindex" in entry["error"]
+    full = evaluate([recordings["raw_ros1"]], [], EvalOptions(progress=False, pictures=False), tmp_path / "full",
+                    predictors=[ThermalDepth()])
+    first = {f["index"]: f["abs_rel"] for f in full.frames}
+    assert 1 <= run.frames_scored < 6
+    assert all(first[f["index"]] == f["abs_rel"] for f in run.frames if f.get("abs_rel") is not None)
+    # Through the CLI next to a good bag: both reported, no traceback, exit 1 (something failed).
+    assert _eval(recordings["raw_ros1"], cut, "--model", fake_model, "--out", tmp_path / "o2") == 1
+    err = capsys.readouterr().err
+    assert "rosbag reindex" in err and "Traceback" not in err
+    doc = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    assert doc["bags"]["rec_raw"]["status"] == "ok" and doc["bags"]["cut"]["partial"] is True
+    # Cut before its first connection record: nothing to read, a clear error.
+    stub = tmp_path / "stub.bag"
+    stub.write_bytes(blob[:100])
+    with pytest.raises(BagError, match="rosbag reindex.*nothing readable"):
+        BagReader(stub)
+    assert _eval(stub, "--model", fake_model, "--out", tmp_path / "o3") == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_crash_truncated_mcap_is_scored_up_to_the_cut(recordings, tmp_path, capsys):
+    from monother_ros.eval.bag_reader import BagReader
+
+    original = next(recordings["raw"].glob("*.mcap"))
+    cut = tmp_path / "crashed.mcap"
+    blob = original.read_bytes()
+    cut.write_bytes(blob[: int(len(blob) * 0.7)])  # footer, summary and the last chunks lost
+    with BagReader(cut) as bag:
+        assert bag.salvaged and bag.topics["/thermal/image_raw"].count >= 2
+    run = evaluate([cut], [], EvalOptions(progress=False, pictures=False), tmp_path / "o", predictors=[ThermalDepth()])
+    entry = run.bags["crashed"]
+    assert entry["status"] == "error" and entry["partial"] is True
+    assert "mcap recover" in entry["error"] and "before the cut" in entry["error"]
+    full = evaluate([recordings["raw"]], [], EvalOptions(progress=False, pictures=False), tmp_path / "full",
+                    predictors=[ThermalDepth()])
+    scored = run.frames_scored
+    assert 1 <= scored < 6
+    # The frames read before the cut are the recorded ones: same per-frame scores as the intact bag.
+    first = {f["index"]: f["abs_rel"] for f in full.frames}
+    assert all(first[f["index"]] == f["abs_rel"] for f in run.frames if f.get("abs_rel") is not None)
+
+
+def test_unwritable_out_fails_before_evaluating(synth, fake_model, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from monother_ros.eval import evaluate as evaluate_module
+
+    calls = []
+    real_iter = evaluate_module.iter_frames
+    monkeypatch.setattr(evaluate_module, "iter_frames", lambda *a, **k: calls.append(1) or real_iter(*a, **k))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    # Tests run as root, where permission bits do not stop writes: a path under a file (and /proc) does.
+    for out in (blocker / "sub", blocker, Path("/proc/monother_eval_out")):
+        assert _eval(synth, "--model", fake_model, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert "cannot write the outputs into" in err or "is not a folder" in err, err
+        assert "Traceback" not in err
+    assert calls == []  # nothing was evaluated
+    # A full disk: the probe's fsync fails with ENOSPC.
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate_module.os, "fsync", full)
+    assert _eval(synth, "--model", fake_model, "--out", tmp_path / "full") == 2
+    err = capsys.readouterr().err
+    assert "no space left" in err.lower() and "Traceback" not in err and calls == []
+    assert not list((tmp_path / "full").iterdir())  # the probe is removed
+    monkeypatch.setattr(evaluate_module.os, "fsync", real_fsync)
+    # The disk fills up during the run (the probe passed, metrics.json does not fit): a clear error, no
+    # traceback, no temporary file left behind.
+    def full_for_metrics(fd):
+        if ".metrics.json." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(evaluate_module.os, "fsync", full_for_metrics)
+    assert _eval(synth, "--model", fake_model, "--out", tmp_path / "late") == 2
+    err = capsys.readouterr().err
+    assert "cannot write the outputs into" in err and "No space left" in err and "Traceback" not in err
+    assert calls == [1] and list((tmp_path / "late").iterdir()) == []
+
+
+def _compressed_thermal_bag(path: Path, payloads: list[tuple[bytes, str]]) -> Path:
+    """Frames of write_synth_bag with the thermal image as CompressedImage (data, format) per frame."""
+    items = []
+    for k, (data, fmt) in enumerate(payloads):
+        stamp = EPOCH + k * 33_333_333
+        header = make_image(np.zeros((1, 1), np.uint16), "mono16", stamp, "thermal_optical_frame").header
+        items.append(("/thermal/image_raw/compressed", "sensor_msgs/msg/CompressedImage", stamp,
+                      T["sensor_msgs/msg/CompressedImage"](header=header, format=fmt, data=np.frombuffer(data, np.uint8))))
+        items.append(("/gt/depth", IMAGE, stamp + 2, make_image(synth_depth(k), "32FC1", stamp, "thermal_optical_frame")))
+    return write_messages(path, items)
+
+
+def test_corrupt_compressed_frames_are_skipped_and_reported(tmp_path):
+    from monother_ros.core.image_codec import encode_compressed_image
+
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(9000, 12000, (48, 64)).astype(np.uint16) for _ in range(5)]
+    payloads = [encode_compressed_image(f, "mono16", "png") for f in frames]
+    good_fmt = payloads[0][1]
+    payloads[1] = (payloads[1][0][: len(payloads[1][0]) // 2], good_fmt)  # truncated PNG
+    payloads[2] = (b"\x89PNG\r\n\x1a\n" + bytes(100), good_fmt)  # garbage after the signature
+    payloads[3] = (payloads[3][0], "mono8; png compressed")  # a 16-bit frame claiming 8 bits
+    bag = _compressed_thermal_bag(tmp_path / "bad_frames", payloads)
+    run = evaluate([bag], [], EvalOptions(progress=False, pictures=False), tmp_path / "o", predictors=[ThermalDepth()])
+    entry = run.bags["bad_frames"]
+    assert entry["status"] == "ok" and entry["frames_skipped"] == 3 and entry["frames_read"] == 2
+    assert [f["index"] for f in run.frames] == [0, 4]  # the good frames around the bad ones
+    assert len(run.errors) == 1 and "3 thermal frame(s) could not be decoded" in run.errors[0]
+    # The scores of the good frames are those of their exact thermal counts.
+    expected = np.nanmean(np.abs(2.0 + frames[0].astype(np.float32)[4:] / 1000.0 - synth_depth(0)[4:]) / synth_depth(0)[4:])
+    assert run.frames[0]["abs_rel"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_live_mode_refuses_a_ros1_bag_before_starting_a_node(recordings, tiny_model, tmp_path, capsys):
+    code = _eval(recordings["raw_ros1"], "--model", tiny_model, "--out", tmp_path / "o", "--live")
+    err = capsys.readouterr().err
+    assert code == 2 and "is a ROS 1 bag: --live replays rosbag2 bags only" in err and "Traceback" not in err

@@ -88,7 +88,7 @@ def _status_level(s, problem, since=0):
 def test_compressed_thermal_png_jpeg_and_hostile_payloads():
     from sensor_msgs.msg import CompressedImage
 
-    from monother_ros.core.compressed import encode_compressed
+    from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
     from monother_ros.ros import qos
     from monother_ros.ros.convert import camera_to_info, image_to_array
     from ros_harness import Spinner, ros_context, wait_for_subscribers
@@ -116,10 +116,10 @@ def test_compressed_thermal_png_jpeg_and_hostile_payloads():
             assert _until_output(s, lambda t: compressed_msg(jpeg8, fmtj, t)).height == H
             cases = [
                 ("thermal_corrupt_payload", lambda t: compressed_msg(png16[: len(png16) // 2], fmt16, t), "truncated"),
-                ("thermal_corrupt_payload", lambda t: compressed_msg(b"\xff\xd8\xff" + bytes(300), fmtj, t), "corrupt"),
-                ("thermal_bit_depth_mismatch", lambda t: compressed_msg(png16, "mono8; png compressed", t), "16-bit"),
-                ("thermal_bit_depth_mismatch", lambda t: compressed_msg(png8, "mono16; png compressed", t), "8-bit"),
-                ("thermal_bad_format", lambda t: compressed_msg(png16, "16UC1; compressedDepth png", t), "compressedDepth"),
+                ("thermal_corrupt_payload", lambda t: compressed_msg(b"\xff\xd8\xff" + bytes(300), fmtj, t), "JPEG"),
+                ("thermal_depth_mismatch", lambda t: compressed_msg(png16, "mono8; png compressed", t), "16-bit"),
+                ("thermal_depth_mismatch", lambda t: compressed_msg(png8, "mono16; png compressed", t), "8-bit"),
+                ("thermal_unknown_format", lambda t: compressed_msg(png16, "yuv422; theora", t), "yuv422"),
             ]
             for problem, make, words in cases:
                 reason = s.bad(problem, make)
@@ -313,7 +313,7 @@ def test_compressed_rgb_feeds_the_teacher_and_a_corrupt_jpeg_falls_back_to_the_s
     from tf2_msgs.msg import TFMessage
 
     from monother_ros.core.camera import PinholeCamera
-    from monother_ros.core.compressed import encode_compressed
+    from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
     from monother_ros.ros import qos
     from monother_ros.ros.convert import array_to_image, camera_to_info
     from monother_ros.ros.tf import transform_to_msg
@@ -371,7 +371,7 @@ def test_adaptation_node_takes_compressed_pairs_and_refuses_blind_frames(tmp_pat
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CameraInfo, CompressedImage
 
-    from monother_ros.core.compressed import encode_compressed
+    from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
     from monother_ros.ros import qos
     from monother_ros.ros.adaptation_node import OnlineAdaptationNode
     from monother_ros.ros.convert import camera_to_info
@@ -437,7 +437,7 @@ def test_sim_rig_publishes_compressed_and_the_depth_node_reads_it_without_blind_
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import CompressedImage, Image
 
-    from monother_ros.core.compressed import decode_compressed
+    from monother_ros.core.image_codec import decode_compressed_image
     from monother_ros.ros import qos
     from monother_ros.ros.sim_node import SimRigNode
     from ros_harness import Collector, Spinner, ros_context, wait_for
@@ -454,8 +454,8 @@ def test_sim_rig_publishes_compressed_and_the_depth_node_reads_it_without_blind_
         with Spinner(context, sim, node, client):
             assert len(depth.wait_for_count(8, 60.0)) >= 8, (node.counters, node.problems.active())
             assert len(rgb.wait_for_count(2, 30.0)) >= 2
-            image, encoding = decode_compressed(rgb.messages[0].data, rgb.messages[0].format)
-            assert encoding == "rgb8" and image.shape == (sim.rgb_camera.height, sim.rgb_camera.width, 3)
+            image = decode_compressed_image(rgb.messages[0].data, rgb.messages[0].format)
+            assert image.shape == (sim.rgb_camera.height, sim.rgb_camera.width, 3)
             assert rgb.messages[0].format == "rgb8; jpeg compressed bgr8"
             assert node.problems.occurrences.get("blind_frame", 0) == 0 and node.counters["rejected"] == 0
             assert depth.messages[0].height == sim.thermal_camera.height
@@ -489,7 +489,7 @@ def test_rig_transport_option_reaches_every_node_of_the_graph():
 def test_live_replay_of_a_compressed_bag_reaches_the_node_on_the_compressed_transport(tmp_path):
     """``monother eval --live`` path: a bag recording 16-bit PNG thermal on /thermal/image_raw/compressed is
     played into the real node graph, which subscribes the compressed transport and answers every frame."""
-    from monother_ros.core.compressed import encode_compressed
+    from monother_ros.core.image_codec import encode_compressed_image as encode_compressed
     from monother_ros.eval.live import _transport_of
     from monother_ros.ros.bag_player import play_and_record
     from test_eval_bag_reader import INFO, TS, _header, make_info, write_messages

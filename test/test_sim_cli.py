@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
         (["--seconds", "0"], "--seconds must be a positive"),
         (["--seconds", "ten"], "--seconds must be a number"),
         (["--seed", "1.5"], "--seed must be an integer"),
+        (["--compress", "thermal"], "--compress expects STREAM=CODEC"),
+        (["--compress", "thermal=jpeg"], "cannot compress stream 'thermal' as 'jpeg'"),
+        (["--compress", "lidar=png"], "cannot compress stream 'lidar'"),
+        (["--ros1", "copy.mcap"], "--ros1 names a ROS 1 bag file ending in .bag"),
     ],
 )
 def test_bad_arguments_one_line_nonzero_no_output(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
@@ -102,3 +106,24 @@ def test_demo_writes_bag_and_pictures(tmp_path: Path, capsys) -> None:
     assert again.bag == result.bag
     rc = cli.main(["demo", "--out", str(tmp_path / "file.txt")]) if (tmp_path / "file.txt").write_text("x") else 1
     assert rc == 2 and "not a folder" in capsys.readouterr().err
+
+
+def test_compressed_recording_and_ros1_copy(tmp_path: Path, capsys) -> None:
+    from monother_ros.eval.bag_reader import BagReader, image_to_numpy
+
+    out, ros1 = tmp_path / "drive", tmp_path / "drive.bag"
+    rc = cli.main(["sim", "--out", str(out), "--seconds", "0.1", "--workers", "0", "--compress", "thermal=png",
+                   "--compress", "rgb=png", "--ros1", str(ros1)])
+    assert rc == 0, capsys.readouterr().err
+    assert "(ROS 1)" in capsys.readouterr().out
+    for path in (out, ros1):
+        with BagReader(path) as bag:
+            topics = bag.topics
+            assert "/thermal/image_raw" not in topics and "/rgb/image_raw" not in topics
+            assert topics["/thermal/image_raw/compressed"].msgtype == "sensor_msgs/msg/CompressedImage"
+            message = bag.first_message("/thermal/image_raw/compressed")
+            assert message.msg.format == "mono16; png compressed"
+            thermal = image_to_numpy(message.msg)
+            assert thermal.dtype.name == "uint16" and thermal.shape == (512, 640) and thermal.std() > 0
+            rgb = image_to_numpy(bag.first_message("/rgb/image_raw/compressed").msg)
+            assert rgb.shape == (720, 1280, 3)

@@ -227,3 +227,39 @@ def test_rgb_low_light_augmentation_darkens_rgb_only_and_keeps_other_draws(tmp_p
     torch.testing.assert_close(dark[0]["rgb"], dark[0]["rgb"])
     with pytest.raises(ValueError):
         PairedFrames(ds.records, rgb_low_light=1.5)
+
+
+def test_ros1_and_compressed_recordings_give_the_same_training_records():
+    from test_eval_offline import sim_recordings
+
+    bags = sim_recordings()
+    opts = DataOptions(input_size=(56, 70), rgb_input_size=(56, 98))
+    loaded = {kind: load_bag(bags[kind], opts) for kind in ("raw", "raw_ros1", "compressed", "compressed_ros1")}
+    reference, report = loaded["raw"]
+    assert report.paired > 0 and len(reference) == report.paired
+    for kind, (records, rep) in loaded.items():
+        assert len(records) == len(reference) and rep.gt_source == report.gt_source == "depth", kind
+        for a, b in zip(reference, records):
+            np.testing.assert_array_equal(a.thermal, b.thermal)  # 16-bit PNG: lossless
+            np.testing.assert_allclose(a.K_thermal, b.K_thermal)
+            np.testing.assert_allclose(a.T_rgb_thermal, b.T_rgb_thermal, atol=1e-12)
+            np.testing.assert_array_equal(a.gt_thermal, b.gt_thermal)
+            tolerance = 0 if "compressed" not in kind else 0.03  # RGB as JPEG
+            assert np.abs(a.rgb - b.rgb).mean() <= tolerance + 1e-7, kind
+
+
+def test_ms2_training_source_refuses_a_malicious_calibration_without_running_it(tmp_path):
+    import os
+
+    class WritesMarker:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'PWNED'}",)
+
+    _write_ms2(tmp_path)
+    calib_file = next((tmp_path / "sync_data").glob("*/calib.npy"))
+    array = np.empty((), dtype=object)
+    array[()] = WritesMarker()
+    np.save(calib_file, array, allow_pickle=True)
+    with pytest.raises(ConfigError, match="refused global"):
+        load_ms2(tmp_path, "train", options())
+    assert not (tmp_path / "PWNED").exists()

@@ -16,7 +16,8 @@ Sample (``PairedFrames[i]``), all torch tensors unless noted:
 * ``gt_depth_rgb``: (h', w') float32 metres, 0 = invalid, or None (MS2's own; bags: splatted thermal GT).
 * ``meta``: dict (source, frame index, thermal / RGB stamps in ns) - plain Python.
 
-Sources (strings, as in ``TrainConfig.train_data``): a bag (directory, ``.mcap`` or ``.db3``), or
+Sources (strings, as in ``TrainConfig.train_data``): a bag (rosbag2 directory, ``.mcap`` or ``.db3``, or a
+ROS 1 ``.bag``; image streams raw or on image_transport's ``<topic>/compressed``), or
 ``ms2:<root>:<split>`` where ``<split>`` names ``<root>/<split>_list.txt`` (one sequence per line) or
 one sequence under ``<root>/sync_data``.
 
@@ -216,16 +217,22 @@ def _rgb_unit(image: np.ndarray) -> np.ndarray:
 
 
 def load_bag(path: str | Path, options: DataOptions) -> tuple[list[FrameRecord], PairingReport]:
-    """Decode a rosbag2 bag into training records.
+    """Decode a bag (rosbag2 or ROS 1) into training records.
 
     Raises:
         BagError: unreadable bag or missing thermal / RGB / camera_info / TF topics.
     """
-    from monother_ros.eval.bag_reader import BagReader, camera_info_to_pinhole, image_to_numpy, pointcloud2_to_array
+    from monother_ros.eval.bag_reader import (
+        BagReader, camera_info_to_pinhole, decoded_encoding, image_to_numpy, pointcloud2_to_array, resolve_image_topic,
+    )
 
     report = PairingReport(source=str(path))
     with BagReader(path) as bag:
         topics = bag.topics
+        # A camera recorded through image_transport's compressed transport: read <topic>/compressed.
+        options = dataclasses.replace(options, **{
+            name: resolve_image_topic(topics, getattr(options, name)) for name in ("thermal_topic", "rgb_topic", "gt_depth_topic")
+        })
         bag.require_topics(options.thermal_topic, options.rgb_topic, options.thermal_info_topic, options.rgb_info_topic, options.tf_topic)
         gt_source = options.gt_source
         if gt_source == "auto":
@@ -252,11 +259,13 @@ def load_bag(path: str | Path, options: DataOptions) -> tuple[list[FrameRecord],
                     raw = raw[..., 0]
                 thermal.append((message.stamp_ns, resize_image(_thermal_unit(raw), (h, w)), raw.shape, message.msg.header.frame_id))
             elif message.topic == options.rgb_topic:
-                image = to_rgb(image_to_numpy(message.msg), message.msg.encoding)
+                decoded = image_to_numpy(message.msg)
+                image = to_rgb(decoded, decoded_encoding(message.msg, decoded))
                 rgb.append((message.stamp_ns, resize_image(_rgb_unit(image), (rh, rw)), image.shape[:2], message.msg.header.frame_id))
             elif message.topic == options.gt_depth_topic:
-                depth = image_to_numpy(message.msg).astype(np.float32)
-                if message.msg.encoding == "16UC1":
+                decoded = image_to_numpy(message.msg)
+                depth = decoded.astype(np.float32)
+                if decoded_encoding(message.msg, decoded) == "16UC1":
                     depth = depth / 1000.0  # REP 118: millimetres
                 gt[message.stamp_ns] = resize_depth_nearest(depth, (h, w))
             elif message.topic == options.lidar_topic:
@@ -361,7 +370,7 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
     Raises:
         ConfigError: missing split list, calibration, images or depth maps.
     """
-    from monother_ros.eval.ms2 import read_png  # one MS2 image reader, shared with `monother import-ms2`
+    from monother_ros.eval.ms2 import read_calib, read_png  # shared with `monother import-ms2`
 
     root = Path(root)
     report = PairingReport(source=f"ms2:{root}:{split}", gt_source="proj_depth")
@@ -373,7 +382,7 @@ def load_ms2(root: str | Path, split: str, options: DataOptions, *, depth_folder
         calib_path = sync / "calib.npy"
         if not calib_path.is_file():
             raise ConfigError(f"MS2 sequence {seq}: {calib_path} is missing")
-        calib = np.load(calib_path, allow_pickle=True).item()  # MS2 stores a pickled dict
+        calib = read_calib(calib_path)  # a pickled dict, read as data only (crafted pickles run nothing)
         T_rgb_thermal = ms2_extrinsic(calib)
         thermal_files = sorted((sync / "thr" / "img_left").glob("*.png"))
         report.thermal_frames += len(thermal_files)

@@ -1,12 +1,17 @@
 """``monother eval`` and ``monother import-ms2``.
 
-    monother eval BAG [BAG ...] --model [NAME=]M [--model ...] --out DIR [--backend onnxruntime|torch|...]
+    monother eval BAG [BAG ...] [--model [NAME=]M ...] --out DIR [--backend onnxruntime|torch|...]
                   [--gt-topic /gt/depth | --lidar-topic /lidar/points] [--gt-tolerance-ms T]
                   [--align none|median|lsq] [--condition day|night|fog] [--min-depth 1e-3 --max-depth 80]
                   [--bins 0,10,20,40,80] [--every N] [--max-frames N] [--no-boundary] [--no-pictures]
                   [--live [--rate R] [--config rig.yaml]]
     monother import-ms2 ROOT --sequence S --out BAG [--storage mcap|sqlite3] [--rate HZ] [--condition C]
                   [--max-frames N]
+
+BAG: a rosbag2 folder, a .mcap / .db3 file, or a ROS 1 .bag file. Image topics may be raw
+(sensor_msgs/Image) or image_transport's compressed sub-topic (``<topic>/compressed``,
+sensor_msgs/CompressedImage), which is read when the raw topic is absent. Without ``--model`` the shipped
+default model (engines/default) is scored, as the node runs it. ``--out`` is checked writable first.
 
 Exit codes of ``eval``: 0 everything scored; 1 something was scored but a bag or model failed (the
 outputs hold what was scored and the errors); 2 nothing could be scored or bad arguments.
@@ -25,15 +30,17 @@ __all__ = ["add_commands", "parse_bins"]
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``eval`` and ``import-ms2``."""
     p = subparsers.add_parser(
-        "eval", help="score depth models on rosbag2 bags (metrics.json, report.md, pictures)",
+        "eval", help="score depth models on bags, rosbag2 or ROS 1 (metrics.json, report.md, pictures)",
         description="Replay bags through the depth pipeline and score it against ground truth (a depth image "
                     "topic or a LiDAR cloud projected into the thermal camera). Offline by default (the runtime "
                     "engine, deterministic, faster than real time); --live plays the bag into DDS with /clock and "
                     "scores what the real thermal_depth node publishes.")
-    p.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 bag folders or .mcap / .db3 files")
-    p.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                   help="model folder or .onnx; repeat to compare models side by side")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("bags", nargs="+", metavar="BAG",
+                   help="rosbag2 bag folders, .mcap / .db3 files or ROS 1 .bag files")
+    p.add_argument("--model", action="append", default=None, metavar="[NAME=]PATH",
+                   help="model folder or .onnx; repeat to compare models side by side (default: the shipped "
+                        "engines/default)")
+    p.add_argument("--out", required=True, help="output folder (created; checked writable before the run)")
     p.add_argument("--backend", default="onnxruntime", choices=["auto", "tensorrt", "onnxruntime", "torch"])
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads for the engine")
     gt = p.add_mutually_exclusive_group()
@@ -41,7 +48,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     gt.add_argument("--lidar-topic", default=None, help="use this PointCloud2 topic as ground truth instead")
     p.add_argument("--gt-tolerance-ms", type=float, default=None,
                    help="max stamp difference frame <-> ground truth (default 5 ms images, 50 ms LiDAR)")
-    p.add_argument("--thermal-topic", default="/thermal/image_raw")
+    p.add_argument("--thermal-topic", default="/thermal/image_raw",
+                   help="thermal image topic; <topic>/compressed is read when the bag has only that")
     p.add_argument("--info-topic", default="/thermal/camera_info")
     p.add_argument("--align", default="none", choices=["none", "median", "lsq"],
                    help="scale alignment before scoring (depth space); none = metric (default)")
@@ -91,7 +99,8 @@ def parse_bins(text: str) -> tuple[float, ...]:
 def _eval(args: argparse.Namespace) -> int:
     import logging
 
-    from monother_ros.eval.evaluate import EvalOptions, ModelSpec, evaluate
+    from monother_ros.errors import MonotherError
+    from monother_ros.eval.evaluate import EvalOptions, ModelSpec, check_output_dir, evaluate
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -106,19 +115,39 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     options.validate()
-    models = [ModelSpec.parse(m) for m in args.model]
+    models = [ModelSpec.parse(m) for m in args.model] if args.model else [default_model_spec()]
     for bag in args.bags:
         if not Path(bag).exists():
             raise ConfigError(f"bag {bag} does not exist")
-    if args.live:
-        from monother_ros.eval.live import LiveOptions, evaluate_live
+    out = check_output_dir(args.out)  # before any work: a read-only or full disk fails now, not at the end
+    try:
+        if args.live:
+            from monother_ros.eval.live import LiveOptions, evaluate_live
 
-        run = evaluate_live(args.bags, models, options, args.out,
-                            LiveOptions(rate=args.rate, config=args.config))
-    else:
-        run = evaluate(args.bags, models, options, args.out)
-    _print_summary(run, Path(args.out))
+            run = evaluate_live(args.bags, models, options, out,
+                                LiveOptions(rate=args.rate, config=args.config))
+        else:
+            run = evaluate(args.bags, models, options, out)
+    except OSError as exc:  # the disk filled up or went read-only during the run
+        raise MonotherError(f"cannot write the outputs into {out}: {exc.strerror or exc}"
+                            + (f" ({exc.filename})" if exc.filename else "")) from None
+    _print_summary(run, out)
     return 1 if run.errors else 0
+
+
+def default_model_spec():
+    """``ModelSpec`` of the shipped default model (the node's ``model: ""``).
+
+    Raises:
+        ConfigError: this install has no engines/default.
+    """
+    from monother_ros.eval.evaluate import ModelSpec
+    from monother_ros.paths import default_model_dir
+
+    path = default_model_dir()
+    if not path.exists():
+        raise ConfigError(f"no --model given and the shipped default model {path} is missing; pass --model PATH")
+    return ModelSpec("default", path)
 
 
 def _print_summary(run, out: Path) -> None:

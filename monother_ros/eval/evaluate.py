@@ -1,4 +1,4 @@
-"""Offline evaluation of depth models on rosbag2 bags: frames, ground truth, scoring, aggregation.
+"""Offline evaluation of depth models on bags (rosbag2 or ROS 1): frames, ground truth, scoring, aggregation.
 
 ``evaluate(bags, models, options, out_dir)`` reads every bag once (``bag_reader``), pairs thermal frames
 with ground truth (``ground_truth``), runs every model on each frame with the runtime engine the node uses
@@ -25,9 +25,11 @@ decoded frame.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -56,8 +58,10 @@ __all__ = [
     "align_prediction",
     "boundary_f1",
     "bag_condition",
+    "check_output_dir",
     "evaluate",
     "iter_frames",
+    "options_for_bag",
     "score_frame",
 ]
 
@@ -605,6 +609,23 @@ def bag_condition(bag: Any) -> tuple[str, str, dict]:
     return (str(scenario), source, info) if scenario else ("unknown", "none", info)
 
 
+def options_for_bag(bag: Any, options: EvalOptions) -> EvalOptions:
+    """``options`` with the thermal (and ground-truth depth) topic resolved for an open ``BagReader``: a
+    stream recorded through image_transport's compressed transport (``/thermal/image_raw/compressed``,
+    sensor_msgs/CompressedImage) is read when the raw topic is absent; a topic given as the compressed
+    one is read as it is (the message type decides how frames are decoded)."""
+    from dataclasses import replace
+
+    from monother_ros.eval.bag_reader import resolve_image_topic
+
+    topics = bag.topics
+    thermal = resolve_image_topic(topics, options.thermal_topic)
+    gt = options.gt_topic if options.lidar_topic else resolve_image_topic(topics, options.gt_topic)
+    if thermal == options.thermal_topic and gt == options.gt_topic:
+        return options
+    return replace(options, thermal_topic=thermal, gt_topic=gt)
+
+
 def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
     """Topic checks and metadata of an open ``BagReader``.
 
@@ -627,14 +648,20 @@ def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
     return info
 
 
-def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
+def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = None) -> Iterator[EvalFrame]:
     """Thermal frames of an open ``BagReader`` (every ``options.every``-th, at most ``max_frames``) with
     their ground truth, in bag order.
+
+    A thermal frame whose payload cannot be decoded (a corrupt or truncated PNG/JPEG, a malformed Image,
+    a 16-bit payload whose format says 8 bits) is skipped, the reason appended to ``skipped`` (logged when
+    None), and reading goes on with the next frame.
 
     Raises:
         BagError: truncated / corrupt storage, undecodable messages, missing TF for LiDAR.
     """
-    from monother_ros.eval.bag_reader import camera_info_to_pinhole, image_to_numpy, pointcloud2_to_array
+    from monother_ros.eval.bag_reader import (
+        camera_info_k, camera_info_to_pinhole, decoded_encoding, image_to_numpy, pointcloud2_to_array,
+    )
     from monother_ros.eval.ground_truth import StampMatcher, depth_image_to_metres, project_points
 
     tree = bag.static_transforms(options.tf_topic) if options.lidar_topic else None
@@ -672,7 +699,8 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
                 if gt.shape != image.shape:
                     raise BagError(f"camera_info size {gt.shape[::-1]} differs from thermal image {image.shape[::-1]}")
             else:
-                gt = depth_image_to_metres(image_to_numpy(truth), truth.encoding)
+                truth_image = image_to_numpy(truth)
+                gt = depth_image_to_metres(truth_image, decoded_encoding(truth, truth_image))
                 if gt.shape != image.shape:
                     raise BagError(f"bag {bag.path}: {options.gt_topic} is {gt.shape[1]}x{gt.shape[0]}, the thermal "
                                    f"image {image.shape[1]}x{image.shape[0]}; ground truth must be in the thermal "
@@ -685,17 +713,25 @@ def iter_frames(bag: Any, options: EvalOptions) -> Iterator[EvalFrame]:
             ordinal += 1
             if done or n % options.every:
                 continue
-            image = image_to_numpy(message.msg)
+            try:
+                image = image_to_numpy(message.msg)
+            except BagError as exc:
+                reason = f"thermal frame {n} ({message.stamp_ns} ns) skipped: {exc}"
+                if skipped is None:
+                    LOG.warning("bag %s: %s", bag.path, reason)
+                else:
+                    skipped.append(reason)
+                continue
             if image.ndim != 2:
-                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding {message.msg.encoding}; "
-                               "expected mono16/mono8")
+                raise BagError(f"bag {bag.path}: thermal frame {n} has encoding "
+                               f"{decoded_encoding(message.msg, image)}; expected mono16/mono8")
             matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
             taken += 1
             if options.max_frames and taken >= options.max_frames:
                 done = True
         elif message.topic == options.info_topic:
             if camera is None or camera.width != message.msg.width or camera.height != message.msg.height or \
-                    not np.allclose(camera.K, np.asarray(message.msg.k, dtype=np.float64).reshape(3, 3)):
+                    not np.allclose(camera.K, np.asarray(camera_info_k(message.msg), dtype=np.float64).reshape(3, 3)):
                 camera = camera_info_to_pinhole(message.msg)
                 latest_camera[0] = camera
         else:
@@ -813,7 +849,7 @@ class EvalRun:
 
 def _unique_name(path: Path, taken: dict[str, Any]) -> str:
     base = path.name or str(path)
-    for suffix in (".mcap", ".db3"):
+    for suffix in (".mcap", ".db3", ".bag"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     name, k = base, 2
@@ -851,6 +887,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
         return
     with bag:
         try:
+            options = options_for_bag(bag, options)
             info = open_bag_info(bag, options, name)
         except MonotherError as exc:
             entry.update(status="error", error=str(exc))
@@ -859,11 +896,13 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
             return
         entry.update(condition=info.condition, condition_source=info.condition_source, duration_s=info.duration_s,
                      thermal_messages=info.thermal_messages, expected_frames=info.expected_frames,
-                     rig_info=info.rig_info)
+                     rig_info=info.rig_info, thermal_topic=options.thermal_topic,
+                     thermal_type=bag.topics[options.thermal_topic].msgtype, ros_version=bag.ros_version)
         if progress is not None:
             progress.total = (progress.total or 0) + info.expected_frames
             progress.set_description(name[:24])
         samples_at = _sample_positions(info.expected_frames, options.mosaic_frames)
+        skipped: list[str] = []
         position = 0
         frames_read = 0
         # Scoring runs in one worker thread while the engine infers the next frame (numpy releases the
@@ -887,7 +926,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-score") as pool:
             try:
-                for frame in iter_frames(bag, options):
+                for frame in iter_frames(bag, options, skipped=skipped):
                     frames_read += 1
                     record_base = {"bag": name, "index": frame.index, "stamp_ns": frame.stamp_ns,
                                    "gt_stamp_ns": frame.gt_stamp_ns}
@@ -932,6 +971,12 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
                     fold_one()
         entry["frames_read"] = frames_read
         entry["wall_s"] = time.perf_counter() - t_start
+        if skipped:
+            # Undecodable frames do not stop a bag, but the run says so (exit code 1 from the CLI).
+            entry["frames_skipped"] = len(skipped)
+            msg = f"bag {name}: {len(skipped)} thermal frame(s) could not be decoded and were skipped; first: {skipped[0]}"
+            run.errors.append(msg)
+            LOG.error("%s", msg)
         if frames_read == 0 and entry["status"] == "ok":
             entry.update(status="empty", error=f"bag {bag_path}: no thermal frame on {options.thermal_topic}")
             run.errors.append(entry["error"])
@@ -958,6 +1003,38 @@ def load_predictors(models: Sequence[ModelSpec], options: EvalOptions, run: Eval
     return predictors
 
 
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove that files can be written into it, before any work.
+
+    A probe file is written, flushed to disk (``fsync``: a full filesystem fails here, not after the whole
+    evaluation) and removed. Permission bits are not trusted (root passes ``os.access`` where a read-only
+    mount still refuses writes).
+
+    Returns:
+        The folder.
+
+    Raises:
+        ConfigError: the folder cannot be created or written (read-only, no space, not a folder...).
+    """
+    out = Path(out_dir).expanduser()
+    try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".monother-write-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        hint = " (no space left on the device)" if exc.errno == errno.ENOSPC else ""
+        raise ConfigError(f"cannot write the outputs into {out}: {exc.strerror or exc}{hint}") from None
+    return out
+
+
 def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: EvalOptions, out_dir: str | Path, *,
              predictors: Sequence[Predictor] | None = None, mode: str = "offline",
              run: EvalRun | None = None) -> EvalRun:
@@ -974,8 +1051,7 @@ def evaluate(bags: Sequence[str | Path], models: Sequence[ModelSpec], options: E
     from monother_ros.eval import report
 
     options.validate()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
     run = run or EvalRun(mode=mode, options=options)
     t_load = time.perf_counter()
     own = predictors is None

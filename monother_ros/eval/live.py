@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from monother_ros.errors import BagError, ConfigError, MonotherError
-from monother_ros.eval.evaluate import (EvalFrame, EvalOptions, EvalRun, ModelSpec, Prediction, evaluate_bag,
-                                        finish_run)
+from monother_ros.eval.evaluate import (EvalFrame, EvalOptions, EvalRun, ModelSpec, Prediction, check_output_dir,
+                                        evaluate_bag, finish_run)
 
 __all__ = ["LiveOptions", "RecordedPredictor", "evaluate_live"]
 
@@ -95,8 +95,7 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
         raise ConfigError(f"--rate must be >= 0 (0 = as fast as possible), got {live.rate}")
     if options.lidar_topic is None and options.gt_topic is None:
         raise ConfigError("live mode needs ground truth (--gt-topic or --lidar-topic)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
     run = EvalRun(mode="live", options=options)
     run.extra["live"] = {}
     t0 = time.perf_counter()
@@ -121,6 +120,10 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                 from monother_ros.eval.bag_reader import BagReader
 
                 with BagReader(bag) as reader:  # check the topics first: a clear message, no node started
+                    if reader.ros_version != 2:
+                        # Its messages are ROS 1 serialised: they cannot go onto DDS as they are.
+                        raise BagError(f"{bag} is a ROS 1 bag: --live replays rosbag2 bags only (score it offline, "
+                                       "or convert it: `rosbags-convert --src BAG --dst FOLDER --dst-typestore ros2_humble`)")
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
                     thermal_transport = _transport_of(reader.topics[options.thermal_topic].msgtype,

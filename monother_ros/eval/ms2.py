@@ -35,6 +35,7 @@ import numpy as np
 
 from monother_ros.core import se3
 from monother_ros.core.camera import PinholeCamera
+from monother_ros.core.safe_npy import UnsafeDataError, load_npy_data
 from monother_ros.errors import BagError, ConfigError
 
 __all__ = [
@@ -60,17 +61,20 @@ NIR_FRAME = "nir_optical_frame"
 def read_calib(path: str | Path) -> dict[str, np.ndarray]:
     """Load an MS2 ``calib.npy`` (a pickled dict) and check the keys this package uses.
 
+    The pickle is read by ``core.safe_npy.load_npy_data``: only numpy arrays, scalars, dtypes and plain
+    containers are rebuilt, any other global (code) is refused before it runs.
+
     Raises:
-        ConfigError: missing file, not a dict, a missing key or a wrong shape.
+        ConfigError: missing file, refused or malformed content, not a dict, a missing key or a wrong shape.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"MS2 calibration {path} does not exist")
     try:
-        obj = np.load(path, allow_pickle=True)
-        calib = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except Exception as exc:  # numpy raises ValueError / UnpicklingError / OSError for bad files
-        raise ConfigError(f"cannot read MS2 calibration {path}: {type(exc).__name__}: {exc}") from exc
+        # The file is a pickled dict: read it as data only (a crafted pickle cannot run code here).
+        calib = load_npy_data(path)
+    except UnsafeDataError as exc:
+        raise ConfigError(f"cannot read MS2 calibration {path}: {exc}") from None
     if not isinstance(calib, Mapping):
         raise ConfigError(f"MS2 calibration {path} is not a dict")
     missing = [k for k in CALIB_KEYS if k not in calib]

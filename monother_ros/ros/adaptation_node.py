@@ -70,6 +70,7 @@ from monother_ros.ros.camera_input import (
 from monother_ros.ros.convert import ImageDecodeError, camera_from_info, stamp_to_ns
 from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
 from monother_ros.ros.entry import run_node
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
@@ -151,6 +152,8 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("checkpoint.resume", bool, True, "start from the newest valid checkpoint"),
         ParamSpec("checkpoint.export_onnx", bool, True, "write model.onnx into each checkpoint (ONNX Runtime / "
                   "TensorRT depth nodes in other processes)"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the image frame ids and odom_frame in TF "
+                  "lookups unless they carry it already (e.g. robot1/)", frame_prefix_error),
         *THERMAL_INPUT_PARAMETERS,
         *RGB_INPUT_PARAMETERS,
         *FRAME_CHECK_PARAMETERS,
@@ -431,11 +434,14 @@ class OnlineAdaptationNode(Node):
         stamp = stamp_to_ns(thermal_msg.header.stamp)
         timeout = self.params["tf_timeout_s"]
         try:
-            T = self.tf_buffer.lookup_transform(rgb_msg.header.frame_id, thermal_msg.header.frame_id, stamp, timeout)
+            prefix = self.params["frame_prefix"]
+            thermal_frame = with_prefix(prefix, thermal_msg.header.frame_id)
+            T = self.tf_buffer.lookup_transform(with_prefix(prefix, rgb_msg.header.frame_id), thermal_frame, stamp,
+                                                timeout)
             pose = None
             if self.params["odom_frame"]:
-                pose = self.tf_buffer.lookup_transform(self.params["odom_frame"], thermal_msg.header.frame_id, stamp,
-                                                       timeout)
+                pose = self.tf_buffer.lookup_transform(with_prefix(prefix, self.params["odom_frame"]), thermal_frame,
+                                                       stamp, timeout)
         except TransformError as exc:
             self.counters["no_tf"] += 1
             self.problems.report("tf_unavailable", f"no transform at the thermal stamp: {exc}; pair skipped")

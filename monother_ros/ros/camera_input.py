@@ -5,7 +5,7 @@ Shared by ``thermal_depth`` and ``online_adaptation`` (parameters :data:`THERMAL
 
 * ``<camera>.transport``: ``raw`` subscribes ``sensor_msgs/Image`` on the base topic (``thermal/image_raw``);
   ``compressed`` subscribes ``sensor_msgs/CompressedImage`` on ``<base>/compressed``, image_transport's
-  naming (PNG/JPEG decoded by ``core.compressed``; 16-bit thermal needs PNG).
+  naming (PNG/JPEG decoded by ``core.image_codec.decode_compressed_image``; 16-bit thermal needs PNG).
 * ``<camera>.camera_info_url``: a camera_calibration YAML file (``file://`` URL or path) used while no
   camera_info message has arrived (drivers that publish none, e.g. Optris). A missing or malformed file is
   reported (throttled, ``/diagnostics``) and the node runs on without it, as without camera_info.
@@ -30,9 +30,8 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from monother_ros.core.calibration_file import CameraCalibration, read_calibration
-from monother_ros.core.compressed import COMPRESSED_SUFFIX, decode_compressed
 from monother_ros.core.frame_health import FrameHealthConfig
-from monother_ros.core.image_codec import ImageDecodeError
+from monother_ros.core.image_codec import ImageDecodeError, decode_compressed_image
 from monother_ros.core.thermal_format import Crop, crop_frame, crop_intrinsics, thermal_intensities
 from monother_ros.errors import CalibrationError
 from monother_ros.ros.convert import image_to_array
@@ -42,6 +41,7 @@ __all__ = ["THERMAL_INPUT_PARAMETERS", "RGB_INPUT_PARAMETERS", "FRAME_CHECK_PARA
            "frame_health_config", "info_from_calibration", "image_topic"]
 
 TRANSPORTS = ("raw", "compressed")
+COMPRESSED_SUFFIX = "/compressed"  # image_transport: <base topic>/compressed
 ImageMessage = Union[Image, CompressedImage]
 
 
@@ -159,7 +159,8 @@ class CameraStream:
             ImageDecodeError: malformed, corrupt, truncated or mislabelled data (``reason`` set).
         """
         if isinstance(msg, CompressedImage):
-            return decode_compressed(msg.data, msg.format, max_dimension=self.max_dimension)
+            image = decode_compressed_image(msg.data, msg.format, max_dimension=self.max_dimension)
+            return image, ("rgb8" if image.ndim == 3 else "mono16" if image.dtype == np.uint16 else "mono8")
         return image_to_array(msg, max_dimension=self.max_dimension), msg.encoding
 
     def thermal(self, msg: ImageMessage) -> np.ndarray:

@@ -1,7 +1,7 @@
 """``monother rig``: the node graph of ``launch/rig.launch.py`` in one process over the wheel rclpy.
 
     monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--namespace NS]
-                 [--transport raw|compressed] [--duration S]
+                 [--frame-prefix P] [--transport raw|compressed] [--duration S]
 
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
 ``--ros-args --params-file <config>`` (plus ``-p model:=... -p backend:=...`` from the options) as
@@ -35,6 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--backend", default="", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend (default: the params file's)")
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
+    p.add_argument("--frame-prefix", default="", help="tf_prefix-style frame prefix (e.g. robot1/) of the simulated "
+                   "rig's frames and the nodes' default frames, for several robots in one DDS domain")
     p.add_argument("--transport", default="", choices=["raw", "compressed"],
                    help="image transport of the thermal and RGB streams for every node (sim_rig publishes it, "
                         "thermal_depth/online_adaptation subscribe it: <topic>/compressed = CompressedImage); "
@@ -47,11 +49,12 @@ class RigOptions:
     """What ``monother rig`` was asked for (also used by ``monother demo``)."""
 
     def __init__(self, *, sim: bool = False, adapt: bool = False, config: Optional[str | Path] = None,
-                 model: str = "", backend: str = "", namespace: str = "",
+                 model: str = "", backend: str = "", namespace: str = "", frame_prefix: str = "",
                  extra_overrides: Optional[dict[str, dict[str, str]]] = None) -> None:
         self.sim, self.adapt = sim, adapt
         self.config = Path(config) if config else None
         self.model, self.backend, self.namespace = str(model or ""), backend or "", namespace or ""
+        self.frame_prefix = frame_prefix or ""
         self.extra_overrides = extra_overrides or {}
 
 
@@ -91,7 +94,7 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     import yaml
     from rclpy.parameter import Parameter
 
-    values = {"model": options.model, "backend": options.backend}
+    values = {"model": options.model, "backend": options.backend, "frame_prefix": options.frame_prefix}
     nodes: list[Any] = []
     try:
         for spec in specs:
@@ -131,20 +134,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck rig is doing.
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    import threading
-
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from monother_ros.ros.shutdown import StopSignals
+
     # Our own SIGINT/SIGTERM handling: a flag the spin loop checks every 0.1 s. rclpy's handler does not
-    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT.
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT. Repeated
+    # signals (terminal + a supervisor) are ignored, so nothing interrupts the clean-up.
+    signals = StopSignals(interrupt_startup=False).install()
+    stop = signals.stop
     context = Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Any] = []
@@ -169,11 +170,11 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
         if on_stopping is not None:
             on_stopping([n for n in nodes if hasattr(n, "health")])
     finally:
+        signals.closing()
         for node in reversed(nodes):
             node.destroy_node()
         context.try_shutdown()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.restore()
     return 0
 
 
@@ -187,7 +188,7 @@ def transport_overrides(transport: str) -> dict[str, dict[str, str]]:
 
 def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
-                         backend=args.backend, namespace=args.namespace,
+                         backend=args.backend, namespace=args.namespace, frame_prefix=args.frame_prefix,
                          extra_overrides=transport_overrides(args.transport))
     return run_rig(options, duration_s=args.duration)
 

@@ -76,6 +76,20 @@ all-NaN one: consumers' staleness checks then see the sensor is out, whereas NaN
 there" (free space) to some of them. ``blind_frame`` is an ERROR in ``/diagnostics`` while it lasts and
 clears on the next good frame.
 
+Runtime parameters: the thresholds (``min_depth_m``, ``max_depth_m``, ``min_confidence``), ``fusion.enabled``,
+``cloud.decimation`` and ``cloud.max_range_m`` are ``dynamic``: ``ros2 param set`` changes them from the
+next frame (the cloud builder follows the ``cloud.*`` values per frame), validated like at start (an
+invalid value is refused with the reason, nothing changes); the rest is read-only (``cloud.rgb`` too: it
+decides at start whether RGB is subscribed and paired).
+
+Transport losses: :class:`~monother_ros.ros.arrival.ArrivalMonitor` compares, at the image callback, the
+arrival rate with the rate the stamps step at; far fewer arrivals (a driver without the shipped Fast DDS
+profile) is a WARN in ``/diagnostics`` naming ``FASTDDS_DEFAULT_PROFILES_FILE``. Frames the node drops
+itself (latest-only slot) are counted separately and do not count as losses.
+
+Frames: ``frame_prefix`` (e.g. ``robot1/``) is put in front of the output frame and of the frames looked
+up in TF, unless they carry it already (several robots in one DDS domain).
+
 Parameters: :data:`DEPTH_PARAMETERS` (config/rig.yaml ``thermal_depth`` section, README table).
 """
 from __future__ import annotations
@@ -104,6 +118,7 @@ from monother_ros.ros.camera_input import (
     CameraStream,
     frame_health_config,
 )
+from monother_ros.ros.arrival import ArrivalMonitor
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
     ImageDecodeError,
@@ -122,6 +137,7 @@ from monother_ros.ros.diagnostics import (
     make_array,
     to_status,
 )
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
@@ -144,13 +160,16 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("cache_dir", str, "",
                   "where exported ONNX files and TensorRT engines are cached; empty = engines/cache"),
         ParamSpec("min_depth_m", float, 0.0, "depth at or below this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("max_depth_m", float, 0.0, "depth at or above this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("min_confidence", float, 0.0, "pixels with confidence below this are invalid (NaN); 0 keeps all",
-                  in_range(0.0, 1.0)),
+                  in_range(0.0, 1.0), dynamic=True),
         ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame (to name the frame "
                   "of input images that arrive without one, use thermal.frame_id)"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the output frame and the frames looked up in "
+                  "TF unless they carry it already (e.g. robot1/), for several robots in one DDS domain",
+                  frame_prefix_error),
         ParamSpec("max_image_dimension", int, 8192, "thermal images wider or taller than this are rejected, pixels",
                   in_range(2, 65536)),
         ParamSpec("camera_info_timeout_s", float, 2.0,
@@ -176,16 +195,16 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("teacher.device", str, "cpu", "torch device of the teacher: cpu, cuda or cuda:N"),
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
-                  "(depth/confidence is the fused confidence either way)"),
+                  "(depth/confidence is the fused confidence either way)", dynamic=True),
         *THERMAL_INPUT_PARAMETERS,
         *RGB_INPUT_PARAMETERS,
         *FRAME_CHECK_PARAMETERS,
         ParamSpec("cloud.decimation", int, 1,
                   "depth/points keeps every n-th pixel row and column (organised, ceil(H/n) x ceil(W/n)); 1 = all",
-                  in_range(1, 64)),
+                  in_range(1, 64), dynamic=True),
         ParamSpec("cloud.max_range_m", float, 0.0,
                   "depth/points: points farther than this from the camera centre (Euclidean) are NaN, metres; "
-                  "0 = no limit", non_negative),
+                  "0 = no limit", non_negative, dynamic=True),
         ParamSpec("cloud.rgb", bool, False,
                   "add an rgb field to depth/points: each point's colour in the paired RGB frame (through the TF "
                   "extrinsic; black when unseen or unpaired); pairs RGB as teacher.slop_s / queue_size / tf_timeout_s"),
@@ -414,7 +433,7 @@ class ThermalDepthNode(Node):
 
     def __init__(self, node_name: str = "thermal_depth", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.params = p = DEPTH_PARAMETERS.declare(self)
+        self.params = p = DEPTH_PARAMETERS.declare(self, on_change=self._on_params_change)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
         self._make_inputs(p)
@@ -463,6 +482,7 @@ class ThermalDepthNode(Node):
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
                          "unpaired": 0, "resets": 0, "model_swaps": 0}
         self.rate_in = RateMeter()
+        self.arrival = ArrivalMonitor()  # transport losses, measured at the subscription callback
         self.rate_out = RateMeter()
         self.rate_rgb = RateMeter()
         self.latency_receive = LatencyStats()   # callback -> published, wall seconds
@@ -560,6 +580,25 @@ class ThermalDepthNode(Node):
             self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
         return make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
                             num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+
+    def _on_params_change(self, changes: dict[str, Any]) -> None:
+        """Apply a validated runtime change (``ros2 param set``) from the next frame.
+
+        Raises:
+            ConfigError: the new values do not fit together (e.g. min_depth_m >= max_depth_m); nothing
+                was applied.
+        """
+        from monother_ros.runtime.engine import thresholds_for
+
+        params = {**self.params, **changes}
+        if changes.keys() & {"min_depth_m", "max_depth_m", "min_confidence"}:
+            engine = self.engine
+            engine.set_thresholds(thresholds_for(engine.info, params["min_depth_m"] or None,
+                                                 params["max_depth_m"] or None, params["min_confidence"]))
+        if "fusion.enabled" in changes and self.teacher is None:
+            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
+        self.params = params
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
     def _warm_up(self) -> float:
         """Run one synthetic frame so the first real frame does not pay for lazy initialisation
@@ -671,9 +710,11 @@ class ThermalDepthNode(Node):
     # ------------------------------------------------------------------ executor callbacks (never block)
 
     def _on_image(self, msg: Image) -> None:
-        self.rate_in.tick()
+        now = time.monotonic()
+        self.rate_in.tick(now)
         self.thermal_input.fill_header(msg)
-        self.slot.put(_Frame(msg, time.monotonic()))
+        self.arrival.add(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds / 1e9)
+        self.slot.put(_Frame(msg, now))
 
     def _on_info(self, msg: CameraInfo) -> None:
         self._thermal_info = msg
@@ -717,6 +758,7 @@ class ThermalDepthNode(Node):
             self.tf_buffer.clear()
         for meter in (self.rate_in, self.rate_out, self.rate_rgb):
             meter.reset()
+        self.arrival.reset()
         for stats in (self.latency_receive, self.latency_stamp, self.engine_ms):
             stats.reset()
         self.get_logger().info(f"reset ({why}): pairing, RGB history, TF cache and meters cleared")
@@ -899,7 +941,9 @@ class ThermalDepthNode(Node):
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
         try:
-            T = self.tf_buffer.lookup_transform(pair.header.frame_id, thermal_frame, stamp_ns,
+            prefix = self.params["frame_prefix"]
+            T = self.tf_buffer.lookup_transform(with_prefix(prefix, pair.header.frame_id),
+                                                with_prefix(prefix, thermal_frame), stamp_ns,
                                                 self.params["teacher.tf_timeout_s"])
         except TransformError as exc:
             rejected = self.tf_buffer.last_rejection
@@ -958,9 +1002,10 @@ class ThermalDepthNode(Node):
                  confidence: np.ndarray, teacher_confidence: Optional[np.ndarray],
                  rgb_view: Optional[RgbView] = None) -> None:
         header = msg.header
-        if self.params["frame_id"]:
+        frame = with_prefix(self.params["frame_prefix"], self.params["frame_id"] or header.frame_id)
+        if frame != header.frame_id:
             header = copy.copy(header)
-            header.frame_id = self.params["frame_id"]
+            header.frame_id = frame
         self.pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header))
         if self.pub_confidence.get_subscription_count():
             self.pub_confidence.publish(array_to_image(confidence, encoding="32FC1", header=header))
@@ -1021,6 +1066,11 @@ class ThermalDepthNode(Node):
             report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
         if self.teacher is None and self.sync is not None:  # RGB paired for the coloured cloud only
             report.add_value("pairs emitted", self.sync.counters.emitted)
+        transport = self.arrival.problem()
+        if transport is not None:
+            self.problems.report("input_transport_losses", transport)
+        else:
+            self.problems.clear("input_transport_losses")
         minimum = self.params["min_output_rate_hz"]
         if minimum and in_hz > 0 and out_hz < minimum:
             report.add_check(Level.WARN, f"output rate {out_hz:.1f} Hz < {minimum:g} Hz")

@@ -18,6 +18,13 @@ topic                         type                         content
                                                            transient-local QoS)
 ============================  ===========================  ===============================================
 
+With ``compress`` (e.g. ``{"thermal": "png", "rgb": "jpeg"}``) a camera stream is recorded the way
+image_transport's ``compressed`` transport publishes it instead: ``/thermal/image_raw/compressed`` /
+``/rgb/image_raw/compressed`` (sensor_msgs/msg/CompressedImage; thermal as 16-bit PNG, RGB as JPEG or PNG,
+format strings as image_transport writes them) in place of the raw topic.
+
+``export_rosbag1`` converts a written bag into a ROS 1 ``.bag`` (ROS 1 Noetic message definitions).
+
 The same JSON text is also in the bag's ``metadata.yaml`` under ``rosbag2_bagfile_information.custom_data``
 (rosbag2 metadata v9, as ``ros2 bag record --custom-data`` writes it), key ``monother.rig``.
 
@@ -39,7 +46,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 
@@ -64,6 +71,9 @@ TOPIC_TF_STATIC = "/tf_static"
 TOPIC_INFO = "/rig/info"
 CUSTOM_DATA_KEY = "monother.rig"
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's compressed transport topic
+# stream -> codecs it may be compressed with (thermal is 16-bit: PNG only).
+COMPRESSIBLE: dict[str, tuple[str, ...]] = {"thermal": ("png",), "rgb": ("jpeg", "png")}
 _PREVIEW_FRAMES = 3
 
 
@@ -135,6 +145,7 @@ class _Messages:
         self.Vector3 = t["geometry_msgs/msg/Vector3"]
         self.Quaternion = t["geometry_msgs/msg/Quaternion"]
         self.String = t["std_msgs/msg/String"]
+        self.CompressedImage = t["sensor_msgs/msg/CompressedImage"]
 
     def header(self, stamp_ns: int, frame_id: str):
         return self.Header(stamp=self.Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
@@ -147,6 +158,13 @@ class _Messages:
         h, w = data.shape[:2]
         return self.Image(header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=encoding,
                           is_bigendian=0, step=data.nbytes // h, data=data.view(np.uint8).reshape(-1))
+
+    def compressed_image(self, stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str, codec: str):
+        from monother_ros.core.image_codec import encode_compressed_image
+
+        data, fmt = encode_compressed_image(array, encoding, codec)
+        return self.CompressedImage(header=self.header(stamp_ns, frame_id), format=fmt,
+                                    data=np.frombuffer(data, dtype=np.uint8))
 
     def camera_info(self, stamp_ns: int, frame_id: str, camera):
         K = camera.K
@@ -216,7 +234,7 @@ def _default_workers() -> int:
 
 def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "day", family: str = "urban",
               storage: Literal["mcap", "sqlite3"] = "mcap", workers: int | None = None,
-              preview: bool = True) -> BagSummary:
+              preview: bool = True, compress: Mapping[str, str] | None = None) -> BagSummary:
     """Simulate ``seconds`` of the rig and write a rosbag2 bag at ``path`` (a new directory).
 
     Args:
@@ -227,6 +245,8 @@ def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "d
         storage: ``mcap`` or ``sqlite3``.
         workers: rendering processes (default: up to 2; 0 renders in this process).
         preview: also write ``<bag>_preview.png`` (see ``preview_path_for``).
+        compress: stream (``thermal``, ``rgb``) -> codec (``png``; ``jpeg`` for RGB): record that stream
+            on ``<topic>/compressed`` as sensor_msgs/CompressedImage instead of the raw topic.
 
     Returns:
         A ``BagSummary``.
@@ -243,6 +263,11 @@ def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "d
         raise ConfigError(f"unknown storage {storage!r}; expected one of {', '.join(STORAGES)}")
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"duration must be a positive number of seconds, got {seconds}")
+    compress = dict(compress or {})
+    for stream, codec in compress.items():
+        if codec not in COMPRESSIBLE.get(stream, ()):
+            raise ConfigError(f"cannot compress stream {stream!r} as {codec!r}; choose from "
+                              + "; ".join(f"{k}: {', '.join(v)}" for k, v in COMPRESSIBLE.items()))
     path = check_output_path(Path(path))
     preview_file = preview_path_for(path)
     # The bag is built inside a hidden sibling folder (so its storage file already has its final name)
@@ -262,7 +287,7 @@ def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "d
             "thermal_counts_at_0c": COUNTS_AT_0C, "thermal_counts_per_k": COUNTS_PER_K}
     try:
         counts, previews = _write(tmp, rig, seconds, storage, info, _default_workers() if workers is None else workers,
-                                  preview)
+                                  preview, compress)
         if preview and previews:
             from monother_ros.sim.preview import save_png
 
@@ -282,7 +307,7 @@ def write_bag(path: str | Path, *, seconds: float, seed: int, scenario: str = "d
 
 
 def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, workers: int,
-           want_preview: bool) -> tuple[dict[str, int], list]:
+           want_preview: bool, compress: Mapping[str, str]) -> tuple[dict[str, int], list]:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     msgs = _Messages()
@@ -298,9 +323,13 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
         writer.set_custom_data(CUSTOM_DATA_KEY, json.dumps(info, sort_keys=True))
         conns = {}
         image, info_t, cloud_t = "sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo", "sensor_msgs/msg/PointCloud2"
+        compressed_t = "sensor_msgs/msg/CompressedImage"
+        # (topic, type) of each camera stream: raw, or image_transport's compressed sub-topic.
+        streams = {name: (topic + COMPRESSED_SUFFIX, compressed_t) if name in compress else (topic, image)
+                   for name, topic in (("thermal", TOPIC_THERMAL), ("rgb", TOPIC_RGB))}
         specs = [(TOPIC_TF_STATIC, "tf2_msgs/msg/TFMessage", True), (TOPIC_INFO, "std_msgs/msg/String", True),
-                 (TOPIC_THERMAL, image, False), (TOPIC_THERMAL_INFO, info_t, False), (TOPIC_DEPTH, image, False),
-                 (TOPIC_RGB, image, False), (TOPIC_RGB_INFO, info_t, False), (TOPIC_LIDAR, cloud_t, False)]
+                 (*streams["thermal"], False), (TOPIC_THERMAL_INFO, info_t, False), (TOPIC_DEPTH, image, False),
+                 (*streams["rgb"], False), (TOPIC_RGB_INFO, info_t, False), (TOPIC_LIDAR, cloud_t, False)]
         for topic, msgtype, latched in specs:
             conns[topic] = writer.add_connection(topic, msgtype, typestore=msgs.store,
                                                  offered_qos_profiles=_qos(latched))
@@ -309,6 +338,14 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
         def put(topic: str, stamp_ns: int, msg, msgtype: str) -> None:
             writer.write(conns[topic], stamp_ns, msgs.serialize(msg, msgtype))
             counts[topic] += 1
+
+        def put_image(stream: str, stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str) -> None:
+            topic, msgtype = streams[stream]
+            if stream in compress:
+                msg = msgs.compressed_image(stamp_ns, frame_id, array, encoding, compress[stream])
+            else:
+                msg = msgs.image(stamp_ns, frame_id, array, encoding)
+            put(topic, stamp_ns, msg, msgtype)
 
         t0 = SIM_EPOCH_NS
         put(TOPIC_TF_STATIC, t0, msgs.tf_static(t0, [(BASE_FRAME, THERMAL_FRAME, rig.T_base_thermal),
@@ -321,8 +358,7 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
             stamp = SIM_EPOCH_NS + event.stamp_ns
             if event.kind == "thermal":
                 counts_img, depth = result
-                put(TOPIC_THERMAL, stamp, msgs.image(stamp, THERMAL_FRAME, counts_img, "mono16"),
-                    "sensor_msgs/msg/Image")
+                put_image("thermal", stamp, THERMAL_FRAME, counts_img, "mono16")
                 put(TOPIC_THERMAL_INFO, stamp, msgs.camera_info(stamp, THERMAL_FRAME, rig.thermal_camera),
                     "sensor_msgs/msg/CameraInfo")
                 put(TOPIC_DEPTH, stamp, msgs.image(stamp, THERMAL_FRAME, depth, "32FC1"), "sensor_msgs/msg/Image")
@@ -330,7 +366,7 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
                     previews.append({"thermal": counts_img, "depth": depth, "rgb": last_rgb})
                 thermal_index += 1
             elif event.kind == "rgb":
-                put(TOPIC_RGB, stamp, msgs.image(stamp, RGB_FRAME, result, "rgb8"), "sensor_msgs/msg/Image")
+                put_image("rgb", stamp, RGB_FRAME, result, "rgb8")
                 put(TOPIC_RGB_INFO, stamp, msgs.camera_info(stamp, RGB_FRAME, rig.rgb_camera),
                     "sensor_msgs/msg/CameraInfo")
                 last_rgb = result
@@ -340,6 +376,52 @@ def _write(tmp: Path, rig: SimRig, seconds: float, storage: str, info: dict, wor
             else:
                 put(TOPIC_LIDAR, stamp, msgs.cloud(stamp, LIDAR_FRAME, result), "sensor_msgs/msg/PointCloud2")
     return counts, previews
+
+
+def export_rosbag1(source: str | Path, target: str | Path, *, compression: Literal["bz2", "lz4"] | None = None) -> Path:
+    """Convert a rosbag2 bag (as ``write_bag`` writes it) into a ROS 1 bag file at ``target``.
+
+    Messages are migrated to the ROS 1 Noetic definitions (``Header.seq`` added, ``CameraInfo.K``/``D``/
+    ``R``/``P`` upper case) by ``rosbags``' converter, which writes through ``rosbags.rosbag1.Writer``;
+    types Noetic lacks (tf2_msgs/TFMessage) keep the source's definition. The metadata's custom data
+    has no place in a ROS 1 bag; ``/rig/info`` carries the same text. Written atomically.
+
+    Args:
+        source: the rosbag2 bag (directory or storage file).
+        target: the ``.bag`` file to create; must not exist.
+        compression: chunk compression (None: uncompressed chunks, as ``rosbag record`` writes by default).
+
+    Raises:
+        ConfigError: ``target`` exists, does not end in ``.bag``, or cannot be written.
+        BagError: the conversion failed (nothing is left behind).
+    """
+    import contextlib
+    import io
+
+    from rosbags.convert import ConverterError, convert
+    from rosbags.typesys import Stores, get_typestore
+
+    target = Path(target)
+    if target.suffix != ".bag":
+        raise ConfigError(f"a ROS 1 bag file name ends in .bag, got {target}")
+    target = check_output_path(target)
+    tmp = target.with_name(f".{target.stem}.partial-{os.getpid()}.bag")
+    tmp.unlink(missing_ok=True)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):  # the converter prints its notes
+            convert([Path(source)], tmp, "mcap", 9, compression, "file", None, get_typestore(Stores.ROS1_NOETIC),
+                    [], [], [], [])
+        os.rename(tmp, target)
+    except ConverterError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BagError(f"cannot convert {source} to a ROS 1 bag: {exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if log.getvalue().strip():
+        _log.debug("rosbag1 conversion of %s: %s", source, log.getvalue().strip())
+    return target
 
 
 def _rendered(events: list[SensorEvent], rig: SimRig, workers: int):

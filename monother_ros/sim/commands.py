@@ -2,6 +2,7 @@
 
     monother sim --out runs/day.mcap-bag --seconds 10 --seed 0 --scenario day --family urban
     monother sim --out night --seconds 5 --scenario night --family campus --storage sqlite3
+    monother sim --out drive --seconds 5 --compress thermal=png --compress rgb=jpeg --ros1 drive.bag
 
 Writes the bag directory and ``<bag>_preview.png`` beside it (see ``monother_ros.sim.bag``). Bad arguments
 (unknown scenario, family or storage, non-positive or non-numeric duration, an existing or unwritable
@@ -38,6 +39,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--family", default="urban", help="urban | campus (default urban)")
     p.add_argument("--storage", default="mcap", help="mcap | sqlite3 (default mcap)")
     p.add_argument("--workers", default=None, help="rendering processes (default: up to 2; 0 = in-process)")
+    p.add_argument("--compress", action="append", default=[], metavar="STREAM=CODEC",
+                   help="record a camera on image_transport's compressed topic instead of raw: thermal=png, "
+                        "rgb=jpeg or rgb=png (repeatable)")
+    p.add_argument("--ros1", default=None, metavar="FILE.bag", help="also write a ROS 1 copy of the bag")
     p.set_defaults(handler=_sim)
 
 
@@ -67,8 +72,14 @@ def parse_sim_args(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--workers must be an integer, got {args.workers!r}") from None
         if workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {workers}")
+    compress = {}
+    for item in getattr(args, "compress", None) or []:
+        stream, sep, codec = item.partition("=")
+        if not sep or not stream or not codec:
+            raise ConfigError(f"--compress expects STREAM=CODEC (thermal=png, rgb=jpeg), got {item!r}")
+        compress[stream] = codec
     return {"seconds": seconds, "seed": seed, "scenario": args.scenario, "family": args.family,
-            "storage": args.storage, "workers": workers}
+            "storage": args.storage, "workers": workers, "compress": compress}
 
 
 def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
@@ -77,17 +88,24 @@ def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler si
 
 def _sim(args: argparse.Namespace) -> int:
     kwargs = parse_sim_args(args)
-    from monother_ros.sim.bag import check_output_path, write_bag
+    from monother_ros.sim.bag import check_output_path, export_rosbag1, write_bag
 
     out = check_output_path(Path(args.out))
+    ros1 = None
+    if getattr(args, "ros1", None):
+        if not str(args.ros1).endswith(".bag"):
+            raise ConfigError(f"--ros1 names a ROS 1 bag file ending in .bag, got {args.ros1!r}")
+        ros1 = check_output_path(Path(args.ros1))
     # SIGTERM unwinds like Ctrl-C so the writer removes its temporary files.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     summary = write_bag(out, **kwargs)
-    n_th = summary.counts.get("/thermal/image_raw", 0)
-    n_rgb = summary.counts.get("/rgb/image_raw", 0)
+    n_th = summary.counts.get("/thermal/image_raw", summary.counts.get("/thermal/image_raw/compressed", 0))
+    n_rgb = summary.counts.get("/rgb/image_raw", summary.counts.get("/rgb/image_raw/compressed", 0))
     n_li = summary.counts.get("/lidar/points", 0)
     print(f"wrote {summary.path} ({summary.storage}): {summary.seconds:g} s simulated, {n_th} thermal, {n_rgb} RGB, "
           f"{n_li} LiDAR messages in {summary.wall_s:.1f} s")
     if summary.preview is not None:
         print(f"preview: {summary.preview}")
+    if ros1 is not None:
+        print(f"wrote {export_rosbag1(summary.path, ros1)} (ROS 1)")
     return 0
