@@ -42,8 +42,8 @@ def test_launch_file_uses_the_graph_description_and_declares_the_arguments():
     assert {kw.arg for kw in declares[0].keywords} == {"default_value", "description"}
     comprehension = next(n for n in ast.walk(tree) if isinstance(n, ast.ListComp) and n.elt is declares[0])
     assert ast.unparse(comprehension.generators[0].iter) == "LAUNCH_ARGUMENTS"
-    assert [name for name, _, _ in LAUNCH_ARGUMENTS] == ["use_sim", "model", "backend", "namespace", "rviz", "adapt",
-                                                         "frame_prefix"]
+    assert [name for name, _, _ in LAUNCH_ARGUMENTS] == ["use_sim", "model", "backend", "device", "namespace", "rviz",
+                                                         "adapt", "frame_prefix"]
     assert all(description for _, _, description in LAUNCH_ARGUMENTS)
     # The shipped DDS profile, unless the user set one.
     env = _calls(tree, "SetEnvironmentVariable")

@@ -133,7 +133,8 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                 unused_rgb = "/rgb/image_raw" if rgb_transport == "compressed" else "/rgb/image_raw/compressed"
                 present = [t for t in present if t != unused_rgb]
                 recording = play_and_record(
-                    bag, spec.path, backend=options.backend, rate=live.rate, config=live.config,
+                    bag, spec.path, backend=options.backend, device=options.device, precision=options.precision,
+                    rate=live.rate, config=live.config,
                     thermal_topic=options.thermal_topic, topics=present, num_threads=live.num_threads,
                     ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s,
                     thermal_transport=thermal_transport, rgb_transport=rgb_transport)

@@ -359,7 +359,11 @@ class OnlineAdaptationNode(Node):
             else:
                 self.problems.clear(f"{name}_failed")
 
-        threading.Thread(target=run, name=f"adaptation-{name}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"adaptation-{name}", daemon=True)
+        # Joined by destroy_node: a daemon thread still inside torch at interpreter exit aborts the
+        # process ("terminate called without an active exception").
+        self._background = [t for t in getattr(self, "_background", []) if t.is_alive()] + [thread]
+        thread.start()
 
     def _srv_reset(self, _request, response):
         self._in_background("reset", self.learner.reset)
@@ -563,6 +567,10 @@ class OnlineAdaptationNode(Node):
         report.add_value("swaps", status["swaps"])
         if status["update_errors"]:
             report.add_check(Level.WARN, f"{status['update_errors']} hand-over/training errors")
+        if status.get("checkpoint_error"):  # until a write succeeds again (the learner retries)
+            report.add_check(Level.ERROR, f"checkpoint write failing: {status['checkpoint_error']}")
+        else:  # a failed save request is resolved by the learner's retry
+            self.problems.clear("save_failed")
         report.add_problems(self.problems)
         return report
 
@@ -579,7 +587,9 @@ class OnlineAdaptationNode(Node):
             worker.stop()
         learner = getattr(self, "learner", None)
         if learner is not None:
-            learner.stop()
+            learner.close()
+        for thread in getattr(self, "_background", []):
+            thread.join(timeout=30.0)
         super().destroy_node()
 
 

@@ -141,6 +141,7 @@ from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
+from monother_ros.runtime.device import DEVICE_HELP, device_validator
 
 __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder",
            "fuse", "make_cloud", "main"]
@@ -148,9 +149,11 @@ __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNod
 DEPTH_PARAMETERS = ParamTable(
     [
         ParamSpec("model", str, "", "model folder or .onnx file; empty = the shipped default (engines/default)"),
-        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT on a CUDA GPU, else ONNX Runtime), "
+        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT >= 8.6 if it builds, else torch on a "
+                  "CUDA GPU, else ONNX Runtime on the CPU; the choice and reasons are in /diagnostics), "
                   "tensorrt, onnxruntime or torch", one_of("auto", "tensorrt", "onnxruntime", "torch")),
-        ParamSpec("precision", str, "fp16", "TensorRT / CUDA precision (CPU backends always run fp32)",
+        ParamSpec("device", str, "auto", f"where the engine and the teacher run: {DEVICE_HELP}", device_validator),
+        ParamSpec("precision", str, "fp16", "precision on CUDA (TensorRT, torch, teacher); CPU backends run fp32",
                   one_of("fp16", "fp32")),
         ParamSpec("input_height", int, 0, "network input height in pixels, a multiple of 14; 0 = the model's",
                   non_negative),
@@ -192,7 +195,8 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("teacher.tf_timeout_s", float, 0.05,
                   "wait for the RGB-thermal extrinsic at the thermal stamp, seconds (worker thread only)",
                   in_range(0.0, 10.0)),
-        ParamSpec("teacher.device", str, "cpu", "torch device of the teacher: cpu, cuda or cuda:N"),
+        ParamSpec("teacher.device", str, "", f"device of the teacher: empty = the device parameter's, or {DEVICE_HELP}",
+                  lambda v: device_validator(v) if v else None),
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
                   "(depth/confidence is the fused confidence either way)", dynamic=True),
@@ -316,7 +320,8 @@ class TeacherRunner:
         model_dir: a saved dual model folder (``save_model(..., kind="monother_dual")``), or a student
             folder with its dual in ``<model_dir>/dual`` (the shipped ``engines/default``).
         input_hw: network input (h, w), multiples of 14; default the model's.
-        device: torch device.
+        device: torch device (``cpu`` or ``cuda:N``, as ``runtime.device.resolve_device`` gives).
+        precision: ``fp16`` (autocast on CUDA) or ``fp32``.
         num_threads: torch CPU threads (None = default).
         min_depth_m, max_depth_m, min_confidence: masking thresholds of the student (0/None = model's).
 
@@ -326,7 +331,7 @@ class TeacherRunner:
     """
 
     def __init__(self, model_dir: Path, *, input_hw: Optional[tuple[int, int]] = None, device: str = "cpu",
-                 num_threads: Optional[int] = None, min_depth_m: Optional[float] = None,
+                 precision: str = "fp32", num_threads: Optional[int] = None, min_depth_m: Optional[float] = None,
                  max_depth_m: Optional[float] = None, min_confidence: float = 0.0) -> None:
         import torch
 
@@ -354,8 +359,10 @@ class TeacherRunner:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
+        # fp16 applies on CUDA only (autocast around the pair); the CPU runs fp32.
+        self.half = precision == "fp16" and self.device.type == "cuda"
         self.engine = TorchEngine(model.student, config, model_hash=str(meta.get("model_sha256", "")),
-                                  input_hw=input_hw, device=device, num_threads=num_threads,
+                                  input_hw=input_hw, device=device, precision=precision, num_threads=num_threads,
                                   min_depth_m=min_depth_m, max_depth_m=max_depth_m, min_confidence=min_confidence)
         self._rgb_pre = None
         self._lock = threading.Lock()
@@ -391,7 +398,7 @@ class TeacherRunner:
             builder = MetadataBuilder(rgb_unit.to(self.device), k_t.K, k_r.K, T_rgb_thermal,
                                       min_depth=info.min_depth_m, max_depth=info.max_depth_m)
             t1 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
                 out = self.model(x_t, x_r, need_confidence=True, metadata_fn=builder)
             t2 = time.perf_counter()
         d_s = out.student.depth[0, 0].float().cpu().numpy()
@@ -573,13 +580,21 @@ class ThermalDepthNode(Node):
             if p["backend"] not in ("auto", "torch"):
                 raise ConfigError(f"teacher.enabled runs on the torch backend; backend is {p['backend']!r} "
                                   f"(use auto or torch)")
-            self.teacher = TeacherRunner(self.model_path, input_hw=hw, device=p["teacher.device"],
-                                         num_threads=threads, **kw)
+            from monother_ros.runtime.device import resolve_device
+
+            teacher_device = resolve_device(p["teacher.device"] or p["device"])
+            self.teacher = TeacherRunner(self.model_path, input_hw=hw, device=teacher_device,
+                                         precision=p["precision"], num_threads=threads, **kw)
+            self.teacher.engine.selection = _teacher_selection(p, teacher_device)
             return self.teacher.engine
         if p["fusion.enabled"]:
             self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
-        return make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
-                            num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+        engine = make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
+                              device=p["device"], num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+        selection = getattr(engine, "selection", None)
+        if selection is not None and model_path is None:
+            self.get_logger().info(f"backend {selection.summary()}")
+        return engine
 
     def _on_params_change(self, changes: dict[str, Any]) -> None:
         """Apply a validated runtime change (``ros2 param set``) from the next frame.
@@ -1046,6 +1061,7 @@ class ThermalDepthNode(Node):
         report.add_value("model path", str(self.model_path))
         report.add_value("model hash", info.model_hash[:16])
         report.add_value("precision", info.precision)
+        self._report_backend_selection(report)
         report.add_value("input size", f"{info.input_hw[0]}x{info.input_hw[1]}")
         report.add_value("subscribed (lazy)", self.subscribed)
         report.add_value("laziness by", "matched events" if self._matched_events else "subscription count poll")
@@ -1077,6 +1093,18 @@ class ThermalDepthNode(Node):
         report.add_problems(self.problems)
         return report
 
+    def _report_backend_selection(self, report: HealthReport) -> None:
+        """How the backend was chosen (``engine.selection``): requested/chosen backend and device, why
+        each earlier candidate was not used; a WARN when a present backend failed or the CPU runs while a
+        CUDA GPU is visible."""
+        selection = getattr(self.engine, "selection", None)
+        if selection is None:
+            return
+        for key, value in selection.diagnostics().items():
+            report.add_value(key, value)
+        for warning in selection.warnings:
+            report.add_check(Level.WARN, f"backend: {warning}")
+
     def _publish_diagnostics(self) -> None:
         self.pub_diagnostics.publish(make_array([to_status(self.health())], self.get_clock().now().nanoseconds))
 
@@ -1092,6 +1120,19 @@ class ThermalDepthNode(Node):
         if engine is not None:
             engine.close()
         super().destroy_node()
+
+
+def _teacher_selection(p: dict[str, Any], device: str):
+    """The backend record of the teacher path (torch on ``device``), WARN-worthy on the CPU with a GPU."""
+    from monother_ros.runtime.device import cuda_device_count
+    from monother_ros.runtime.selection import BackendSelection
+
+    gpu = cuda_device_count() > 0
+    notes = (f"the teacher path runs on the CPU although a CUDA GPU is visible (device "
+             f"{p['teacher.device'] or p['device']})",) if device == "cpu" and gpu else ()
+    return BackendSelection(p["backend"], p["teacher.device"] or p["device"], "torch", device,
+                            (("tensorrt", "teacher.enabled runs the torch backend"),) if p["backend"] == "auto" else (),
+                            gpu, notes)
 
 
 class CloudBuilder:

@@ -54,6 +54,7 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("model", "", "model folder or .onnx file for thermal_depth; empty = config/rig.yaml's (default: the "
                   "shipped model)"),
     ("backend", "", "inference backend: auto, tensorrt, onnxruntime or torch; empty = config/rig.yaml's (auto)"),
+    ("device", "", "device of thermal_depth: auto, cpu, cuda or cuda:N; empty = config/rig.yaml's (auto)"),
     ("namespace", "", "ROS namespace of every node (topics are relative)"),
     ("rviz", "false", "start RViz with config/monother.rviz"),
     ("adapt", "false", "start the online_adaptation node (label-free adaptation)"),
@@ -103,7 +104,8 @@ NODES: tuple[NodeSpec, ...] = (
         executable="thermal_depth",
         module="monother_ros.ros.depth_node",
         class_name="ThermalDepthNode",
-        parameter_arguments=(("model", "model"), ("backend", "backend"), ("frame_prefix", "frame_prefix")),
+        parameter_arguments=(("model", "model"), ("backend", "backend"), ("device", "device"),
+                             ("frame_prefix", "frame_prefix")),
         description="thermal image -> depth/image, depth/confidence, depth/points, depth/camera_info",
     ),
     NodeSpec(

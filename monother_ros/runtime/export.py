@@ -8,6 +8,8 @@ range and model hash under ``monother.*`` keys, so backends read them instead of
 
 Exporter: torch's default dynamo-based exporter (``torch.export`` + onnxscript), opset 18. It handles
 every layer of the family (the TorchScript exporter is not needed, so there is no fallback to it).
+The bicubic resampling of the position embedding is baked into a constant for the exported size
+(``runtime/onnx_passes.py``), so no backend runs a cubic Resize.
 """
 from __future__ import annotations
 
@@ -254,6 +256,10 @@ def export_onnx(
         entry.key, entry.value = key, value
     proto.producer_name = "monother_ros"
     _check_graph_io(proto, hw, output_names)
+    from monother_ros.runtime.onnx_passes import fold_constant_resizes
+
+    # The position embedding resampled for this input size becomes a constant (runtime/onnx_passes.py).
+    fold_constant_resizes(proto)
 
     def check(candidate: Path) -> None:
         """ONNX Runtime on the written file vs PyTorch, before the file replaces ``out_path``."""
