@@ -55,21 +55,37 @@ def _tiny_model(seed=0):
 def test_convert_to_fp16_keeps_the_sensitive_parts_fp32_and_the_state_dict_keys():
     model, config = _tiny_model()
     keys = list(model.state_dict())
-    ref_ln = model.pretrained.blocks[0].norm1.weight.detach().clone()
     half = convert_to_fp16(copy.deepcopy(model))
+    assert list(half.state_dict()) == keys
+    kept = set(fp32_parameter_names(half))
+    assert kept == {"depth_head.scratch.output_conv2.2.weight", "depth_head.scratch.output_conv2.2.bias",
+                    "confidence_head.net.0.weight", "confidence_head.net.0.bias",
+                    "confidence_head.net.2.weight", "confidence_head.net.2.bias"}
+    assert half.pretrained.blocks[0].attn.qkv.weight.dtype == torch.float16
+    assert half.pretrained.blocks[0].norm1.weight.dtype == torch.float16
+    with pytest.raises(ValueError):
+        convert_to_fp16(torch.nn.Linear(2, 2))
+
+
+def test_convert_to_fp16_with_an_fp32_residual_stream():
+    model, config = _tiny_model()
+    keys = list(model.state_dict())
+    ref_ln = model.pretrained.blocks[0].norm1.weight.detach().clone()
+    half = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=True)
     assert list(half.state_dict()) == keys
     kept = set(fp32_parameter_names(half))
     assert "pretrained.pos_embed" in kept and "pretrained.blocks.0.ls1.gamma" in kept
     assert "pretrained.norm.weight" in kept and "pretrained.blocks.0.norm1.bias" in kept
     assert "depth_head.scratch.output_conv2.2.weight" in kept
-    assert any(k.startswith("confidence_head.") for k in kept)
+    assert "pretrained.cls_token" not in kept
     assert half.pretrained.blocks[0].attn.qkv.weight.dtype == torch.float16
-    assert half.depth_head.scratch.output_conv2[0].weight.dtype == torch.float16
     assert isinstance(half.pretrained.blocks[0].norm1, Fp32LayerNorm)
-    # fp32 weights kept exactly (converted before any fp16 rounding)
-    assert torch.equal(half.pretrained.blocks[0].norm1.weight, ref_ln)
-    with pytest.raises(ValueError):
-        convert_to_fp16(torch.nn.Linear(2, 2))
+    assert torch.equal(half.pretrained.blocks[0].norm1.weight, ref_ln)  # kept exactly, never rounded to fp16
+    x = torch.randn(1, 3, *config.input_size)
+    with torch.inference_mode():
+        ref = model(x, features=False).depth
+        out = half(x.half(), features=False).depth
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-2
 
 
 def test_fp16_model_on_cpu_is_close_to_fp32_and_outputs_fp32():
@@ -119,7 +135,7 @@ def test_fp32_state_dict_loads_into_fp16_weights():
     w = half.pretrained.blocks[1].mlp.fc1.weight
     assert w.dtype == torch.float16
     assert torch.equal(w, other.pretrained.blocks[1].mlp.fc1.weight.half())
-    assert torch.equal(half.pretrained.pos_embed, other.pretrained.pos_embed)
+    assert torch.equal(half.depth_head.scratch.output_conv2[2].weight, other.depth_head.scratch.output_conv2[2].weight)
 
 
 # ---------------------------------------------------------------------- device frames on CPU tensors

@@ -1,26 +1,40 @@
 """fp16 inference weights for a depth branch: cast once at load, fp32 where accuracy needs it.
 
 Per-frame autocast re-casts every weight on every call (on the H200 it made fp16 slower than fp32);
-here the parameters are converted once and the network then runs on fp16 tensors, except:
+here the parameters are converted once and the network then runs on fp16 tensors. What stays fp32:
 
-* the ViT residual stream: ``pos_embed`` and the LayerScale gammas stay fp32, so ``x + gamma * f(x)``
-  accumulates in fp32 (the tokens become fp32 when the fp32 position embedding is added). DINOv2's
-  residual stream carries a few large-magnitude channels; fp16 keeps only ~3 significant digits there
-  and every block adds to it;
-* LayerNorm: fp32 weights, statistics computed on the fp32 stream, output rounded to fp16 for the
-  matmuls that follow (:class:`Fp32LayerNorm`; no fp16 ``x**2`` overflow, the usual fp16 LayerNorm
-  failure);
-* attention softmax: ``scaled_dot_product_attention`` on fp16 CUDA tensors is a fused kernel that keeps
-  the softmax statistics in fp32 (nothing to change);
-* the last 1x1 convolution of the DPT (the logit of ``sigmoid * max_depth`` or the relative depth) and
-  its activation: fp32 input and weights. Near 0 the sigmoid's relative error equals the logit's
-  absolute error, which an fp16 logit of magnitude ~10 would put at ~1e-2;
-* the ZoeDepth metric-bins head and the student confidence head: fp32 (small; the bins head divides
-  log-binomial logits by temperatures down to 0.02 and sums 64 bin centres, beyond fp16's range and
-  precision).
+* the last 1x1 convolution of the DPT (the logit of ``sigmoid * max_depth``, or the relative depth)
+  and its activation: near 0 the sigmoid's relative error equals the logit's absolute error, which an
+  fp16 logit of magnitude ~10 would put near 1e-2;
+* the ZoeDepth metric-bins head and the student confidence head (small; the bins head divides
+  log-binomial logits of magnitude ~500 by temperatures down to 0.02 and sums 64 bin centres, beyond
+  fp16's range and precision);
+* inside fp16 kernels, what PyTorch already accumulates in fp32: LayerNorm statistics (the CUDA and
+  CPU kernels compute mean and variance in float for half inputs, so no fp16 ``x**2`` overflow, the
+  usual fp16 LayerNorm failure), the softmax of ``scaled_dot_product_attention`` (fused kernels keep
+  its running max and sum in fp32), matmul and convolution accumulators.
 
-``swap_weights``-style ``load_state_dict`` with fp32 tensors works unchanged: ``copy_`` casts into each
-parameter's dtype in place (so captured CUDA graphs stay valid).
+Optionally (``fp32_residual_stream=True``) the ViT residual stream stays fp32 too: ``pos_embed`` and
+the LayerScale gammas fp32 so that ``x + gamma * f(x)`` accumulates in fp32, LayerNorms with fp32
+weights reading the fp32 stream and emitting fp16 (:class:`Fp32LayerNorm`). DINOv2's stream carries a
+few large-magnitude channels where fp16 keeps ~3 significant digits. It costs one cast kernel per
+LayerNorm, which on the small shipped student (launch-bound even in a CUDA graph) eats the fp16 gain,
+and it bought little accuracy where measured (``bench/fp16_accuracy_cpu.py``: fp16 vs fp32 depth,
+max |a - b| / max |b|, torch's fp16 CPU kernels, one N(0, 1) input):
+
+===========================================  ==========  ==========  ====================
+network                                      all fp16    default     fp32 residual stream
+===========================================  ==========  ==========  ====================
+shipped student (trained), 112x140           9.5e-4      3.9e-4      3.3e-4
+DAv2-S metric, random weights, 266x266       8.7e-4      2.1e-5      1.6e-5
+ViT-L 6 blocks + ZoeDepth bins, random, 126x322  1.5e-3  1.6e-4      8.6e-5
+===========================================  ==========  ==========  ====================
+
+The default is therefore the fp16 stream; the option stays for checkpoints whose activations
+need it.
+
+Loading fp32 state dicts works unchanged (``TorchEngine.swap_weights``): ``load_state_dict`` copies
+into each parameter in place, casting to its dtype (so captured CUDA graphs stay valid).
 """
 from __future__ import annotations
 
@@ -87,12 +101,14 @@ def _replace_layernorms(root: nn.Module) -> list[nn.Module]:
     return new_modules
 
 
-def convert_to_fp16(model: nn.Module) -> nn.Module:
+def convert_to_fp16(model: nn.Module, *, fp32_residual_stream: bool = False) -> nn.Module:
     """Convert a ``DepthBranch`` (in place) for fp16 inference; see the module docstring for what stays fp32.
 
     Args:
         model: a ``model.branch.DepthBranch`` with fp32 weights, in eval mode (any device; CUDA is
             where fp16 pays).
+        fp32_residual_stream: keep the ViT residual stream, position embedding, LayerScale and
+            LayerNorm weights in fp32 as well.
 
     Returns:
         ``model``, its parameters fp16 except those listed by :func:`fp32_parameter_names`.
@@ -104,8 +120,11 @@ def convert_to_fp16(model: nn.Module) -> nn.Module:
     head = getattr(model, "depth_head", None)
     if vit is None or head is None:
         raise ValueError(f"convert_to_fp16 expects a DepthBranch, got {type(model).__name__}")
-    keep: list[nn.Module] = _replace_layernorms(vit)
-    keep_tensors = [vit.pos_embed] + [ls.gamma for block in vit.blocks for ls in (block.ls1, block.ls2)]
+    keep: list[nn.Module] = []
+    keep_tensors: list[Tensor] = []
+    if fp32_residual_stream:
+        keep += _replace_layernorms(vit)
+        keep_tensors += [vit.pos_embed] + [ls.gamma for block in vit.blocks for ls in (block.ls1, block.ls2)]
     # The depth logit and its activation (sigmoid * max_depth / ReLU relative depth), and the small heads.
     conv2 = head.scratch.output_conv2
     islands = [conv2[2], conv2[3]] + [m for m in (getattr(model, "bins_head", None),

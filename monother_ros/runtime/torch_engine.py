@@ -91,6 +91,7 @@ class TorchEngine(EngineBase):
         device_frames: run pre/post-processing with ``core.frame_torch`` on the engine's device
             (default: on CUDA; the CPU default is the numpy path, faster there; True on the CPU runs the
             torch code on CPU tensors, which is how the tests check it).
+        fp32_residual_stream: with fp16, keep the ViT residual stream in fp32 too (``runtime.half``).
 
     Raises:
         ConfigError: input size not a multiple of the patch size, unknown device.
@@ -102,7 +103,7 @@ class TorchEngine(EngineBase):
                  device: str | None = None, num_threads: int | None = None,
                  min_depth_m: float | None = None, max_depth_m: float | None = None,
                  min_confidence: float = 0.0, cuda_graphs: bool = True,
-                 device_frames: bool | None = None) -> None:
+                 device_frames: bool | None = None, fp32_residual_stream: bool = False) -> None:
         import torch
 
         from monother_ros.errors import BackendUnavailableError
@@ -142,7 +143,7 @@ class TorchEngine(EngineBase):
             if used_precision == "fp16":
                 from monother_ros.runtime.half import convert_to_fp16
 
-                convert_to_fp16(model)
+                convert_to_fp16(model, fp32_residual_stream=fp32_residual_stream)
         self._model = model.eval()
         self._dtype = torch.float16 if used_precision == "fp16" else torch.float32
         self._cuda_graphs = bool(cuda_graphs) and cuda
@@ -372,7 +373,9 @@ class TorchEngine(EngineBase):
         try:
             self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream):
+            # thread_local: legal CUDA calls of other threads (another engine, the learner) do not
+            # invalidate this capture.
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
                 self._frame_on_device(st)
             st.graph = graph
             st.graph_pointers = self._weight_pointers()
