@@ -382,6 +382,7 @@ def make_backend(
     max_depth_m: float | None = None,
     min_confidence: float = 0.0,
     rebuild: bool = True,
+    cuda_graphs: bool = True,
 ) -> EngineBase:
     """Build an inference engine.
 
@@ -392,7 +393,8 @@ def make_backend(
             ``tensorrt``, ``onnxruntime`` or ``torch``.
         input_hw: network input (h, w), multiples of 14; default: the ONNX file's size or the model
             config's ``input_size``. A folder whose ONNX has another size is re-exported into the cache.
-        precision: ``fp16`` (TensorRT default; torch on CUDA uses autocast) or ``fp32``. ONNX Runtime on
+        precision: ``fp16`` (TensorRT default; torch on CUDA casts the weights once, see
+            ``runtime.half``) or ``fp32``. ONNX Runtime on
             the CPU and torch on the CPU always run fp32 (``info.precision`` says what is used).
         device: ``cpu`` / ``cuda`` / ``cuda:N``; default ``cuda:0`` for TensorRT, ``cpu`` otherwise.
         cache_dir: where exported ONNX files and TensorRT engines are cached (default ``engines/cache``).
@@ -400,6 +402,8 @@ def make_backend(
         min_depth_m, max_depth_m: valid depth range; default the model's range.
         min_confidence: NaN where confidence is below this (0 = keep all).
         rebuild: TensorRT only: rebuild a corrupt or mismatched cached engine (else ``EngineFileError``).
+        cuda_graphs: torch on CUDA only: capture and replay frames as CUDA graphs (eager when off or
+            when a capture fails).
 
     Raises:
         ConfigError: bad arguments (unknown backend, input size not a multiple of 14, bad thresholds).
@@ -420,7 +424,7 @@ def make_backend(
         from monother_ros.runtime.torch_engine import TorchEngine
 
         return TorchEngine.from_model_dir(model_path, input_hw=hw, precision=precision, device=device,
-                                          num_threads=num_threads, **thresholds_kw)
+                                          num_threads=num_threads, cuda_graphs=cuda_graphs, **thresholds_kw)
 
     from monother_ros.runtime.export import resolve_onnx
 

@@ -77,8 +77,8 @@ class TorchEngine(EngineBase):
 
     Args:
         model: ``DepthBranch`` (or any module with the same contract: ``model(x)`` -> object with
-            ``.depth``/``.confidence`` or a ``(depth, confidence)`` tuple). On CUDA it is copied (the
-            caller's module, e.g. a dual model's student, is left as it is); on the CPU it is used as is.
+            ``.depth``/``.confidence`` or a ``(depth, confidence)`` tuple). fp16 runs a converted copy
+            (the caller's module keeps its fp32 weights); fp32 runs the module itself, moved to ``device``.
         config: its configuration (mean/std, depth range, patch size, confidence head).
         model_hash: digest of weights + config (``load_model`` sets ``model.model_sha256``).
         input_hw: network input (h, w), multiples of the patch size; default ``config.input_size``.
@@ -137,13 +137,14 @@ class TorchEngine(EngineBase):
         self._device = dev
         self._config = config
         self._takes_features = "features" in inspect.signature(model.forward).parameters
-        if cuda:
-            # A copy: converting or moving the caller's module would change e.g. a dual model in use.
-            model = copy.deepcopy(model).to(dev)
-            if used_precision == "fp16":
-                from monother_ros.runtime.half import convert_to_fp16
+        if used_precision == "fp16":
+            from monother_ros.runtime.half import convert_to_fp16
 
-                convert_to_fp16(model, fp32_residual_stream=fp32_residual_stream)
+            # A converted copy: the caller's module (e.g. the student of a dual model that another path
+            # runs in fp32) keeps its fp32 weights.
+            model = convert_to_fp16(copy.deepcopy(model).to(dev), fp32_residual_stream=fp32_residual_stream)
+        else:
+            model = model.to(dev)  # fp32: the caller's module itself (moved in place, weights shared)
         self._model = model.eval()
         self._dtype = torch.float16 if used_precision == "fp16" else torch.float32
         self._cuda_graphs = bool(cuda_graphs) and cuda
@@ -175,7 +176,7 @@ class TorchEngine(EngineBase):
 
     @property
     def model(self) -> "torch.nn.Module":
-        """The network the engine runs (on CUDA a converted copy; change weights via :meth:`swap_weights`)."""
+        """The network the engine runs (with fp16 a converted copy; change weights via :meth:`swap_weights`)."""
         return self._model
 
     @property
