@@ -31,6 +31,8 @@ last; the JSON holds everything.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -61,6 +63,7 @@ class Settings:
     device: str
     iters: dict[str, int]
     warmup: int
+    fp32_residual_stream: bool = False  # TorchEngine option for the fp16 runs (runtime.half)
 
 
 @dataclass(frozen=True)
@@ -186,10 +189,12 @@ def _cases(settings: Settings) -> dict[str, NetCase]:
 # ---------------------------------------------------------------------------------------- measurements
 
 
-def _peak_mib(cuda: bool, baseline: int) -> float | None:
+def _peak_mib(cuda: bool, baseline: int, shared_weights_bytes: int) -> float | None:
+    """The engine's peak: allocations above ``baseline`` plus the weights it shares with the source model
+    (an fp32 engine runs the source module itself), so fp32 and fp16 engines compare alike."""
     if not cuda:
         return None
-    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+    return (torch.cuda.max_memory_allocated() - baseline + shared_weights_bytes) / 2**20
 
 
 def _tensorrt_ms(model, config, case: NetCase, precision: str, settings: Settings, iters: int) -> tuple[float | None, str]:
@@ -203,7 +208,7 @@ def _tensorrt_ms(model, config, case: NetCase, precision: str, settings: Setting
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model.float().cpu(), config, onnx_path, input_hw=case.input_hw, model_hash="bench", verify=False)
+        export_onnx(copy.deepcopy(model).float().cpu(), config, onnx_path, input_hw=case.input_hw, model_hash="bench", verify=False)
         engine = TensorRTEngine.from_onnx(onnx_path, precision=precision, cache_dir=Path(tmp) / "cache")
         x = np.random.default_rng(0).standard_normal((1, 3, *case.input_hw)).astype(np.float32)
         try:
@@ -223,7 +228,8 @@ def _run_precision(model, config, model_hash: str, case: NetCase, precision: str
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     baseline = torch.cuda.memory_allocated() if cuda else 0
-    kw = dict(model_hash=model_hash, input_hw=case.input_hw, precision=precision, device=settings.device)
+    kw = dict(model_hash=model_hash, input_hw=case.input_hw, precision=precision, device=settings.device,
+              fp32_residual_stream=settings.fp32_residual_stream)
     engine = TorchEngine(model, config, **kw)  # graphs on (CUDA), pre/post on the device
     row["precision"] = engine.info.precision
     x = torch.randn(1, 3, *case.input_hw, device=settings.device)
@@ -241,7 +247,9 @@ def _run_precision(model, config, model_hash: str, case: NetCase, precision: str
     row["frame_timings_ms"] = {k: round(v, 4) for k, v in result.timings.items()}
     depth = result.depth
     row["valid_fraction"] = float(np.isfinite(depth).mean())
-    row["peak_mem_mib"] = _peak_mib(cuda, baseline)
+    shared = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) \
+        if engine.model is model else 0
+    row["peak_mem_mib"] = _peak_mib(cuda, baseline, shared)
     engine.close()
     del engine
     if cuda:
@@ -322,7 +330,8 @@ def section_train(settings: Settings) -> dict[str, Any]:
 
     def one_step(autocast_dtype) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        amp = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        with amp:
             result = training_step(model, batch, stage="label_free", distillation="full", weights=weights)
         result.total.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, few iterations (for the test suite)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--device", default=None, help="default cuda (cpu with --smoke)")
+    parser.add_argument("--fp32-residual-stream", action="store_true",
+                        help="fp16 runs keep the ViT residual stream in fp32 (runtime.half option)")
     args = parser.parse_args(argv)
     wanted = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(wanted) - set(SECTIONS))
@@ -424,14 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_gpu: no CUDA device visible to torch (use --smoke for the CPU run)", file=sys.stderr)
         return 2
     if args.smoke:
-        settings = Settings(smoke=True, device=device, iters={"student": 2, "dav2s": 2, "vitl": 2}, warmup=1)
+        settings = Settings(smoke=True, device=device, iters={"student": 2, "dav2s": 2, "vitl": 2}, warmup=1,
+                            fp32_residual_stream=args.fp32_residual_stream)
         torch.set_num_threads(min(2, torch.get_num_threads()))
     else:
-        settings = Settings(smoke=False, device=device, iters={"student": 50, "dav2s": 30, "vitl": 10}, warmup=5)
+        settings = Settings(smoke=False, device=device, iters={"student": 50, "dav2s": 30, "vitl": 10}, warmup=5,
+                            fp32_residual_stream=args.fp32_residual_stream)
     out_path = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "bench_gpu.json"
     report: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "smoke": settings.smoke,
         "device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "fp32_residual_stream": settings.fp32_residual_stream,
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
         "sections": {}, "errors": {},
     }

@@ -271,13 +271,16 @@ class TorchEngine(EngineBase):
 
     # ------------------------------------------------------------------ device frames
     def _stream_context(self):
+        """The engine's device and stream as the current ones (nothing on the CPU)."""
         import contextlib
 
         import torch
 
-        if self._stream is None:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(self._stream)
+        stack = contextlib.ExitStack()
+        if self._stream is not None:
+            stack.enter_context(torch.cuda.device(self._device))
+            stack.enter_context(torch.cuda.stream(self._stream))
+        return stack
 
     def _frame_state(self, thermal: np.ndarray) -> _FrameState:
         """The buffers for this frame's size and dtype (built on the first frame of that kind)."""
@@ -351,9 +354,6 @@ class TorchEngine(EngineBase):
             if not cuda:
                 return self._frame_on_device(st).clone()
             st.dev_raw.copy_(st.host_raw, non_blocking=True)
-            if st.graph is not None and st.graph_pointers != self._weight_pointers():
-                st.graph = None  # a parameter moved (not an in-place swap): capture again
-                st.eager_frames = GRAPH_WARMUP_FRAMES
             if st.graph is None and self._cuda_graphs and not self._graph_failed and st.eager_frames >= GRAPH_WARMUP_FRAMES:
                 self._capture(st)
             if st.graph is not None:
@@ -440,6 +440,9 @@ class TorchEngine(EngineBase):
                 self._model.load_state_dict(state_dict, strict=True)
             if self._stream is not None:
                 self._stream.synchronize()
+            st = self._frame
+            if st is not None and st.graph is not None and st.graph_pointers != self._weight_pointers():
+                st.graph = None  # a tensor was replaced rather than copied into: capture again
             self._set_info(_replace_hash(self.info, new_hash))
         _logger.info("torch engine: swapped weights (%s)", new_hash[:12])
         return self.info
