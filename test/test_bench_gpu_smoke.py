@@ -23,7 +23,6 @@ _RUNNER = (
 )
 
 
-@pytest.mark.slow
 def test_bench_gpu_smoke_writes_a_full_report(tmp_path):
     out = tmp_path / "bench_gpu.json"
     code = _RUNNER.format(bench=str(REPO / "bench" / "bench_gpu.py"))
