@@ -206,15 +206,19 @@ def _tensorrt_ms(model, config, case: NetCase, precision: str, settings: Setting
     from monother_ros.runtime.export import export_onnx
     from monother_ros.runtime.tensorrt_engine import TensorRTEngine
 
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(copy.deepcopy(model).float().cpu(), config, onnx_path, input_hw=case.input_hw, model_hash="bench", verify=False)
-        engine = TensorRTEngine.from_onnx(onnx_path, precision=precision, cache_dir=Path(tmp) / "cache")
-        x = np.random.default_rng(0).standard_normal((1, 3, *case.input_hw)).astype(np.float32)
-        try:
-            return _median_wall_ms(lambda: engine.infer_tensor(x), iters, settings.warmup), ""
-        finally:
-            engine.close()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            export_onnx(copy.deepcopy(model).float().cpu(), config, onnx_path, input_hw=case.input_hw,
+                        model_hash="bench", verify=False)
+            engine = TensorRTEngine.from_onnx(onnx_path, precision=precision, cache_dir=Path(tmp) / "cache")
+            x = np.random.default_rng(0).standard_normal((1, 3, *case.input_hw)).astype(np.float32)
+            try:
+                return _median_wall_ms(lambda: engine.infer_tensor(x), iters, settings.warmup), ""
+            finally:
+                engine.close()
+    except Exception as exc:  # a failed export/build is a figure we could not get, not a failed section
+        return None, f"TensorRT failed: {exc.__class__.__name__}: {exc}"
 
 
 def _run_precision(model, config, model_hash: str, case: NetCase, precision: str, settings: Settings,
@@ -400,11 +404,12 @@ def table(report: dict[str, Any]) -> str:
         size = f"{sec['input_hw'][0]}x{sec['input_hw'][1]}"
         for precision, r in sec["runs"].items():
             diff = _fmt(sec["fp16_vs_fp32_max_rel"], ".1e") if precision == "fp16" else ""
+            frame_graph = _fmt(r["frame_graph_ms"]) + ("*" if not r["graph_captured"] and not report["smoke"] else "")
             lines.append(f"{sec['network'][:36]:36s} {size:>7s} {r['precision']:4s} {_fmt(r['net_eager_ms']):>9s} "
                          f"{_fmt(r['net_graph_ms']):>9s} {_fmt(r['tensorrt_ms']):>8s} {_fmt(r['frame_eager_ms']):>11s} "
-                         f"{_fmt(r['frame_graph_ms']):>11s} {_fmt(r['peak_mem_mib'], '.0f'):>8s} {diff:>12s}")
+                         f"{frame_graph:>11s} {_fmt(r['peak_mem_mib'], '.0f'):>8s} {diff:>12s}")
     lines.append("times: median ms; net = network only (CUDA events); frame = raw uint16 frame -> numpy depth + "
-                 "confidence incl. pre/post on the device (wall clock)")
+                 "confidence incl. pre/post on the device (wall clock); * = graph capture failed, eager")
     train = report["sections"].get("train")
     if train and "runs" in train:
         for name, r in train["runs"].items():
