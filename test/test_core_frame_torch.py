@@ -11,7 +11,7 @@ import torch
 
 from monother_ros.core import preprocess as pp
 from monother_ros.core.camera import PinholeCamera
-from monother_ros.core.cloud import CloudProjector
+from monother_ros.core.cloud import CloudOptions, CloudProjector
 from monother_ros.core.frame_torch import (
     CloudProjectorTorch,
     DepthPostprocessorTorch,
@@ -147,6 +147,15 @@ def test_cloud_equals_numpy_pack():
     out = proj.pack(torch.from_numpy(depth), torch.from_numpy(conf)).numpy()
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     np.testing.assert_array_equal(out[~np.isnan(ref)], ref[~np.isnan(ref)])  # same float32 products
+    for options in (CloudOptions(decimation=3), CloudOptions(max_range_m=12.0), CloudOptions(decimation=2, max_range_m=9.0)):
+        ref = CloudProjector(cam, options).pack(depth, conf).view(np.float32).reshape(-1).copy()
+        out = CloudProjectorTorch.from_camera(cam, options).pack(torch.from_numpy(depth), torch.from_numpy(conf))
+        out = out.numpy().reshape(-1)
+        assert out.size == ref.size
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+        np.testing.assert_array_equal(out[~np.isnan(ref)], ref[~np.isnan(ref)])
+    with pytest.raises(ValueError, match="rgb"):
+        CloudProjectorTorch.from_camera(cam, CloudOptions(rgb=True))
     no_intensity = proj.pack(torch.from_numpy(depth)).numpy()
     assert np.all(no_intensity[..., 3] == 0)
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from monother_ros.core.camera import PinholeCamera
-from monother_ros.core.cloud import CloudProjector
+from monother_ros.core.cloud import CloudOptions, CloudProjector
 from monother_ros.model.branch import DepthBranch
 from monother_ros.model.variants import get_preset
 from monother_ros.runtime.half import Fp32LayerNorm, convert_to_fp16, fp32_parameter_names
@@ -185,6 +185,15 @@ def test_device_frames_thresholds_and_cloud_on_cpu():
     b = ref_points.view(np.float32)
     assert np.array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_array_equal(a[~np.isnan(b)], b[~np.isnan(b)])
+    options = CloudOptions(decimation=2, max_range_m=30.0)
+    engine.set_cloud_camera(cam, options)
+    decimated = engine.infer(img)
+    ref_points = CloudProjector(cam, options).pack(decimated.depth, decimated.confidence).view(np.float32)
+    a = decimated.points.view(np.float32)
+    assert a.size == 24 * 32 * 4
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(ref_points))
+    with pytest.raises(ValueError, match="rgb"):
+        engine.set_cloud_camera(cam, CloudOptions(rgb=True))
     # A camera of another size gives no points (and frames keep coming).
     engine.set_cloud_camera(PinholeCamera(32, 24, 20.0, 20.0, 16.0, 12.0))
     assert engine.infer(img).points is None

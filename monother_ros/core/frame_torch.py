@@ -230,42 +230,80 @@ class CloudProjectorTorch:
 
     ``x = (u - cx) / fx * z``, ``y = (v - cy) / fy * z`` with the per-column/per-row factors computed in
     float64 and rounded to float32 once (as the numpy projector); depth NaN, inf or <= 0 gives a NaN
-    point.
+    point. ``decimation`` n keeps rows and columns 0, n, 2n, ...; ``max_range_m`` > 0 makes points
+    farther than that from the optical centre NaN (range = z * |(x factor, y factor, 1)|, float32, as
+    the numpy projector). The ``rgb`` colour option has no torch version (it needs the RGB frame).
 
     Args:
         width, height: image size in pixels; fx, fy, cx, cy: intrinsics in pixels.
+        decimation: keep every n-th row and column.
+        max_range_m: range limit in metres (0 = none).
         device: where the factors live.
+
+    Attributes:
+        height, width: size of the (decimated) organised cloud.
     """
 
     def __init__(self, width: int, height: int, fx: float, fy: float, cx: float, cy: float, *,
-                 device: torch.device | str = "cpu") -> None:
+                 decimation: int = 1, max_range_m: float = 0.0, device: torch.device | str = "cpu") -> None:
         if width <= 0 or height <= 0 or not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
             raise ValueError(f"bad camera: {width}x{height} fx={fx} fy={fy} cx={cx} cy={cy}")
-        self.height, self.width = int(height), int(width)
+        if int(decimation) != decimation or decimation < 1 or not math.isfinite(max_range_m) or max_range_m < 0:
+            raise ValueError(f"need an integer decimation >= 1 and a finite max_range_m >= 0, got {decimation}, {max_range_m}")
+        self.camera_hw = (int(height), int(width))
+        self.decimation = int(decimation)
+        self.max_range_m = float(max_range_m)
         self.device = torch.device(device)
-        x = ((np.arange(width, dtype=np.float64) - cx) / fx).astype(np.float32)
-        y = ((np.arange(height, dtype=np.float64) - cy) / fy).astype(np.float32)
-        self._x = torch.from_numpy(x).to(self.device).view(1, width)
-        self._y = torch.from_numpy(y).to(self.device).view(height, 1)
+        columns = np.arange(0, width, self.decimation)
+        rows = np.arange(0, height, self.decimation)
+        self.height, self.width = len(rows), len(columns)
+        x = ((columns.astype(np.float64) - cx) / fx).astype(np.float32)
+        y = ((rows.astype(np.float64) - cy) / fy).astype(np.float32)
+        self._x = torch.from_numpy(x).to(self.device).view(1, self.width)
+        self._y = torch.from_numpy(y).to(self.device).view(self.height, 1)
+        self._ray_norm = None
+        if self.max_range_m:
+            self._ray_norm = torch.sqrt(1.0 + self._x ** 2 + self._y ** 2)
 
     @classmethod
-    def from_camera(cls, camera, *, device: torch.device | str = "cpu") -> "CloudProjectorTorch":
-        """From any object with ``width, height, fx, fy, cx, cy`` (``core.camera.PinholeCamera``)."""
-        return cls(camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy, device=device)
+    def from_camera(cls, camera, options=None, *, device: torch.device | str = "cpu") -> "CloudProjectorTorch":
+        """From any object with ``width, height, fx, fy, cx, cy`` (``core.camera.PinholeCamera``) and
+        optional ``core.cloud.CloudOptions`` (``decimation``, ``max_range_m``; ``rgb`` is refused).
+
+        Raises:
+            ValueError: ``options.rgb`` (colouring needs the RGB frame: use ``core.cloud``).
+        """
+        decimation, max_range = 1, 0.0
+        if options is not None:
+            if getattr(options, "rgb", False):
+                raise ValueError("the torch cloud has no rgb field; colour clouds with core.cloud.CloudProjector")
+            decimation, max_range = options.decimation, options.max_range_m
+        return cls(camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy,
+                   decimation=decimation, max_range_m=max_range, device=device)
 
     def pack(self, depth: Tensor, intensity: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-        """(H, W) metres -> (H, W, 4) float32 ``x, y, z, intensity`` (the PointCloud2 layout of
+        """(H, W) metres -> (h, w, 4) float32 ``x, y, z, intensity`` (the PointCloud2 layout of
         ``core.cloud.pack_xyzi``; its bytes are the message data on a little-endian host).
 
         Args:
-            depth: (H, W) float32 metres.
+            depth: (H, W) float32 metres at the camera's full size.
             intensity: (H, W) per-point value, or None for 0.
-            out: optional (H, W, 4) float32 tensor to write into.
+            out: optional (h, w, 4) float32 tensor to write into (h, w: the decimated size).
         """
-        if tuple(depth.shape) != (self.height, self.width):
-            raise ValueError(f"depth shape {tuple(depth.shape)} != camera ({self.height}, {self.width})")
+        if tuple(depth.shape) != self.camera_hw:
+            raise ValueError(f"depth shape {tuple(depth.shape)} != camera {self.camera_hw}")
+        n = self.decimation
         z = depth.to(torch.float32)
+        if n > 1:
+            z = z[::n, ::n]
         bad = (z <= 0) | torch.isinf(z)
+        if self._ray_norm is not None:
+            bad |= z * self._ray_norm > self.max_range_m
         z = torch.where(bad, torch.full((), float("nan"), dtype=torch.float32, device=z.device), z)
-        inten = torch.zeros_like(z) if intensity is None else intensity.to(torch.float32)
+        if intensity is None:
+            inten = torch.zeros_like(z)
+        else:
+            inten = intensity.to(torch.float32)
+            if n > 1:
+                inten = inten[::n, ::n]
         return torch.stack((z * self._x, z * self._y, z, inten), dim=-1, out=out)

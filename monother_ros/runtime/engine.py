@@ -57,9 +57,9 @@ class DepthResult:
         confidence: (H, W) float32 in [0, 1], or None when the model has no confidence output.
         timings: milliseconds per stage: ``preprocess_ms``, ``inference_ms``, ``postprocess_ms``,
             ``total_ms``.
-        points: the organised point cloud of ``depth`` as PointCloud2 data (H * W * 16,) uint8 (x, y, z,
-            intensity = confidence; ``core.cloud.pack_xyzi`` layout), when the engine computes it
-            (``TorchEngine.set_cloud_camera`` on a GPU); else None.
+        points: the organised point cloud of ``depth`` as PointCloud2 data (h * w * 16,) uint8 (x, y, z,
+            intensity = confidence; ``core.cloud.pack_xyzi`` layout; h, w decimated by the cloud
+            options), when the engine computes it (``TorchEngine.set_cloud_camera`` on a GPU); else None.
     """
 
     depth: np.ndarray

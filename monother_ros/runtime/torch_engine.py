@@ -152,6 +152,7 @@ class TorchEngine(EngineBase):
         self._graph_failed = False
         self._frame: _FrameState | None = None
         self._cloud_camera: Any = None
+        self._cloud_options: Any = None
         self._stream = torch.cuda.Stream(dev) if cuda else None
         # The engine's numpy input buffer seen as a tensor (shared memory, no copy on the CPU).
         self._input_t = torch.from_numpy(self._input)
@@ -188,17 +189,24 @@ class TorchEngine(EngineBase):
         """Whether frames of the current camera size replay a captured CUDA graph."""
         return self._frame is not None and self._frame.graph is not None
 
-    def set_cloud_camera(self, camera: Any | None) -> None:
+    def set_cloud_camera(self, camera: Any | None, options: Any | None = None) -> None:
         """Compute the organised point cloud with the frame (``DepthResult.points``), or stop (None).
 
         Args:
             camera: ``core.camera.PinholeCamera`` (``width``, ``height``, ``fx``, ``fy``, ``cx``, ``cy``)
                 of the thermal frames; frames of another size get no points.
+            options: ``core.cloud.CloudOptions`` (``decimation``, ``max_range_m``); default every pixel.
 
         Only the device path computes points (``device_frames``); elsewhere this is ignored.
+
+        Raises:
+            ValueError: ``options.rgb`` (the colour needs the RGB frame: ``core.cloud`` does that).
         """
+        if options is not None and getattr(options, "rgb", False):
+            raise ValueError("the engine's cloud has no rgb field; colour clouds with core.cloud.CloudProjector")
         with self._lock:
             self._cloud_camera = camera
+            self._cloud_options = options
             self._frame = None  # rebuilt (and re-captured) with the cloud on the next frame
 
     # ------------------------------------------------------------------ inference
@@ -308,12 +316,14 @@ class TorchEngine(EngineBase):
             camera = self._cloud_camera
             if camera is not None:
                 if (camera.height, camera.width) == cam_hw:
-                    cloud = CloudProjectorTorch.from_camera(camera, device=dev)
+                    cloud = CloudProjectorTorch.from_camera(camera, self._cloud_options, device=dev)
                 else:
                     _logger.warning("torch engine: cloud camera is %dx%d but frames are %dx%d: no points",
                                     camera.width, camera.height, cam_hw[1], cam_hw[0])
-            planes = 1 + int(info.has_confidence) + (4 if cloud is not None else 0)
-            out = torch.empty(planes * cam_hw[0] * cam_hw[1], dtype=torch.float32, device=dev)
+            size = (1 + int(info.has_confidence)) * cam_hw[0] * cam_hw[1]
+            if cloud is not None:
+                size += 4 * cloud.height * cloud.width
+            out = torch.empty(size, dtype=torch.float32, device=dev)
         if cuda:
             self._stream.synchronize()
         self._frame = _FrameState(cam_hw=cam_hw, np_dtype=thermal.dtype, host_raw=host_raw, host_raw_np=host_raw_np,
@@ -336,8 +346,9 @@ class TorchEngine(EngineBase):
         d, c = st.post(depth, conf if has_conf else None, depth_out=d_out, confidence_out=c_out)
         if st.cloud is not None:
             start = n * (2 if has_conf else 1)
+            ch, cw = st.cloud.height, st.cloud.width
             intensity = c if c is not None else torch.isfinite(d).to(torch.float32)
-            st.cloud.pack(d, intensity, out=st.out[start:start + 4 * n].view(h, w, 4))
+            st.cloud.pack(d, intensity, out=st.out[start:start + 4 * ch * cw].view(ch, cw, 4))
         return st.out
 
     def _run_frame(self, st: _FrameState) -> "torch.Tensor":
@@ -404,7 +415,7 @@ class TorchEngine(EngineBase):
         points = None
         if st.cloud is not None:
             start = n * (2 if self.info.has_confidence else 1)
-            points = flat[start:start + 4 * n].view(np.uint8)
+            points = flat[start:start + 4 * st.cloud.height * st.cloud.width].view(np.uint8)
         return DepthResult(depth=depth, confidence=conf, points=points)
 
     # ------------------------------------------------------------------ weights
