@@ -254,6 +254,11 @@ def _run_precision(model, config, model_hash: str, case: NetCase, precision: str
     shared = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) \
         if engine.model is model else 0
     row["peak_mem_mib"] = _peak_mib(cuda, baseline, shared)
+    # The same frames with the organised point cloud computed too (one more device pass, 16 B/pixel back).
+    from monother_ros.core.camera import PinholeCamera
+
+    engine.set_cloud_camera(PinholeCamera.from_hfov(case.camera_hw[1], case.camera_hw[0], 50.0))
+    row["frame_cloud_graph_ms"] = _median_wall_ms(lambda: engine.infer(frame), iters, settings.warmup)
     engine.close()
     del engine
     if cuda:
@@ -263,6 +268,11 @@ def _run_precision(model, config, model_hash: str, case: NetCase, precision: str
         del eager
     else:
         row["frame_eager_ms"] = row["frame_graph_ms"]  # the CPU path has no graphs
+    # Reference: the numpy pre/post-processing of the CPU path around the same network (eager).
+    host_prepost = TorchEngine(model, config, cuda_graphs=False, device_frames=False, **kw)
+    row["frame_numpy_prepost_ms"] = _median_wall_ms(lambda: host_prepost.infer(frame), iters, settings.warmup)
+    host_prepost.close()
+    del host_prepost
     ms, why = _tensorrt_ms(model, config, case, precision, settings, iters) if cuda else (None, "CPU run")
     row["tensorrt_ms"], row["tensorrt_note"] = ms, why
     return row, depth
@@ -396,7 +406,8 @@ def table(report: dict[str, Any]) -> str:
     lines = [f"bench_gpu on {report['device_name']} (torch {report['torch']}, {report['date']})"
              + ("  [SMOKE: CPU, tiny sizes]" if report["smoke"] else "")]
     head = (f"{'network':36s} {'input':>7s} {'prec':4s} {'net eager':>9s} {'net graph':>9s} {'TensorRT':>8s} "
-            f"{'frame eager':>11s} {'frame graph':>11s} {'peak MiB':>8s} {'fp16 vs fp32':>12s}")
+            f"{'frame numpy':>11s} {'frame eager':>11s} {'frame graph':>11s} {'+cloud':>7s} {'peak MiB':>8s} "
+            f"{'fp16 vs fp32':>12s}")
     lines += [head, "-" * len(head)]
     for key, sec in report["sections"].items():
         if "runs" not in sec or key == "train":
@@ -406,10 +417,13 @@ def table(report: dict[str, Any]) -> str:
             diff = _fmt(sec["fp16_vs_fp32_max_rel"], ".1e") if precision == "fp16" else ""
             frame_graph = _fmt(r["frame_graph_ms"]) + ("*" if not r["graph_captured"] and not report["smoke"] else "")
             lines.append(f"{sec['network'][:36]:36s} {size:>7s} {r['precision']:4s} {_fmt(r['net_eager_ms']):>9s} "
-                         f"{_fmt(r['net_graph_ms']):>9s} {_fmt(r['tensorrt_ms']):>8s} {_fmt(r['frame_eager_ms']):>11s} "
-                         f"{frame_graph:>11s} {_fmt(r['peak_mem_mib'], '.0f'):>8s} {diff:>12s}")
+                         f"{_fmt(r['net_graph_ms']):>9s} {_fmt(r['tensorrt_ms']):>8s} "
+                         f"{_fmt(r['frame_numpy_prepost_ms']):>11s} {_fmt(r['frame_eager_ms']):>11s} "
+                         f"{frame_graph:>11s} {_fmt(r['frame_cloud_graph_ms']):>7s} {_fmt(r['peak_mem_mib'], '.0f'):>8s} "
+                         f"{diff:>12s}")
     lines.append("times: median ms; net = network only (CUDA events); frame = raw uint16 frame -> numpy depth + "
-                 "confidence incl. pre/post on the device (wall clock); * = graph capture failed, eager")
+                 "confidence, pre/post on the device (wall clock; numpy = the CPU pre/post around the eager "
+                 "network; +cloud = graph frame with the point cloud); * = graph capture failed, eager")
     train = report["sections"].get("train")
     if train and "runs" in train:
         for name, r in train["runs"].items():

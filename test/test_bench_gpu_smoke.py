@@ -41,6 +41,7 @@ def test_bench_gpu_smoke_writes_a_full_report(tmp_path):
         for run in sec["runs"].values():
             assert run["precision"] == "fp32"  # fp16 weights only on CUDA
             assert run["net_eager_ms"] > 0 and run["frame_graph_ms"] > 0 and run["frame_eager_ms"] > 0
+            assert run["frame_cloud_graph_ms"] > 0 and run["frame_numpy_prepost_ms"] > 0
             assert run["net_graph_ms"] is None and run["graph_captured"] is False
             assert run["tensorrt_ms"] is None and run["tensorrt_note"]
             assert run["peak_mem_mib"] is None
