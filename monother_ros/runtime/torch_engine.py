@@ -157,6 +157,10 @@ class TorchEngine(EngineBase):
         # The engine's numpy input buffer seen as a tensor (shared memory, no copy on the CPU).
         self._input_t = torch.from_numpy(self._input)
         self._input_dev = torch.empty(self._input.shape, dtype=torch.float32, device=dev) if cuda else self._input_t
+        if cuda:
+            # The weights were copied/converted on the default stream; the engine's stream does not
+            # wait for that one by itself.
+            torch.cuda.synchronize(dev)
         _logger.info("torch engine %s (%s, %dx%d, %s, %s, graphs %s, %d threads)", config.name, model_hash[:12],
                      hw[0], hw[1], dev, used_precision, "on" if self._cuda_graphs else "off", torch.get_num_threads())
 
@@ -446,6 +450,8 @@ class TorchEngine(EngineBase):
                 f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
         new_hash = model_hash or _hash_tensors(state_dict, self._config)
         with self._lock:
+            if self._stream is not None:
+                torch.cuda.synchronize(self._device)  # the new tensors may still be written on another stream
             with torch.no_grad(), self._stream_context():
                 # In-place copies (dtype cast on copy): the captured graph keeps reading the right memory.
                 self._model.load_state_dict(state_dict, strict=True)
