@@ -12,9 +12,9 @@ others still run):
 * ``dav2s``: DAv2-S metric (``dav2-metric-vits``) at 518x518 on a 518x518 frame, random weights;
 * ``vitl``: the MonoTher ViT-L thermal branch (``monother-ms2-vitl``, 252x644 network) on a 256x640
   frame, random weights;
-* ``train``: one label-free (stage 2) training step of the ViT-L dual model, batch 4, 252x644:
-  samples/s with today's training defaults (fp32, deterministic algorithms) and with bf16 autocast and
-  non-deterministic kernels (``torch.autocast`` around ``distill.step.training_step``).
+* ``train``: label-free (stage 2) optimiser steps of the ViT-L dual model, batch 4, 252x644, samples/s
+  under the training speed options (``bench/gpu_train_section.py``: deterministic fp32, fp32, bf16,
+  deterministic bf16).
 
 For each network and precision (fp32, fp16): network time eager and replayed from a CUDA graph (median of
 CUDA-event intervals, milliseconds, input already on the device), TensorRT (where ``tensorrt`` imports;
@@ -31,9 +31,7 @@ last; the JSON holds everything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -42,7 +40,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -301,89 +298,12 @@ def _network_section(key: str) -> Callable[[Settings], dict[str, Any]]:
 
 
 def section_train(settings: Settings) -> dict[str, Any]:
-    """Label-free (stage 2) training step of the dual model: samples/s, default vs bf16 + non-deterministic.
+    """Training throughput of the ViT-L dual model, stage 2, batch 4 at 252x644, under the training speed
+    options (``bench/gpu_train_section.py``: deterministic fp32, fp32, bf16, deterministic bf16)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_train_section
 
-    Uses ``distill.step.training_step`` and ``training.train.make_optimizer`` as ``training.train.run``
-    does (zero_grad, forward + loss, backward, gradient clipping, AdamW step), on random tensors of the
-    training batch's shapes. Training options for mixed precision / determinism, when ``training``
-    grows them, replace the two settings below.
-    """
-    from monother_ros.distill.step import prepare_stage, training_step
-    from monother_ros.model.dual import MonotherDual
-    from monother_ros.model.variants import get_preset
-    from training.config import TrainConfig
-    from training.train import make_optimizer
-
-    cuda = settings.device.startswith("cuda")
-    if settings.smoke:
-        student_cfg, batch_size, hw, steps, warm = get_preset("test-tiny").replace(modality="thermal"), 2, (56, 70), 1, 0
-    else:
-        student_cfg, batch_size, hw, steps, warm = get_preset("monother-ms2-vitl"), 4, (252, 644), 6, 2
-    torch.manual_seed(0)
-    with torch.device(settings.device):
-        model = MonotherDual(student_cfg, confidence=True)
-    config = TrainConfig(model=student_cfg.name, stage="label_free", distillation="full", batch_size=batch_size)
-    prepare_stage(model, "label_free")
-    optimizer, _ = make_optimizer(model, config, total_steps=1000)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    weights = dataclasses.asdict(config.weights)
-    dev = torch.device(settings.device)
-    g = torch.Generator(device="cpu").manual_seed(1)
-    h, w = hw
-    K = torch.tensor([[0.8 * w, 0.0, w / 2], [0.0, 0.8 * w, h / 2], [0.0, 0.0, 1.0]])
-    T = torch.eye(4)
-    T[0, 3] = 0.1  # 10 cm baseline
-    batch = {
-        "thermal": torch.randn(batch_size, 3, h, w, generator=g).to(dev),
-        "rgb": torch.randn(batch_size, 3, h, w, generator=g).to(dev),
-        "K_thermal": K.expand(batch_size, 3, 3).contiguous().to(dev),
-        "K_rgb": K.expand(batch_size, 3, 3).contiguous().to(dev),
-        "T_rgb_thermal": T.expand(batch_size, 4, 4).contiguous().to(dev),
-        "gt_depth_thermal": None, "gt_depth_rgb": None,
-    }
-
-    def one_step(autocast_dtype) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        amp = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-        with amp:
-            result = training_step(model, batch, stage="label_free", distillation="full", weights=weights)
-        result.total.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-        optimizer.step()
-
-    runs = {}
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-              torch.backends.cudnn.benchmark)
-    try:
-        for name, deterministic, dtype in (("default_fp32_deterministic", True, None),
-                                           ("bf16_autocast_nondeterministic", False, torch.bfloat16)):
-            torch.use_deterministic_algorithms(deterministic, warn_only=True)
-            # warn_only: the kernels without a deterministic version warn on every call (as in training).
-            warnings.filterwarnings("ignore", message=".*deterministic.*")
-            if cuda:
-                torch.backends.cudnn.benchmark = not deterministic
-                torch.cuda.reset_peak_memory_stats()
-            for _ in range(warm):
-                one_step(dtype)
-            if cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(steps):
-                one_step(dtype)
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t
-            runs[name] = {"samples_per_s": steps * batch_size / seconds, "step_ms": seconds / steps * 1e3,
-                          "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        if cuda:
-            torch.backends.cudnn.benchmark = before[2]
-    del model, optimizer
-    if cuda:
-        torch.cuda.empty_cache()
-    return {"network": f"dual {student_cfg.name} (student + RGB teacher + confidence U-Net), label_free step",
-            "batch_size": batch_size, "input_hw": list(hw), "steps": steps, "runs": runs}
+    return gpu_train_section.run_train_section(settings.device, smoke=settings.smoke)["train"]
 
 
 SECTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
@@ -410,7 +330,7 @@ def table(report: dict[str, Any]) -> str:
             f"{'fp16 vs fp32':>12s}")
     lines += [head, "-" * len(head)]
     for key, sec in report["sections"].items():
-        if "runs" not in sec or key == "train":
+        if "runs" not in sec:
             continue
         size = f"{sec['input_hw'][0]}x{sec['input_hw'][1]}"
         for precision, r in sec["runs"].items():
@@ -425,11 +345,11 @@ def table(report: dict[str, Any]) -> str:
                  "confidence, pre/post on the device (wall clock; numpy = the CPU pre/post around the eager "
                  "network; +cloud = graph frame with the point cloud); * = graph capture failed, eager")
     train = report["sections"].get("train")
-    if train and "runs" in train:
-        for name, r in train["runs"].items():
-            lines.append(f"train {train['input_hw'][0]}x{train['input_hw'][1]} batch {train['batch_size']} {name}: "
-                         f"{r['samples_per_s']:.1f} samples/s ({r['step_ms']:.0f} ms/step, peak "
-                         f"{_fmt(r['peak_mem_mib'], '.0f')} MiB)")
+    if train and "variants" in train:
+        lines.append(f"training: {train['setup']}")
+        for name, r in train["variants"].items():
+            lines.append(f"  {name:<20s} {r['samples_per_s']:8.2f} samples/s  {r['step_ms']:9.1f} ms/step  "
+                         f"x{r['ratio_vs_deterministic_fp32']:.2f}  peak {r['peak_gib']:.1f} GiB")
     for key, err in report["errors"].items():
         lines.append(f"section {key} FAILED: {err.splitlines()[-1] if err else err}")
     lines.append(f"total {report['seconds']:.1f} s")

@@ -1,19 +1,26 @@
 """Launch the monother_ros node graph on a ROS 2 install (Humble, Jazzy, Kilted).
 
     ros2 launch monother_ros rig.launch.py [use_sim:=true] [model:=DIR] [backend:=onnxruntime]
-                                           [namespace:=robot1] [rviz:=true] [adapt:=true]
+                                           [namespace:=robot1] [frame_prefix:=robot1/] [rviz:=true]
+                                           [adapt:=true]
 
+The decisions live in ``monother_ros.ros.launch_support`` (tested without launch): the arguments are
+validated before anything starts (booleans must be true/false, 1/0, yes/no or on/off; ``rviz:=true``
+needs rviz2 installed) and an invalid one stops the launch with a non-zero exit code and the reason.
 The node list, executables, parameter arguments and remappings come from ``monother_ros.ros.graph``
 (``graph_nodes``: the same selection ``monother rig`` makes); every node reads ``config/rig.yaml`` as
-its params file, and a non-empty ``model`` / ``backend`` argument overrides the file's value. Fast DDS
-is pointed at the shipped profile (``config/fastdds.xml``: shared memory large enough for images)
-unless ``FASTDDS_DEFAULT_PROFILES_FILE`` is already set.
+its params file, and a non-empty ``model`` / ``backend`` / ``frame_prefix`` argument overrides the file's
+value. When ``thermal_depth`` exits on its own, the launch shuts down and exits non-zero. Fast DDS is
+pointed at the shipped profile (``config/fastdds.xml``: shared memory large enough for images) unless
+``FASTDDS_DEFAULT_PROFILES_FILE`` is already set; camera drivers started outside this launch need it too.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable, Shutdown
+from launch.actions import (DeclareLaunchArgument, LogInfo, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable, Shutdown)
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -23,38 +30,51 @@ from monother_ros.ros.graph import (
     PACKAGE,
     PARAMS_FILE,
     RVIZ_CONFIG,
-    graph_nodes,
-    is_available,
 )
+from monother_ros.ros.launch_support import node_exit_error, plan_launch
 
 
-def _true(text):
-    return text.strip().lower() in ("true", "1", "yes", "on")
+class NodeExitedError(RuntimeError):
+    """Raised in the event loop so that ``ros2 launch`` shuts down and returns a non-zero code."""
+
+
+def _on_required_exit(name):
+    def handler(event, context):
+        reason = node_exit_error(name, event.returncode, context.is_shutdown)
+        if reason is not None:
+            raise NodeExitedError(reason)  # launch logs it, shuts everything down and exits 1
+        return None
+
+    return handler
 
 
 def _graph(context, share):
-    """The node actions, chosen once the launch arguments' values are known."""
+    """The node actions, chosen once the launch arguments' values are known (validated first: an error
+    raised here stops the launch, exit code 1, before any node starts)."""
     values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in LAUNCH_ARGUMENTS}
+    plan = plan_launch(values)  # graph_nodes' selection, or ConfigError listing every bad argument
     params_file = os.path.join(share, "config", PARAMS_FILE)
     actions = []
-    for spec in graph_nodes(use_sim=_true(values["use_sim"]), adapt=_true(values["adapt"])):
-        if not is_available(spec):
-            actions.append(LogInfo(msg=f"{spec.name} is not available yet"))
-            actions.append(Shutdown(reason=f"{spec.name} is not available yet"))
-            continue
-        overrides = {parameter: values[argument] for parameter, argument in spec.parameter_arguments
-                     if values[argument]}
-        actions.append(Node(
+    for name in plan.unavailable:
+        actions.append(LogInfo(msg=f"{name} is not available yet"))
+        actions.append(Shutdown(reason=f"{name} is not available yet"))
+    for planned in plan.nodes:
+        spec = planned.spec
+        node = Node(
             package=PACKAGE,
             executable=spec.executable,
             name=spec.name,
-            namespace=values["namespace"],
-            parameters=[params_file] + ([overrides] if overrides else []),
+            namespace=plan.namespace,
+            parameters=[params_file] + ([planned.overrides] if planned.overrides else []),
             remappings=list(spec.remappings),
             output="screen",
-        ))
-    if _true(values["rviz"]):
-        actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", namespace=values["namespace"],
+        )
+        actions.append(node)
+        if planned.required:
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=node,
+                                                              on_exit=_on_required_exit(spec.name))))
+    if plan.rviz:
+        actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", namespace=plan.namespace,
                             arguments=["-d", os.path.join(share, "config", RVIZ_CONFIG)]))
     return actions
 

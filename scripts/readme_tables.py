@@ -96,9 +96,14 @@ def generate() -> str:
         table = getattr(module, _PARAM_TABLES.get(spec.name, ""), None)
         if table is None:
             continue
+        dynamic = set(table.dynamic_names())
         out += [f"### {spec.name}", ""]
-        out += _table(["name", "type", "default", "description"],
-                      [[f"`{n}`", t, f"`{d}`", desc] for n, t, d, desc in table.rows()])
+        if dynamic:
+            out += ["Parameters marked *dynamic* can be changed while the node runs (`ros2 param set`), validated "
+                    "as at start; the others are read-only.", ""]
+        out += _table(["name", "type", "default", "description", "runtime"],
+                      [[f"`{n}`", t, f"`{d}`", desc, "dynamic" if n in dynamic else "read-only"]
+                       for n, t, d, desc in table.rows()])
         out += [""]
     return "\n".join(out).rstrip() + "\n"
 

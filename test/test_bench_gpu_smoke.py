@@ -52,8 +52,9 @@ def test_bench_gpu_smoke_writes_a_full_report(tmp_path):
     # The shipped (trained) model gives valid depth on most of a thermal frame.
     assert report["sections"]["student"]["runs"]["fp32"]["valid_fraction"] > 0.9
     train = report["sections"]["train"]
-    assert set(train["runs"]) == {"default_fp32_deterministic", "bf16_autocast_nondeterministic"}
-    assert all(math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0 for r in train["runs"].values())
+    assert set(train["variants"]) == {"deterministic fp32", "fp32", "bf16", "deterministic bf16"}
+    assert all(math.isfinite(r["samples_per_s"]) and r["samples_per_s"] > 0 and r["finite"]
+               for r in train["variants"].values())
     # The table is printed last, after every section's figures.
     tail = proc.stdout.strip().splitlines()
     assert tail[-1].startswith("JSON:") and tail[-2].startswith("total")

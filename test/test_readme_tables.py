@@ -29,6 +29,11 @@ def test_generated_tables_list_every_parameter_with_its_default():
     rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| `([^`]*)` \|", section, flags=re.M)
     assert [(n, t, d) for n, t, d in rows] == [(n, t, d) for n, t, d, _ in DEPTH_PARAMETERS.rows()]
     assert "| `teacher.slop_s` | double | `0.05` | largest stamp difference" in section
+    # The runtime column: dynamic parameters (ros2 param set) are marked, the rest read-only.
+    runtime = dict(re.findall(r"^\| `([^`]+)` \|.*\| (dynamic|read-only) \|$", section, flags=re.M))
+    assert runtime == {n: ("dynamic" if n in DEPTH_PARAMETERS.dynamic_names() else "read-only")
+                       for n, *_ in DEPTH_PARAMETERS.rows()}
+    assert runtime["max_depth_m"] == "dynamic" and runtime["backend"] == "read-only"
 
 
 def test_sim_topic_constants_are_all_documented():

@@ -27,7 +27,11 @@ def test_launch_file_uses_the_graph_description_and_declares_the_arguments():
     tree = ast.parse(LAUNCH_FILE.read_text())
     imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                 and n.module == "monother_ros.ros.graph" for alias in n.names}
-    assert {"LAUNCH_ARGUMENTS", "graph_nodes", "PARAMS_FILE", "RVIZ_CONFIG", "FASTDDS_PROFILE"} <= imported
+    assert {"LAUNCH_ARGUMENTS", "PARAMS_FILE", "RVIZ_CONFIG", "FASTDDS_PROFILE"} <= imported
+    # The decisions (validation, rviz check, node choice, required-node exits) are launch_support's.
+    support = {alias.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and n.module == "monother_ros.ros.launch_support" for alias in n.names}
+    assert {"plan_launch", "node_exit_error"} <= support
     # No node list of its own: the only executables are the graph's and rviz2.
     node_calls = _calls(tree, "Node")
     executables = [ast.unparse(kw.value) for c in node_calls for kw in c.keywords if kw.arg == "executable"]
@@ -38,7 +42,8 @@ def test_launch_file_uses_the_graph_description_and_declares_the_arguments():
     assert {kw.arg for kw in declares[0].keywords} == {"default_value", "description"}
     comprehension = next(n for n in ast.walk(tree) if isinstance(n, ast.ListComp) and n.elt is declares[0])
     assert ast.unparse(comprehension.generators[0].iter) == "LAUNCH_ARGUMENTS"
-    assert [name for name, _, _ in LAUNCH_ARGUMENTS] == ["use_sim", "model", "backend", "namespace", "rviz", "adapt"]
+    assert [name for name, _, _ in LAUNCH_ARGUMENTS] == ["use_sim", "model", "backend", "device", "namespace", "rviz",
+                                                         "adapt", "frame_prefix"]
     assert all(description for _, _, description in LAUNCH_ARGUMENTS)
     # The shipped DDS profile, unless the user set one.
     env = _calls(tree, "SetEnvironmentVariable")

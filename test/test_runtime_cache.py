@@ -20,6 +20,10 @@ KEY = C.EngineCacheKey(
     input_shape=(1, 3, 252, 644),
     precision="fp16",
     model_hash="ab" * 32,
+    onnx_sha256="ef" * 32,
+    sm_count=128,
+    total_memory_bytes=25_757_220_864,
+    builder_settings="recipe2-weak-ws1073741824",
 )
 
 
@@ -33,6 +37,11 @@ def test_digest_is_deterministic_and_depends_on_every_field():
         replace(KEY, input_shape=(1, 3, 518, 518)),
         replace(KEY, precision="fp32"),
         replace(KEY, model_hash="cd" * 32),
+        replace(KEY, onnx_sha256="01" * 32),
+        # Jetson Orin NX 16 GB vs AGX Orin 32 GB: same name family and compute capability 8.7
+        replace(KEY, sm_count=8),
+        replace(KEY, total_memory_bytes=16_000_000_000),
+        replace(KEY, builder_settings="recipe2-strong-ws1073741824"),
     ]
     digests = {v.digest() for v in variants}
     assert KEY.digest() not in digests and len(digests) == len(variants)
@@ -182,6 +191,98 @@ def test_fresh_build_that_does_not_deserialise_is_an_error(tmp_path):
     engine_file, sidecar = C.engine_paths(tmp_path, "m", KEY)
     with pytest.raises(EngineFileError, match="freshly built"):
         C.load_or_build(engine_file, sidecar, KEY, deserialize=trt.deserialize, build=trt.build)
+
+
+def test_orin_modules_with_the_same_compute_capability_get_different_engines(tmp_path):
+    """An engine built on one Orin module is not loaded on another one (same CC 8.7, other SMs/memory)."""
+    orin_nx = replace(KEY, gpu_name="Orin", compute_capability=(8, 7), sm_count=8, total_memory_bytes=15_655_829_504)
+    agx = replace(orin_nx, sm_count=16, total_memory_bytes=32_000_000_000)
+    f_nx, s_nx = C.engine_paths(tmp_path, "m", orin_nx)
+    C.write_cached_engine(f_nx, s_nx, b"ENGINE-nx", orin_nx)
+    assert C.engine_paths(tmp_path, "m", agx)[0] != f_nx
+    with pytest.raises(EngineFileError, match=r"sm_count: cached 8 != wanted 16.*total_memory_bytes"):
+        C.read_cached_engine(f_nx, s_nx, agx)
+
+
+def test_old_sidecar_format_is_rebuilt(tmp_path):
+    """A sidecar of the previous layout (no ONNX hash / SM count) is stale: rebuilt, never trusted."""
+    engine_file, sidecar = C.engine_paths(tmp_path, "m", KEY)
+    engine_file.write_bytes(b"ENGINE-old")
+    old = {"format": 1, "key": {k: v for k, v in KEY.fields().items() if k in (
+        "tensorrt_version", "gpu_name", "compute_capability", "input_shape", "precision", "model_hash")}}
+    sidecar.write_text(json.dumps(old))
+    trt = _FakeTRT()
+    eng, built = C.load_or_build(engine_file, sidecar, KEY, deserialize=trt.deserialize, build=trt.build)
+    assert built and eng == ("engine", trt.payload)
+
+
+def test_deserialiser_that_raises_means_rebuild(tmp_path):
+    """Some TensorRT versions raise on an engine of another build instead of returning None."""
+    engine_file, sidecar = C.engine_paths(tmp_path, "m", KEY)
+    C.write_cached_engine(engine_file, sidecar, b"FOREIGN", KEY)
+    trt = _FakeTRT()
+
+    def deserialize(data):
+        if data == b"FOREIGN":
+            raise RuntimeError("engine plan file is generated on an incompatible device")
+        return trt.deserialize(data)
+
+    eng, built = C.load_or_build(engine_file, sidecar, KEY, deserialize=deserialize, build=trt.build)
+    assert built and eng == ("engine", trt.payload) and C.read_cached_engine(engine_file, sidecar, KEY) == trt.payload
+
+
+def _engine_for(tmp_path, model, n, mtime):
+    key = replace(KEY, model_hash=f"{n:064x}")
+    engine_file, sidecar = C.engine_paths(tmp_path, model, key)
+    C.write_cached_engine(engine_file, sidecar, b"ENGINE%d" % n, key)
+    os.utime(engine_file, ns=(mtime, mtime))
+    return engine_file
+
+
+def test_prune_keeps_the_newest_k_per_model(tmp_path):
+    files = [_engine_for(tmp_path, "model-a", n, 1_000_000_000 * (n + 1)) for n in range(5)]
+    other = [_engine_for(tmp_path, "model-b", n, 1_000) for n in range(2)]
+    (tmp_path / "model-a-0123456789abcdef-56x70.onnx").write_bytes(b"onnx")  # not an engine: untouched
+    (tmp_path / "timing-0123456789abcdef.cache").write_bytes(b"t")
+    removed = C.prune_engines(tmp_path, "model-a", keep=2)
+    assert sorted(removed) == sorted(files[:3])
+    for f in files[:3]:
+        assert not f.exists() and not f.with_suffix(".json").exists()
+    for f in files[3:] + other:
+        assert f.exists() and f.with_suffix(".json").exists()
+    assert (tmp_path / "model-a-0123456789abcdef-56x70.onnx").exists()
+    assert (tmp_path / "timing-0123456789abcdef.cache").exists()
+    # the protected engine is kept even when it is the oldest
+    oldest_b = other[0]
+    assert C.prune_engines(tmp_path, "model-b", keep=1, protect=oldest_b) == [other[1]]
+    assert oldest_b.exists()
+    with pytest.raises(ValueError, match="keep"):
+        C.prune_engines(tmp_path, "model-a", keep=0)
+    assert C.prune_engines(tmp_path / "missing", "model-a") == []
+
+
+def test_load_or_build_prunes_after_a_build(tmp_path):
+    trt = _FakeTRT()
+    for n in range(3):
+        _engine_for(tmp_path, "m", n, 1_000 * (n + 1))
+    key = replace(KEY, model_hash="f" * 64)
+    engine_file, sidecar = C.engine_paths(tmp_path, "m", key)
+    C.load_or_build(engine_file, sidecar, key, deserialize=trt.deserialize, build=trt.build, keep=2,
+                    model_name="m")
+    engines = sorted(p.name for p in tmp_path.glob("*.engine"))
+    assert len(engines) == 2 and engine_file.name in engines
+    assert C.DEFAULT_KEEP_ENGINES == 3
+
+
+def test_file_sha256_covers_external_data(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"graph")
+    alone = C.file_sha256(model)
+    (tmp_path / "m.onnx.data").write_bytes(b"weights")
+    with_data = C.file_sha256(model)
+    assert alone != with_data
+    (tmp_path / "m.onnx.data").write_bytes(b"weightz")
+    assert C.file_sha256(model) != with_data
 
 
 def test_cache_module_does_not_import_tensorrt_or_torch():

@@ -99,17 +99,178 @@ def test_selection_errors(monkeypatch, tiny):
         E.resolve_backend("openvino")
     monkeypatch.setitem(E._PROBES, "onnxruntime", lambda: (False, "onnxruntime missing"))
     monkeypatch.setitem(E._PROBES, "tensorrt", lambda: (False, "no GPU"))
-    with pytest.raises(BackendUnavailableError, match="onnxruntime missing"):
+    # without ONNX Runtime, torch on the CPU is the last resort
+    engine = E.make_backend(tiny["dir"], "auto", num_threads=1)
+    assert engine.info.backend == "torch" and engine.selection.device == "cpu"
+    assert dict(engine.selection.skipped)["onnxruntime"] == "onnxruntime missing"
+    monkeypatch.setitem(E._PROBES, "torch", lambda: (False, "torch missing"))
+    with pytest.raises(BackendUnavailableError, match="onnxruntime missing.*torch-cpu: torch missing"):
         E.make_backend(tiny["dir"], "auto")
     with pytest.raises(ConfigError, match="precision"):
         E.make_backend(tiny["dir"], "torch", precision="int8")
+
+
+# ---------------------------------------------------------------------- devices and the auto order
+def test_device_names_are_checked_in_one_place(monkeypatch):
+    from monother_ros.runtime import device as D
+
+    assert [D.check_device(v) for v in ("auto", "CPU", " cuda ", "cuda:1")] == ["auto", "cpu", "cuda", "cuda:1"]
+    for bad in ("gpu", "cuda:", "cuda:-1", "cuda:x", "mps", "", "cuda1"):
+        with pytest.raises(ConfigError, match="device must be auto"):
+            D.check_device(bad)
+        assert D.device_validator(bad)
+    assert D.device_validator("cuda:0") is None
+    monkeypatch.setattr(D, "cuda_device_count", lambda: 0)
+    assert D.resolve_device("auto") == "cpu" and D.resolve_device("cpu") == "cpu"
+    with pytest.raises(BackendUnavailableError, match="torch sees no CUDA GPU: install a CUDA-enabled torch"):
+        D.resolve_device("cuda")
+    monkeypatch.setattr(D, "cuda_device_count", lambda: 2)
+    assert D.resolve_device("auto") == "cuda:0" and D.resolve_device("cuda") == "cuda:0"
+    assert D.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(BackendUnavailableError, match=r"only 2 CUDA device\(s\)"):
+        D.resolve_device("cuda:2")
+
+
+class _Built:
+    """Stands in for an engine built by a fake builder (records where it runs)."""
+
+    def __init__(self, name, device, fail_first_frame=False):
+        self.name, self.device, self.fail = name, device, fail_first_frame
+        self.info = E.EngineInfo((14, 14), "fp16", name, "h", "m", False)
+
+    def infer_tensor(self, x):
+        if self.fail:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x, None
+
+
+def _gpu_machine(monkeypatch, count=1):
+    from monother_ros.runtime import device as D
+    from monother_ros.runtime import selection
+
+    monkeypatch.setitem(selection.PROBES, "torch_cuda", lambda: (True, ""))
+    monkeypatch.setitem(selection.PROBES, "tensorrt", lambda: (True, ""))
+    monkeypatch.setattr(D, "cuda_device_count", lambda: count)
+
+
+def test_auto_order_and_fall_through_on_a_gpu_machine(monkeypatch, caplog):
+    from monother_ros.errors import EngineFileError
+    from monother_ros.runtime.selection import choose_and_build
+
+    _gpu_machine(monkeypatch)
+    calls = []
+
+    def builders(trt_error=None, torch_oom=False):
+        def trt(dev):
+            calls.append(("tensorrt", dev))
+            if trt_error:
+                raise trt_error
+            return _Built("tensorrt", dev)
+
+        def torch_(dev):
+            calls.append(("torch", dev))
+            return _Built("torch", dev, fail_first_frame=torch_oom)
+
+        def ort(dev):
+            calls.append(("onnxruntime", dev))
+            return _Built("onnxruntime", dev)
+
+        return {"tensorrt": trt, "torch": torch_, "onnxruntime": ort}
+
+    engine = choose_and_build("auto", "auto", builders())
+    assert engine.name == "tensorrt" and engine.device == "cuda:0" and engine.selection.skipped == ()
+    assert engine.selection.warnings == ()
+    calls.clear()
+    engine = choose_and_build("auto", "cuda:0", builders(EngineFileError("cached engine is corrupt; rebuild failed")))
+    assert (engine.name, engine.device) == ("torch", "cuda:0") and calls == [("tensorrt", "cuda:0"), ("torch", "cuda:0")]
+    assert engine.selection.skipped == (("tensorrt", "failed: EngineFileError: cached engine is corrupt; rebuild failed"),)
+    calls.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monother_ros.runtime.selection"):
+        engine = choose_and_build("auto", "auto", builders(MemoryError("no"), torch_oom=True))
+    assert (engine.name, engine.device) == ("onnxruntime", "cpu")
+    reasons = dict(engine.selection.skipped)
+    assert reasons["torch"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert any("a CUDA GPU is visible but onnxruntime runs on the CPU" in w for w in engine.selection.warnings)
+    assert sum("trying the next backend" in r.message for r in caplog.records) == 2
+    assert any("GPU is visible but onnxruntime runs on the CPU" in r.message for r in caplog.records)
+    diag = engine.selection.diagnostics()
+    assert diag["backend chosen"] == "onnxruntime" and diag["gpu visible"] == "yes"
+    assert diag["backend tensorrt not used"] == "failed: MemoryError: no"
+    # device cpu: the GPU candidates are skipped on purpose, not a failure; the CPU is then no warning
+    calls.clear()
+    engine = choose_and_build("auto", "cpu", builders())
+    assert calls == [("onnxruntime", "cpu")] and engine.selection.warnings == ()
+    assert dict(engine.selection.skipped) == {"tensorrt": "device cpu requested", "torch": "device cpu requested"}
+
+
+def test_explicit_backends_and_devices(monkeypatch):
+    from monother_ros.runtime.selection import choose_and_build
+
+    built = {n: (lambda dev, n=n: _Built(n, dev)) for n in ("tensorrt", "torch", "onnxruntime")}
+    with pytest.raises(BackendUnavailableError, match="device cuda asked for, but torch sees no CUDA GPU"):
+        choose_and_build("torch", "cuda", built)
+    assert choose_and_build("torch", "auto", built).device == "cpu"
+    assert choose_and_build("onnxruntime", "auto", built).device == "cpu"
+    _gpu_machine(monkeypatch, count=2)
+    assert choose_and_build("torch", "auto", built).device == "cuda:0"
+    assert choose_and_build("tensorrt", "cuda:1", built).device == "cuda:1"
+    assert choose_and_build("onnxruntime", "auto", built).device == "cpu"  # CUDA provider only when named
+    assert choose_and_build("onnxruntime", "cuda:1", built).device == "cuda:1"
+    assert choose_and_build("torch", "cpu", built).selection.warnings == ()  # the CPU asked for: no warning
+    ort_beside_gpu = choose_and_build("onnxruntime", "auto", built)
+    assert "runs on the CPU although a CUDA GPU is visible" in ort_beside_gpu.selection.warnings[0]
+    with pytest.raises(ConfigError, match="backend tensorrt runs on a CUDA device"):
+        choose_and_build("tensorrt", "cpu", built)
+    with pytest.raises(ConfigError, match="device must be"):
+        choose_and_build("auto", "gpu0", built)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        choose_and_build("openvino", "auto", built)
+
+
+def test_explicit_backend_failure_is_not_replaced(monkeypatch):
+    """A named backend that fails to build raises its own error: no silent switch to another one."""
+    from monother_ros.errors import EngineFileError
+    from monother_ros.runtime.selection import choose_and_build
+
+    _gpu_machine(monkeypatch)
+
+    def broken(dev):
+        raise EngineFileError("engine built for another GPU and rebuild disabled")
+
+    with pytest.raises(EngineFileError, match="another GPU"):
+        choose_and_build("tensorrt", "auto", {"tensorrt": broken})
+
+
+def test_model_folder_without_onnx_falls_through_when_export_fails(monkeypatch, tiny, tmp_path):
+    """No model.onnx and the export cannot run here (e.g. onnxscript missing on a robot): auto still
+    starts (torch), and says why ONNX Runtime was not used."""
+    import shutil
+
+    from monother_ros.errors import MonotherError
+    from monother_ros.runtime import export
+
+    folder = tmp_path / "no_onnx"
+    shutil.copytree(tiny["dir"], folder)
+    assert not (folder / MODEL_ONNX_FILE).exists()
+
+    def no_export(*args, **kwargs):
+        raise MonotherError("ONNX export of test-tiny at 56x70 failed: No module named 'onnxscript'")
+
+    monkeypatch.setattr(export, "export_onnx", no_export)
+    engine = E.make_backend(folder, "auto", cache_dir=tmp_path / "cache", num_threads=1)
+    assert engine.info.backend == "torch" and engine.selection.device == "cpu"
+    assert "onnxscript" in dict(engine.selection.skipped)["onnxruntime"]
+    assert not list((tmp_path / "cache").glob("*.onnx"))  # nothing half-written by the failed export
+    with pytest.raises(MonotherError, match="onnxscript"):
+        E.make_backend(folder, "onnxruntime", cache_dir=tmp_path / "cache")
 
 
 def test_real_probe_here():
     """This machine: tensorrt absent or no GPU -> auto is onnxruntime (the probe says why otherwise)."""
     reasons = E.available_backends()
     assert reasons["onnxruntime"] == "" and reasons["torch"] == ""
-    expected = "tensorrt" if reasons["tensorrt"] == "" else "onnxruntime"
+    expected = "tensorrt" if reasons["tensorrt"] == "" else ("torch" if torch.cuda.is_available() else "onnxruntime")
     assert E.resolve_backend("auto") == expected
 
 
@@ -435,3 +596,17 @@ def test_dual_model_folder_runs_its_thermal_student(tmp_path):
     depth, conf = engine.infer_tensor(x)
     np.testing.assert_allclose(depth, ref.depth.numpy(), rtol=1e-6)
     np.testing.assert_allclose(conf, ref.confidence.numpy(), rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_auto_on_a_gpu_machine_runs_on_the_gpu(tiny):
+    """With a CUDA GPU, auto never ends on the CPU: TensorRT when installed and building, else torch on CUDA."""
+    engine = E.make_backend(tiny["dir"], "auto", cache_dir=tiny["cache"])
+    try:
+        assert engine.selection.device.startswith("cuda") and engine.info.backend in ("tensorrt", "torch")
+        assert engine.selection.gpu_visible and engine.selection.warnings == ()
+        assert engine.info.precision == "fp16"
+        assert engine.infer(_thermal((61, 83))).depth.shape == (61, 83)
+    finally:
+        engine.close()

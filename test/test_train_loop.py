@@ -16,7 +16,8 @@ from training.checkpointing import latest_checkpoint, read_checkpoint
 from training.config import load_config
 from training.train import build_model, run
 
-COMMON = ["model=test-tiny", "input_size=[28, 42]", "batch_size=2", "lr=1e-3", "encoder_lr_factor=1.0", "threads=1"]
+COMMON = ["model=test-tiny", "input_size=[28, 42]", "batch_size=2", "lr=1e-3", "encoder_lr_factor=1.0", "threads=1",
+          "deterministic=on"]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ from monother_ros.errors import ConfigError
 Stage = Literal["supervised", "label_free"]
 Distillation = Literal["none", "no_confidence", "full"]
 GtSource = Literal["auto", "depth", "lidar", "none"]
+Switch = Literal["auto", "on", "off"]
+Amp = Literal["off", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class TrainConfig:
     contrast: float = 0.1  # multiplicative jitter range 1 +/- contrast
     gamma: tuple[float, ...] = (0.9, 1.1)  # gamma range
     rgb_low_light: float = 0.0  # probability of a night-like RGB (dim, lamp-lit pools, read noise); 0 = reference recipe
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
 
     # --- model ---
     model: str = "monother-default"  # student preset (model.variants.PRESETS)
@@ -111,7 +114,10 @@ class TrainConfig:
     # --- system ---
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
+    # torch.use_deterministic_algorithms (warn-only) and no cuDNN autotuning: bit-identical repeats, but on a
+    # GPU several times slower. auto = on for the CPU, off on CUDA (where off also turns cuDNN benchmark on).
+    deterministic: Switch = "auto"
+    amp: Amp = "off"  # mixed precision for the networks' forward (losses and warping stay fp32); fp16 adds a GradScaler
     threads: int = 0  # torch.set_num_threads per process; 0 = leave
     stop_after_steps: int = 0  # stop (after a checkpoint) once this many optimiser steps are done; 0 = off
 
@@ -150,6 +156,8 @@ class TrainConfig:
                 "stage=label_free needs distillation no_confidence or full: without distillation there is no "
                 "label-free training signal (the no-distillation ablation is the stage-1 model itself)"
             )
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0 < self.student_nll_keep_fraction <= 1:
             raise ConfigError(f"student_nll_keep_fraction must be in (0, 1], got {self.student_nll_keep_fraction}")
 
@@ -167,6 +175,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         return _build(cls, data, "")
+
+    def deterministic_on(self, device_type: str) -> bool:
+        """Whether deterministic algorithms are used on a device of ``device_type`` (``cpu``, ``cuda``)."""
+        return self.deterministic == "on" or (self.deterministic == "auto" and device_type != "cuda")
 
     def replace(self, **overrides: Any) -> "TrainConfig":
         data = self.to_dict()
@@ -198,6 +210,11 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Check/convert ``value`` to the field type ``hint``; ``ConfigError`` names the field otherwise."""
     origin = get_origin(hint)
     if origin is Literal:
+        # YAML 1.1 reads on/off as booleans (and older configs stored deterministic as true/false).
+        if isinstance(value, bool) and {"on", "off"} <= set(get_args(hint)):
+            value = "on" if value else "off"
+        elif value is False and "off" in get_args(hint):
+            value = "off"
         if value not in get_args(hint):
             raise ConfigError(f"{name}={value!r} is not one of {get_args(hint)}")
         return value

@@ -21,6 +21,12 @@ pixels of the batch. Rank 0 logs (tqdm bar with loss and samples/s, ``metrics.js
 writes checkpoints; ``init_from=resume`` continues from the latest checkpoint in ``out_dir`` and
 reproduces the uninterrupted run. An update whose gradient norm is not finite is skipped and counted
 (``skipped_steps`` in the log).
+
+Speed (``apply_speed_options``): ``deterministic`` auto | on | off (auto = on for the CPU, off on CUDA, where
+deterministic kernels cost several times the throughput and cuDNN autotuning is then on); ``amp`` off |
+bf16 | fp16 runs the networks under ``torch.autocast`` while warping, metadata and losses stay float32
+(fp16 with a ``GradScaler``, its state kept in the checkpoint); ``num_workers`` and ``pin_memory`` for the
+DataLoader. ``bench/gpu_train_section.py`` times them side by side.
 """
 from __future__ import annotations
 
@@ -124,6 +130,56 @@ def _mean_across_ranks(values: dict[str, float], count: int, ctx: DistContext) -
 
 
 # ------------------------------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """What ``apply_speed_options`` switched on for a run.
+
+    Attributes:
+        deterministic: deterministic algorithms on (bit-identical repeats).
+        autocast_dtype: dtype of the networks' forward under autocast, or None (fp32).
+        pin_memory: DataLoader pins batches (CUDA only).
+    """
+
+    deterministic: bool
+    autocast_dtype: torch.dtype | None
+    pin_memory: bool
+
+
+_AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def apply_speed_options(config: TrainConfig, device: torch.device) -> SpeedOptions:
+    """Set torch's process-wide determinism switches for ``config`` on ``device``; the run's speed options.
+
+    Deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` and no cuDNN autotuning.
+    Otherwise nondeterministic kernels are allowed and, on CUDA, cuDNN picks the fastest convolution
+    algorithms for the run's fixed shapes (``cudnn.benchmark``). The caller restores the switches.
+    """
+    deterministic = config.deterministic_on(device.type)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+    return SpeedOptions(deterministic=deterministic, autocast_dtype=_AMP_DTYPES[config.amp],
+                        pin_memory=bool(config.pin_memory and device.type == "cuda"))
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler", trainable: list[nn.Parameter],
+                     grad_clip: float) -> bool:
+    """After ``scaler.scale(loss).backward()``: clip the global gradient norm to ``grad_clip`` (0 = off) and
+    step, unless the norm is not finite (a NaN/inf gradient would poison every weight through AdamW).
+
+    Returns:
+        True when the optimiser stepped. One host sync (the norm).
+    """
+    scaler.unscale_(optimizer)  # (fp16) true gradients before clipping; a no-op when the scaler is off
+    norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else float("inf"))
+    stepped = bool(torch.isfinite(norm))
+    if stepped:
+        scaler.step(optimizer)
+    scaler.update()  # (fp16) lower the loss scale after an overflow, raise it after a quiet stretch
+    return stepped
 
 
 def build_model(config: TrainConfig):
@@ -346,13 +402,11 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     ctx = setup_distributed(config.device)
     deterministic_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark_before = torch.backends.cudnn.benchmark
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            if ctx.device.type == "cuda":
-                torch.backends.cudnn.benchmark = False
+        speed = apply_speed_options(config, ctx.device)
         out_dir = Path(config.out_dir)
         if config.batch_size % ctx.world_size:
             raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {ctx.world_size} processes")
@@ -371,6 +425,7 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
         prepare_stage(model, config.stage)
         optimizer, scheduler = make_optimizer(model, config, total_steps)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.amp == "fp16")
         step, start_epoch, start_in_epoch = 0, 0, 0
         sums: dict[str, float] = {}
         count = 0
@@ -382,6 +437,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             if ckpt is None:
                 raise CheckpointError(f"init_from=resume: no checkpoint under {out_dir / 'checkpoints'}")
             state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            if scaler.is_enabled() and state["extra"].get("grad_scaler"):
+                scaler.load_state_dict(state["extra"]["grad_scaler"])
             step, start_epoch, start_in_epoch = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
             sums = {k: float(v) for k, v in state["extra"].get("epoch_sums", {}).items()}
             count = int(state["extra"].get("epoch_count", 0))
@@ -424,7 +481,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             return save_checkpoint(
                 out_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
                 step_in_epoch=in_epoch, config=config.to_dict(),
-                extra={"epoch_sums": dict(sums), "epoch_count": count, "world_size": ctx.world_size},
+                extra={"epoch_sums": dict(sums), "epoch_count": count, "world_size": ctx.world_size,
+                       **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
                 keep=config.keep_checkpoints,
             )
 
@@ -437,7 +495,8 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             if first == 0:
                 sums, count = {}, 0
             skipped = 0
-            loader = DataLoader(train_ds, batch_sampler=batches[first:], collate_fn=collate, num_workers=config.num_workers)
+            loader = DataLoader(train_ds, batch_sampler=batches[first:], collate_fn=collate, num_workers=config.num_workers,
+                                pin_memory=speed.pin_memory)
             prepare_stage(model, config.stage)
             bar = None
             if ctx.is_main and progress:
@@ -457,16 +516,12 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                     sync = contextlib.nullcontext() if (c == len(chunks) - 1 or not ctx.distributed) else net.no_sync()
                     with sync:
                         result = training_step(net, chunk, stage=config.stage, distillation=config.distillation, weights=weights,
-                                               student_nll_keep_fraction=config.student_nll_keep_fraction)
-                        (result.total / len(chunks)).backward()
+                                               student_nll_keep_fraction=config.student_nll_keep_fraction,
+                                               autocast_dtype=speed.autocast_dtype)
+                        scaler.scale(result.total / len(chunks)).backward()
                     for k, v in result.losses.items():
                         step_losses[k] = step_losses.get(k, 0.0) + float(v) / len(chunks)
-                # The global gradient norm (one host sync): clip to grad_clip, and skip the update when it
-                # is not finite (a NaN/inf gradient would poison every weight through AdamW).
-                norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else float("inf"))
-                if torch.isfinite(norm):
-                    optimizer.step()
-                else:
+                if not optimizer_update(optimizer, scaler, trainable, config.grad_clip):
                     skipped += 1
                     LOG.warning("step %d: non-finite gradient norm, update skipped", step + 1)
                 scheduler.step()
@@ -518,6 +573,7 @@ def run(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                            model=model)
     finally:
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
+        torch.backends.cudnn.benchmark = benchmark_before
         teardown_distributed(ctx)
 
 

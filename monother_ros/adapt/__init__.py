@@ -11,11 +11,13 @@ Public API::
     learner.pause(); learner.resume(); learner.reset(); learner.save(); learner.status()
 
 Modules: ``buffer`` (pair samples, replay buffer, held-out slice, keyframe rule), ``learner`` (training
-rounds through ``distill.step.training_step``, held-out guards, checkpoints, resume).
+rounds through ``distill.step.training_step``, held-out guards, resume), ``checkpoint_store`` (crash-safe
+checkpoint folders).
 """
 from monother_ros.adapt.buffer import HeldOutSlice, KeyframeConfig, KeyframeSelector, PairSample, ReplayBuffer, collate_samples
+from monother_ros.adapt.checkpoint_store import CheckpointStore
 from monother_ros.adapt.learner import (
-    CheckpointStore, LearnerConfig, ModelUpdate, OnlineLearner, RoundResult, consistency_score, evaluate_student, load_dual,
+    LearnerConfig, ModelUpdate, OnlineLearner, RoundResult, consistency_score, evaluate_student, load_dual,
 )
 
 __all__ = [

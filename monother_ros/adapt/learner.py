@@ -21,10 +21,12 @@ confidence network) and runs MonoTher-Depth's label-free stage online:
   than the running model by more than ``reject_threshold`` (relative) is rejected; ``max_rejections``
   rejections in a row roll the training weights back to the last accepted ones (optimiser state reset).
   Ground truth, when a simulated sample carries it, is scored for reports only (``gt_absrel``).
-* Accepted weights are written atomically as a checkpoint (``model/checkpoints.save_model`` into
-  ``<checkpoint_dir>/adapt-NNNNNN``, optionally with ``model.onnx``; the newest ``keep_checkpoints``
-  are kept) and handed to ``on_update`` (the node swaps them into the depth engine). A restart resumes
-  from the newest checkpoint that loads (a corrupt or half-written one is skipped).
+* Accepted weights are written atomically as a checkpoint (``adapt.checkpoint_store``: folders
+  ``<checkpoint_dir>/adapt-NNNNNN``, optionally with ``model.onnx``; at most ``keep_checkpoints`` of them,
+  enforced at start and after every write attempt; leftovers of interrupted writes removed at start; a
+  failed write retried until one succeeds) and handed to ``on_update`` (the node swaps them into the
+  depth engine). A restart resumes from the newest checkpoint that loads (a corrupt or partial one is
+  skipped).
 
 Thread safety: public methods may be called from any thread. A training step holds ``_train_lock``;
 reset / save / rollback take it too, so they land between steps. The running student used to admit
@@ -38,8 +40,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -60,14 +60,15 @@ from monother_ros.adapt.buffer import (
     Sampling,
     collate_samples,
 )
+from monother_ros.adapt.checkpoint_store import CheckpointStore
 from monother_ros.errors import CheckpointError, ConfigError
 
 __all__ = [
     "LearnerConfig",
     "ModelUpdate",
     "RoundResult",
-    "CheckpointStore",
     "OnlineLearner",
+    "learner_device",
     "load_dual",
     "evaluate_student",
 ]
@@ -76,7 +77,6 @@ LOG = logging.getLogger(__name__)
 
 # Student parameters trained at lr * encoder_lr_factor (as training/: encoder and DPT head slower).
 _SLOW_PREFIXES = ("pretrained.", "depth_head.")
-_CKPT_RE = re.compile(r"^adapt-(\d{6,})$")
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,27 @@ class RoundResult:
 # ----------------------------------------------------------------------------------- model loading
 
 
+def learner_device(device: str | torch.device) -> torch.device:
+    """The torch device for the learner (teacher, confidence network and student all go there).
+
+    Raises:
+        ConfigError: not a torch device, or a CUDA device torch cannot see.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: torch sees no CUDA GPU (CPU-only torch build or no driver); "
+                              "use device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
 def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | None = None,
-              *, device: str = "cpu") -> tuple[nn.Module, Any]:
+              *, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
     """The dual model to adapt: student from ``model_dir``, teacher + confidence from a dual folder.
 
     Args:
@@ -202,11 +221,13 @@ def load_dual(model_dir: str | os.PathLike, teacher_dir: str | os.PathLike | Non
         ``(MonotherDual, student ModelConfig)``.
 
     Raises:
-        ConfigError: no teacher/confidence network available, or student configurations differ.
+        ConfigError: no teacher/confidence network available, student configurations differ, or the
+            device is unusable.
         CheckpointError: unreadable folders.
     """
     from monother_ros.model.checkpoints import load_model, load_state_dict_strict, read_model_dir
 
+    device = learner_device(device)
     tensors, config, meta = read_model_dir(model_dir)
     if str(meta.get("kind")) == "monother_dual":
         dual, config = load_model(model_dir, map_location=device)
@@ -304,85 +325,14 @@ def evaluate_student(student: nn.Module, samples: Sequence[PairSample], *, devic
     return out
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-
-
-class CheckpointStore:
-    """Adapted students as ``<root>/adapt-NNNNNN`` model folders, newest last, the newest ``keep`` kept.
-
-    Each folder is written by ``model/checkpoints.save_model`` (temporary sibling, fsync, rename), so a
-    process killed mid-write leaves at most a hidden ``.adapt-NNNNNN.tmp-*`` folder, removed on the
-    next :meth:`cleanup`; the previous checkpoints are never touched before the new one is complete.
-    """
-
-    def __init__(self, root: str | os.PathLike, keep: int = 3) -> None:
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
-        self.root = Path(root)
-        self.keep = int(keep)
-
-    def list(self) -> list[Path]:
-        """Complete checkpoint folders, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if p.is_dir() and (m := _CKPT_RE.match(p.name))]
-        return [p for _, p in sorted(found)]
-
-    def _next_index(self) -> int:
-        items = self.list()
-        return int(_CKPT_RE.match(items[-1].name).group(1)) + 1 if items else 1
-
-    def write(self, student: nn.Module, config: Any, metadata: Mapping[str, Any], *,
-              onnx: bool = False, input_hw: Optional[Sequence[int]] = None) -> tuple[Path, Optional[Path]]:
-        """Write a new checkpoint (and its ONNX when asked), then prune; returns (folder, onnx or None)."""
-        from monother_ros.model.checkpoints import save_model
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        target = self.root / f"adapt-{self._next_index():06d}"
-        save_model(student, config, target, metadata=dict(metadata))
-        onnx_path = None
-        if onnx:
-            from monother_ros.runtime.export import MODEL_ONNX_FILE, export_model_dir
-
-            onnx_path = target / MODEL_ONNX_FILE
-            export_model_dir(target, onnx_path, input_hw=input_hw)  # written atomically by the exporter
-        self.prune()
-        return target, onnx_path
-
-    def prune(self) -> None:
-        for old in self.list()[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def cleanup(self) -> int:
-        """Remove leftovers of interrupted writes (hidden temporary folders); returns how many."""
-        if not self.root.is_dir():
-            return 0
-        removed = 0
-        for p in self.root.iterdir():
-            if p.name.startswith(".adapt-") and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed += 1
-        return removed
-
-    def latest_valid(self) -> Optional[tuple[Path, dict[str, torch.Tensor], dict[str, Any]]]:
-        """(folder, state dict, metadata) of the newest checkpoint that reads back with a matching hash."""
-        from monother_ros.model.checkpoints import read_model_dir
-
-        for path in reversed(self.list()):
-            try:
-                tensors, _, meta = read_model_dir(path)
-            except (CheckpointError, ConfigError, OSError) as exc:
-                LOG.warning("skipping unreadable adaptation checkpoint %s: %s", path, exc)
-                continue
-            return path, tensors, meta
-        return None
-
-
 # ----------------------------------------------------------------------------------- learner
 
 
 class OnlineLearner:
     """Replay buffer + keyframe rule + budgeted background training + guards + checkpoints.
+
+    A checkpoint write that fails (full disk) is retried by the training thread with a growing back-off
+    (``SAVE_RETRY_MIN_S`` doubling up to ``SAVE_RETRY_MAX_S``) until one succeeds.
 
     Args:
         model: ``MonotherDual`` with a confidence network (see :func:`load_dual`); its student is
@@ -391,8 +341,12 @@ class OnlineLearner:
         shipped_state: the student weights ``reset`` returns to; default the model's current student.
         on_update: called with a :class:`ModelUpdate` whenever the running weights change (accepted
             candidate, reset, resume); runs on the calling thread (the training thread for accepts).
-        device: torch device of the model.
+        device: torch device (cpu, cuda, cuda:N) for the student, the teacher and the confidence network:
+            the model is moved there; training, admission (teacher + confidence) and scoring run there.
     """
+
+    SAVE_RETRY_MIN_S = 5.0  # first retry of a failed checkpoint write, seconds
+    SAVE_RETRY_MAX_S = 60.0
 
     def __init__(self, model: nn.Module, config: LearnerConfig = LearnerConfig(), *,
                  shipped_state: Optional[Mapping[str, torch.Tensor]] = None,
@@ -403,7 +357,7 @@ class OnlineLearner:
         if getattr(model, "confidence_net", None) is None and config.distillation == "full":
             raise ConfigError("distillation 'full' needs a dual model with a confidence network")
         self.config = config
-        self.device = torch.device(device)
+        self.device = learner_device(device)
         self.model = model.to(self.device)
         self.student_config = model.student.config
         self.max_depth = float(self.student_config.max_depth_m)
@@ -433,11 +387,16 @@ class OnlineLearner:
         self._optimizer = self._make_optimizer()
         self._generator = torch.Generator().manual_seed(config.seed)
 
-        self.store = CheckpointStore(config.checkpoint_dir, config.keep_checkpoints) if config.checkpoint_dir else None
+        # Opening the store removes leftovers of interrupted writes and prunes to keep_checkpoints.
+        self.store = (CheckpointStore(config.checkpoint_dir, config.keep_checkpoints, clean=True)
+                      if config.checkpoint_dir else None)
+        self._save_pending: Optional[tuple[str, int, float]] = None  # (reason, round, score) of a failed save
+        self._save_retry_at = 0.0
+        self._save_backoff = self.SAVE_RETRY_MIN_S
         self.resumed_from: Optional[Path] = None
         self.last_checkpoint: Optional[Path] = None
         self.counters = {"rounds": 0, "steps": 0, "accepted": 0, "rejected": 0, "rollbacks": 0, "resets": 0,
-                         "checkpoints": 0, "updates_sent": 0, "update_errors": 0}
+                         "checkpoints": 0, "checkpoint_errors": 0, "updates_sent": 0, "update_errors": 0}
         self.consecutive_rejections = 0
         self.last_round: Optional[RoundResult] = None
         self.last_loss = float("nan")
@@ -446,11 +405,10 @@ class OnlineLearner:
         self._paused = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._closed = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        if self.store is not None:
-            self.store.cleanup()
-            if config.resume:
-                self._resume()
+        if self.store is not None and config.resume:
+            self._resume()
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -467,14 +425,15 @@ class OnlineLearner:
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def _resume(self) -> None:
-        found = self.store.latest_valid()
-        if found is None:
-            return
-        path, tensors, meta = found
-        try:
-            self._set_running(tensors, load_training=True)
-        except RuntimeError as exc:  # a checkpoint of another model: start from the shipped weights
-            LOG.warning("not resuming from %s: %s", path, exc)
+        # Newest first; a corrupt folder is deleted, one of another model skipped (older ones may fit).
+        for path, tensors, meta in self.store.valid(remove_invalid=True):
+            try:
+                self._set_running(tensors, load_training=True)
+            except RuntimeError as exc:
+                LOG.warning("not resuming from %s: %s", path, exc)
+                continue
+            break
+        else:
             return
         self.resumed_from = path
         self.last_checkpoint = path
@@ -649,6 +608,7 @@ class OnlineLearner:
             if budget:
                 self._budget_wait(dt)
         self.last_loss = float(np.mean(losses))
+        e0 = time.monotonic()
         with self._train_lock:
             running = self.running_score()
             _, held = self.holdout.snapshot()
@@ -679,6 +639,11 @@ class OnlineLearner:
             if decision == "accepted":
                 # Under the training lock, so a concurrent reset cannot be overtaken by this hand-over.
                 self._publish(state, "accepted", rnd, candidate)
+        # Scoring (and the checkpoint) is compute too: the same budget follows it.
+        dt = time.monotonic() - e0
+        self.busy_seconds += dt
+        if budget:
+            self._budget_wait(dt)
         result = RoundResult(rnd, len(losses), decision, candidate, running, self.last_loss,
                              time.monotonic() - t0, gt.get("abs_rel", float("nan")))
         self.last_round = result
@@ -696,18 +661,48 @@ class OnlineLearner:
         holder.load_state_dict(state, strict=True)
         meta = {"adapt_reason": reason, "adapt_round": rnd, "adapt_score": None if not math.isfinite(score) else score,
                 "adapt_counters": dict(self.counters), "adapt_distillation": self.config.distillation}
-        path, onnx = self.store.write(holder, self.student_config, meta, onnx=self.config.export_onnx,
-                                      input_hw=self.student_config.input_size)
+        path = self.store.write(holder, self.student_config, meta)
+        onnx = None
+        if self.config.export_onnx:
+            from monother_ros.runtime.export import MODEL_ONNX_FILE, export_model_dir
+
+            onnx = path / MODEL_ONNX_FILE
+            export_model_dir(path, onnx, input_hw=self.student_config.input_size)
         self.counters["checkpoints"] += 1
         self.last_checkpoint = path
+        self._save_pending = None
+        self._save_backoff = self.SAVE_RETRY_MIN_S
         return path, onnx
 
-    def _publish(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int, score: float) -> Optional[ModelUpdate]:
+    def _checkpoint_or_retry_later(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int,
+                                   score: float) -> tuple[Optional[Path], Optional[Path]]:
+        """``_checkpoint``; on failure (full disk...) log, and let the training thread retry later."""
         try:
-            path, onnx = self._checkpoint(state, reason, rnd, score)
+            return self._checkpoint(state, reason, rnd, score)
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop adaptation
-            LOG.error("could not write the adaptation checkpoint: %s", exc)
-            path, onnx = None, None
+            self.counters["checkpoint_errors"] += 1
+            self._save_pending = (reason, rnd, score)
+            self._save_retry_at = time.monotonic() + self._save_backoff
+            LOG.error("could not write the adaptation checkpoint (retry in %.0f s): %s", self._save_backoff, exc)
+            self._save_backoff = min(2 * self._save_backoff, self.SAVE_RETRY_MAX_S)
+            return None, None
+
+    def retry_failed_save(self, *, now: bool = False) -> Optional[Path]:
+        """Write the running weights again after a failed save, once the back-off has passed (or ``now``).
+
+        Called by the training thread; returns the folder written, None when nothing was due or it failed.
+        """
+        pending = self._save_pending
+        if pending is None or (not now and time.monotonic() < self._save_retry_at):
+            return None
+        with self._train_lock:
+            path, _ = self._checkpoint_or_retry_later(self.running_state, *pending)
+        if path is not None:
+            LOG.info("adaptation checkpoint written after an earlier failure: %s", path)
+        return path
+
+    def _publish(self, state: Mapping[str, torch.Tensor], reason: str, rnd: int, score: float) -> Optional[ModelUpdate]:
+        path, onnx = self._checkpoint_or_retry_later(state, reason, rnd, score)
         update = ModelUpdate({k: v.clone() for k, v in state.items()}, reason, path, onnx, rnd, score)
         if self.on_update is not None:
             try:
@@ -719,9 +714,19 @@ class OnlineLearner:
         return update
 
     def save(self) -> Optional[Path]:
-        """Checkpoint the running weights now; returns the folder (None without a checkpoint_dir)."""
+        """Checkpoint the running weights now; returns the folder (None without a checkpoint_dir).
+
+        Raises:
+            CheckpointError: the write failed (the training thread retries it later).
+        """
+        if self.store is None:
+            return None
         with self._train_lock:
-            path, _ = self._checkpoint(self.running_state, "save", self.counters["rounds"], float("nan"))
+            if self._closed.is_set():  # queued behind the lock while the node shut down
+                return None
+            path, _ = self._checkpoint_or_retry_later(self.running_state, "save", self.counters["rounds"], float("nan"))
+        if path is None:
+            raise CheckpointError(f"checkpoint not written ({self.store.last_error}); it is retried")
         return path
 
     def reset(self) -> ModelUpdate:
@@ -765,6 +770,10 @@ class OnlineLearner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            try:
+                self.retry_failed_save()
+            except Exception:  # noqa: BLE001 - logged; the next retry or round tries again
+                LOG.exception("checkpoint retry failed")
             if self._paused.is_set() or not self.ready():
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -783,6 +792,12 @@ class OnlineLearner:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return self._thread is None or not self._thread.is_alive()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop for good: :meth:`save` calls still waiting for the training lock return without writing
+        (a shutdown mid-save finishes the write in flight only), then :meth:`stop`."""
+        self._closed.set()
+        return self.stop(timeout)
 
     def pause(self) -> None:
         """Stop admitting pairs and training (the current step finishes)."""
@@ -829,6 +844,8 @@ class OnlineLearner:
                 "gt_absrel": num(last.gt_absrel)},
             "duty_cycle_used": round(self.busy_seconds / elapsed, 4),
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            # Why the last checkpoint write failed; None once a write succeeds again.
+            "checkpoint_error": self.store.last_error if self.store is not None else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "distillation": self.config.distillation,
         }

@@ -116,6 +116,33 @@ def _weights(stage: Stage, weights: Mapping[str, float] | SupervisedWeights | La
     return cls(**{k: float(v) for k, v in weights.items() if k in fields})
 
 
+def _float32(x: Any) -> Any:
+    return x.float() if isinstance(x, Tensor) and x.is_floating_point() else x
+
+
+def _float32_branch(output: Any) -> Any:
+    """A branch output (NamedTuple of tensors) with every floating tensor as float32."""
+    return output._replace(**{k: _float32(v) for k, v in output._asdict().items()})
+
+
+def _float32_outputs(out: Any) -> Any:
+    """``DualOutput`` of an autocast forward, cast back to float32 for the losses."""
+    return out._replace(student=_float32_branch(out.student), teacher=_float32_branch(out.teacher),
+                        teacher_confidence=_float32(out.teacher_confidence), metadata=_float32(out.metadata))
+
+
+class _Float32Metadata:
+    """Runs a metadata builder in float32 inside an autocast forward (warping and cosine similarities
+    lose too much in bf16/fp16); the confidence network then takes the float32 metadata under autocast."""
+
+    def __init__(self, builder: MetadataBuilder, device_type: str) -> None:
+        self.builder, self.device_type = builder, device_type
+
+    def __call__(self, student: Any, teacher: Any) -> Tensor:
+        with torch.autocast(self.device_type, enabled=False):
+            return self.builder(_float32_branch(student), _float32_branch(teacher))
+
+
 def training_step(
     model: nn.Module,
     batch: Mapping[str, Any],
@@ -125,6 +152,7 @@ def training_step(
     weights: Mapping[str, float] | SupervisedWeights | LabelFreeWeights | None = None,
     student_nll_keep_fraction: float = 0.5,
     min_depth: float = 1e-3,
+    autocast_dtype: torch.dtype | None = None,
 ) -> StepResult:
     """Forward + loss of one batch (no optimiser step).
 
@@ -138,6 +166,9 @@ def training_step(
         student_nll_keep_fraction: label_free: fraction of the most confident teacher pixels (per image)
             that supervise the student's confidence head.
         min_depth: valid depth lower bound, metres (upper bound: the student's ``max_depth_m``).
+        autocast_dtype: run the networks (both branches and the confidence network) under
+            ``torch.autocast`` with this dtype (``torch.bfloat16`` / ``torch.float16``); the metadata
+            (warping, similarities) and every loss stay float32. None = float32 throughout.
 
     Returns:
         ``StepResult``.
@@ -160,7 +191,15 @@ def training_step(
         raise ValueError("distillation='full' needs a model with a confidence network")
 
     builder = MetadataBuilder(rgb_unit, K_t, K_r, T_rt, min_depth=min_depth, max_depth=max_depth)
-    out = model(thermal, rgb, need_confidence=need_confidence, metadata_fn=builder if need_confidence else None, features=need_metadata)
+    if autocast_dtype is None:
+        out = model(thermal, rgb, need_confidence=need_confidence, metadata_fn=builder if need_confidence else None,
+                    features=need_metadata)
+    else:
+        device_type = thermal.device.type
+        metadata_fn = _Float32Metadata(builder, device_type) if need_confidence else None
+        with torch.autocast(device_type, dtype=autocast_dtype):
+            out = model(thermal, rgb, need_confidence=need_confidence, metadata_fn=metadata_fn, features=need_metadata)
+        out = _float32_outputs(out)
     metadata = builder.last
     if need_metadata and metadata is None:
         metadata = build_metadata_from_outputs(out.student, out.teacher, rgb_unit, K_t, K_r, T_rt, min_depth=min_depth, max_depth=max_depth)

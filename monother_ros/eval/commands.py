@@ -1,6 +1,7 @@
 """``monother eval`` and ``monother import-ms2``.
 
     monother eval BAG [BAG ...] [--model [NAME=]M ...] --out DIR [--backend onnxruntime|torch|...]
+                  [--device auto|cpu|cuda[:N]] [--precision fp32|fp16]
                   [--gt-topic /gt/depth | --lidar-topic /lidar/points] [--gt-tolerance-ms T]
                   [--align none|median|lsq] [--condition day|night|fog] [--min-depth 1e-3 --max-depth 80]
                   [--bins 0,10,20,40,80] [--every N] [--max-frames N] [--no-boundary] [--no-pictures]
@@ -42,6 +43,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
                         "engines/default)")
     p.add_argument("--out", required=True, help="output folder (created; checked writable before the run)")
     p.add_argument("--backend", default="onnxruntime", choices=["auto", "tensorrt", "onnxruntime", "torch"])
+    p.add_argument("--device", default="auto",
+                   help="where the engine runs: auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp16", "fp32"],
+                   help="precision on CUDA (default fp32: scores independent of the GPU)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads for the engine")
     gt = p.add_mutually_exclusive_group()
     gt.add_argument("--gt-topic", default="/gt/depth", help="ground-truth depth image topic (default /gt/depth)")
@@ -110,6 +115,7 @@ def _eval(args: argparse.Namespace) -> int:
         tolerance_ns=None if args.gt_tolerance_ms is None else int(round(args.gt_tolerance_ms * 1e6)),
         align=args.align, condition=args.condition, min_depth=args.min_depth, max_depth=args.max_depth,
         every=args.every, max_frames=args.max_frames, bins=parse_bins(args.bins), backend=args.backend,
+        device=args.device, precision=args.precision,
         num_threads=args.num_threads, mosaic_frames=args.mosaic_frames, boundary=not args.no_boundary,
         pictures=not args.no_pictures,
         progress=not args.no_progress and sys.stderr.isatty(),

@@ -116,6 +116,8 @@ class EvalOptions:
         every: evaluate every N-th thermal frame; max_frames: stop after this many per bag (0 = all).
         bins: distance bin edges, metres (ascending).
         backend, num_threads: engine options (offline mode).
+        device, precision: where and how the engine runs (``auto``/``cpu``/``cuda[:N]``; ``fp16`` applies on
+            CUDA only); fp32 by default so that scores do not depend on the GPU.
         mosaic_frames: frames per bag pictured in the mosaic.
         boundary: compute boundary F1.
         pictures: draw the mosaics and plots (``report.md`` and ``metrics.json`` are always written).
@@ -136,6 +138,8 @@ class EvalOptions:
     max_frames: int = 0
     bins: tuple[float, ...] = DEFAULT_BINS
     backend: str = "onnxruntime"
+    device: str = "auto"
+    precision: str = "fp32"
     num_threads: int | None = None
     mosaic_frames: int = 3
     boundary: bool = True
@@ -155,6 +159,11 @@ class EvalOptions:
             raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
         if len(self.bins) < 2 or any(not (b > a) for a, b in zip(self.bins, self.bins[1:])):
             raise ConfigError(f"distance bins must be >= 2 ascending edges, got {list(self.bins)}")
+        from monother_ros.runtime.device import check_device
+
+        self.device = check_device(self.device)
+        if self.precision not in ("fp16", "fp32"):
+            raise ConfigError(f"--precision must be fp16 or fp32, got {self.precision!r}")
         if self.tolerance_ns is not None and self.tolerance_ns < 0:
             raise ConfigError(f"GT tolerance must be >= 0, got {self.tolerance_ns} ns")
 
@@ -783,7 +792,8 @@ class EnginePredictor:
 
         if not spec.path.exists():
             raise ConfigError(f"model {spec.name}: {spec.path} does not exist")
-        engine = make_backend(spec.path, options.backend, num_threads=options.num_threads)  # type: ignore[arg-type]
+        engine = make_backend(spec.path, options.backend, num_threads=options.num_threads,  # type: ignore[arg-type]
+                              device=options.device, precision=options.precision)  # type: ignore[arg-type]
         return cls(spec.name, spec.path, engine)
 
     def predict(self, frame: EvalFrame) -> Prediction:

@@ -124,7 +124,8 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
                 recording = play_and_record(
-                    bag, spec.path, backend=options.backend, rate=live.rate, config=live.config,
+                    bag, spec.path, backend=options.backend, device=options.device, precision=options.precision,
+                    rate=live.rate, config=live.config,
                     thermal_topic=options.thermal_topic, topics=present, num_threads=live.num_threads,
                     ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s)
             except MonotherError as exc:

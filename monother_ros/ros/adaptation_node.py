@@ -59,6 +59,7 @@ from monother_ros.ros import qos
 from monother_ros.ros.convert import ImageDecodeError, camera_from_info, image_to_array, stamp_to_ns
 from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
 from monother_ros.ros.entry import run_node
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
@@ -140,6 +141,8 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("checkpoint.resume", bool, True, "start from the newest valid checkpoint"),
         ParamSpec("checkpoint.export_onnx", bool, True, "write model.onnx into each checkpoint (ONNX Runtime / "
                   "TensorRT depth nodes in other processes)"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the image frame ids and odom_frame in TF "
+                  "lookups unless they carry it already (e.g. robot1/)", frame_prefix_error),
     ]
 )
 
@@ -324,7 +327,11 @@ class OnlineAdaptationNode(Node):
             else:
                 self.problems.clear(f"{name}_failed")
 
-        threading.Thread(target=run, name=f"adaptation-{name}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"adaptation-{name}", daemon=True)
+        # Joined by destroy_node: a daemon thread still inside torch at interpreter exit aborts the
+        # process ("terminate called without an active exception").
+        self._background = [t for t in getattr(self, "_background", []) if t.is_alive()] + [thread]
+        thread.start()
 
     def _srv_reset(self, _request, response):
         self._in_background("reset", self.learner.reset)
@@ -389,11 +396,14 @@ class OnlineAdaptationNode(Node):
         stamp = stamp_to_ns(thermal_msg.header.stamp)
         timeout = self.params["tf_timeout_s"]
         try:
-            T = self.tf_buffer.lookup_transform(rgb_msg.header.frame_id, thermal_msg.header.frame_id, stamp, timeout)
+            prefix = self.params["frame_prefix"]
+            thermal_frame = with_prefix(prefix, thermal_msg.header.frame_id)
+            T = self.tf_buffer.lookup_transform(with_prefix(prefix, rgb_msg.header.frame_id), thermal_frame, stamp,
+                                                timeout)
             pose = None
             if self.params["odom_frame"]:
-                pose = self.tf_buffer.lookup_transform(self.params["odom_frame"], thermal_msg.header.frame_id, stamp,
-                                                       timeout)
+                pose = self.tf_buffer.lookup_transform(with_prefix(prefix, self.params["odom_frame"]), thermal_frame,
+                                                       stamp, timeout)
         except TransformError as exc:
             self.counters["no_tf"] += 1
             self.problems.report("tf_unavailable", f"no transform at the thermal stamp: {exc}; pair skipped")
@@ -515,6 +525,10 @@ class OnlineAdaptationNode(Node):
         report.add_value("swaps", status["swaps"])
         if status["update_errors"]:
             report.add_check(Level.WARN, f"{status['update_errors']} hand-over/training errors")
+        if status.get("checkpoint_error"):  # until a write succeeds again (the learner retries)
+            report.add_check(Level.ERROR, f"checkpoint write failing: {status['checkpoint_error']}")
+        else:  # a failed save request is resolved by the learner's retry
+            self.problems.clear("save_failed")
         report.add_problems(self.problems)
         return report
 
@@ -531,7 +545,9 @@ class OnlineAdaptationNode(Node):
             worker.stop()
         learner = getattr(self, "learner", None)
         if learner is not None:
-            learner.stop()
+            learner.close()
+        for thread in getattr(self, "_background", []):
+            thread.join(timeout=30.0)
         super().destroy_node()
 
 

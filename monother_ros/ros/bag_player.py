@@ -224,11 +224,13 @@ class DepthRecorder:
 def play_and_record(bag: str | Path, model: str | Path, *, backend: str = "onnxruntime", rate: float = 1.0,
                     config: Optional[str | Path] = None, thermal_topic: str = "/thermal/image_raw",
                     topics: Sequence[str] = ("/thermal/image_raw", "/thermal/camera_info", "/tf_static"),
-                    num_threads: int = 0, ready_timeout_s: float = 60.0, drain_s: float = 2.0) -> LiveRecording:
+                    num_threads: int = 0, ready_timeout_s: float = 60.0, drain_s: float = 2.0,
+                    device: str = "", precision: str = "") -> LiveRecording:
     """Run the node graph with ``use_sim_time``, play ``bag`` into it and record its depth outputs.
 
     Args:
-        bag: bag path; model: model folder / .onnx for ``thermal_depth``; backend: its backend.
+        bag: bag path; model: model folder / .onnx for ``thermal_depth``; backend, device, precision: its
+            engine options (empty = the params file's).
         rate: playback speed (1 = real time).
         config: params file (default: the shipped ``config/rig.yaml``).
         thermal_topic: the node's thermal input (absolute name).
@@ -259,7 +261,9 @@ def play_and_record(bag: str | Path, model: str | Path, *, backend: str = "onnxr
         overrides = {"use_sim_time": "true"}
         if num_threads:
             overrides["num_threads"] = str(int(num_threads))
-        options = RigOptions(model=str(model), backend=backend, config=config,
+        if precision:
+            overrides["precision"] = precision
+        options = RigOptions(model=str(model), backend=backend, config=config, device=device,
                              extra_overrides={"thermal_depth": overrides})
         nodes = start_rig(options, context)
         tool = Node("monother_eval_live", context=context)

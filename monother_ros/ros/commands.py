@@ -1,10 +1,10 @@
 """``monother rig``: the node graph of ``launch/rig.launch.py`` in one process over the wheel rclpy.
 
-    monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--namespace NS]
-                 [--duration S]
+    monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--device D] [--namespace NS]
+                 [--frame-prefix P] [--duration S]
 
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
-``--ros-args --params-file <config>`` (plus ``-p model:=... -p backend:=...`` from the options) as
+``--ros-args --params-file <config>`` (plus ``model``, ``backend`` and ``device`` overrides from the options) as
 its ``cli_args``, so rclpy applies the params file's ``/**/<node>`` sections and the namespace exactly as
 on a ROS install. All nodes share one single-threaded executor (FACTS.md §1); the depth node infers in
 its own worker thread and the simulated rig renders in its own threads.
@@ -34,20 +34,39 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--model", default="", help="model folder or .onnx for thermal_depth (default: the params file's)")
     p.add_argument("--backend", default="", choices=["auto", "tensorrt", "onnxruntime", "torch"],
                    help="inference backend (default: the params file's)")
+    p.add_argument("--device", default="", type=_device_option,
+                   help="device of thermal_depth: auto, cpu, cuda or cuda:N (default: the params file's)")
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
+    p.add_argument("--frame-prefix", default="", help="tf_prefix-style frame prefix (e.g. robot1/) of the simulated "
+                   "rig's frames and the nodes' default frames, for several robots in one DDS domain")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(handler=_rig)
+
+
+def _device_option(text: str) -> str:
+    """argparse type: a device name checked by ``runtime.device`` (ConfigError -> usage error)."""
+    from monother_ros.runtime.device import check_device
+
+    if not text:
+        return ""
+    try:
+        return check_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class RigOptions:
     """What ``monother rig`` was asked for (also used by ``monother demo``)."""
 
     def __init__(self, *, sim: bool = False, adapt: bool = False, config: Optional[str | Path] = None,
-                 model: str = "", backend: str = "", namespace: str = "",
+                 model: str = "", backend: str = "", namespace: str = "", device: str = "",
+                 frame_prefix: str = "",
                  extra_overrides: Optional[dict[str, dict[str, str]]] = None) -> None:
         self.sim, self.adapt = sim, adapt
         self.config = Path(config) if config else None
         self.model, self.backend, self.namespace = str(model or ""), backend or "", namespace or ""
+        self.frame_prefix = frame_prefix or ""
+        self.device = device or ""
         self.extra_overrides = extra_overrides or {}
 
 
@@ -87,7 +106,8 @@ def start_rig(options: RigOptions, context: Any) -> list[Any]:
     import yaml
     from rclpy.parameter import Parameter
 
-    values = {"model": options.model, "backend": options.backend}
+    values = {"model": options.model, "backend": options.backend, "device": options.device,
+              "frame_prefix": options.frame_prefix}
     nodes: list[Any] = []
     try:
         for spec in specs:
@@ -127,20 +147,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see what a stuck rig is doing.
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    import threading
-
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
+    from monother_ros.ros.shutdown import StopSignals
+
     # Our own SIGINT/SIGTERM handling: a flag the spin loop checks every 0.1 s. rclpy's handler does not
-    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT.
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    # reliably reach a non-default context: a 6-minute soak once kept spinning 30 s after SIGINT. Repeated
+    # signals (terminal + a supervisor) are ignored, so nothing interrupts the clean-up.
+    signals = StopSignals(interrupt_startup=False).install()
+    stop = signals.stop
     context = Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Any] = []
@@ -165,17 +183,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
         if on_stopping is not None:
             on_stopping([n for n in nodes if hasattr(n, "health")])
     finally:
+        signals.closing()
         for node in reversed(nodes):
             node.destroy_node()
         context.try_shutdown()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.restore()
     return 0
 
 
 def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
-                         backend=args.backend, namespace=args.namespace)
+                         backend=args.backend, namespace=args.namespace, device=args.device,
+                         frame_prefix=args.frame_prefix)
     return run_rig(options, duration_s=args.duration)
 
 

@@ -63,6 +63,20 @@ missing TF / camera_info / RGB) is reported by :class:`~monother_ros.ros.diagnos
 one throttled log line per problem, the reason in ``/diagnostics``, the frame dropped or processed
 without the missing part; the problem clears when good input returns.
 
+Runtime parameters: the thresholds (``min_depth_m``, ``max_depth_m``, ``min_confidence``), ``fusion.enabled``,
+``cloud.decimation`` and ``cloud.max_range_m`` are ``dynamic``: ``ros2 param set`` changes them from the
+next frame (the cloud builder follows the ``cloud.*`` values per frame), validated like at start (an
+invalid value is refused with the reason, nothing changes); the rest is read-only (``cloud.rgb`` too: it
+decides at start whether RGB is subscribed and paired).
+
+Transport losses: :class:`~monother_ros.ros.arrival.ArrivalMonitor` compares, at the image callback, the
+arrival rate with the rate the stamps step at; far fewer arrivals (a driver without the shipped Fast DDS
+profile) is a WARN in ``/diagnostics`` naming ``FASTDDS_DEFAULT_PROFILES_FILE``. Frames the node drops
+itself (latest-only slot) are counted separately and do not count as losses.
+
+Frames: ``frame_prefix`` (e.g. ``robot1/``) is put in front of the output frame and of the frames looked
+up in TF, unless they carry it already (several robots in one DDS domain).
+
 Parameters: :data:`DEPTH_PARAMETERS` (config/rig.yaml ``thermal_depth`` section, README table).
 """
 from __future__ import annotations
@@ -84,6 +98,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from monother_ros.core.cloud import CloudOptions, CloudProjector, RgbView
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.arrival import ArrivalMonitor
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
     ENCODINGS,
@@ -103,9 +118,11 @@ from monother_ros.ros.diagnostics import (
     make_array,
     to_status,
 )
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.pairing import ApproximateTimeSynchronizer, nearest_within
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, non_negative, one_of, positive
 from monother_ros.ros.worker import LatestSlot, Worker
+from monother_ros.runtime.device import DEVICE_HELP, device_validator
 
 __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNode", "TeacherRunner", "CloudBuilder",
            "fuse", "make_cloud", "main"]
@@ -113,9 +130,11 @@ __all__ = ["DEPTH_PARAMETERS", "INPUT_TOPICS", "OUTPUT_TOPICS", "ThermalDepthNod
 DEPTH_PARAMETERS = ParamTable(
     [
         ParamSpec("model", str, "", "model folder or .onnx file; empty = the shipped default (engines/default)"),
-        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT on a CUDA GPU, else ONNX Runtime), "
+        ParamSpec("backend", str, "auto", "inference backend: auto (TensorRT >= 8.6 if it builds, else torch on a "
+                  "CUDA GPU, else ONNX Runtime on the CPU; the choice and reasons are in /diagnostics), "
                   "tensorrt, onnxruntime or torch", one_of("auto", "tensorrt", "onnxruntime", "torch")),
-        ParamSpec("precision", str, "fp16", "TensorRT / CUDA precision (CPU backends always run fp32)",
+        ParamSpec("device", str, "auto", f"where the engine and the teacher run: {DEVICE_HELP}", device_validator),
+        ParamSpec("precision", str, "fp16", "precision on CUDA (TensorRT, torch, teacher); CPU backends run fp32",
                   one_of("fp16", "fp32")),
         ParamSpec("input_height", int, 0, "network input height in pixels, a multiple of 14; 0 = the model's",
                   non_negative),
@@ -125,12 +144,15 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("cache_dir", str, "",
                   "where exported ONNX files and TensorRT engines are cached; empty = engines/cache"),
         ParamSpec("min_depth_m", float, 0.0, "depth at or below this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("max_depth_m", float, 0.0, "depth at or above this is invalid (NaN), metres; 0 = the model's",
-                  non_negative),
+                  non_negative, dynamic=True),
         ParamSpec("min_confidence", float, 0.0, "pixels with confidence below this are invalid (NaN); 0 keeps all",
-                  in_range(0.0, 1.0)),
+                  in_range(0.0, 1.0), dynamic=True),
         ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the output frame and the frames looked up in "
+                  "TF unless they carry it already (e.g. robot1/), for several robots in one DDS domain",
+                  frame_prefix_error),
         ParamSpec("max_image_dimension", int, 8192, "thermal images wider or taller than this are rejected, pixels",
                   in_range(2, 65536)),
         ParamSpec("camera_info_timeout_s", float, 2.0,
@@ -153,16 +175,17 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("teacher.tf_timeout_s", float, 0.05,
                   "wait for the RGB-thermal extrinsic at the thermal stamp, seconds (worker thread only)",
                   in_range(0.0, 10.0)),
-        ParamSpec("teacher.device", str, "cpu", "torch device of the teacher: cpu, cuda or cuda:N"),
+        ParamSpec("teacher.device", str, "", f"device of the teacher: empty = the device parameter's, or {DEVICE_HELP}",
+                  lambda v: device_validator(v) if v else None),
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
-                  "(depth/confidence is the fused confidence either way)"),
+                  "(depth/confidence is the fused confidence either way)", dynamic=True),
         ParamSpec("cloud.decimation", int, 1,
                   "depth/points keeps every n-th pixel row and column (organised, ceil(H/n) x ceil(W/n)); 1 = all",
-                  in_range(1, 64)),
+                  in_range(1, 64), dynamic=True),
         ParamSpec("cloud.max_range_m", float, 0.0,
                   "depth/points: points farther than this from the camera centre (Euclidean) are NaN, metres; "
-                  "0 = no limit", non_negative),
+                  "0 = no limit", non_negative, dynamic=True),
         ParamSpec("cloud.rgb", bool, False,
                   "add an rgb field to depth/points: each point's colour in the paired RGB frame (through the TF "
                   "extrinsic; black when unseen or unpaired); pairs RGB as teacher.slop_s / queue_size / tf_timeout_s"),
@@ -269,7 +292,8 @@ class TeacherRunner:
         model_dir: a saved dual model folder (``save_model(..., kind="monother_dual")``), or a student
             folder with its dual in ``<model_dir>/dual`` (the shipped ``engines/default``).
         input_hw: network input (h, w), multiples of 14; default the model's.
-        device: torch device.
+        device: torch device (``cpu`` or ``cuda:N``, as ``runtime.device.resolve_device`` gives).
+        precision: ``fp16`` (autocast on CUDA) or ``fp32``.
         num_threads: torch CPU threads (None = default).
         min_depth_m, max_depth_m, min_confidence: masking thresholds of the student (0/None = model's).
 
@@ -279,7 +303,7 @@ class TeacherRunner:
     """
 
     def __init__(self, model_dir: Path, *, input_hw: Optional[tuple[int, int]] = None, device: str = "cpu",
-                 num_threads: Optional[int] = None, min_depth_m: Optional[float] = None,
+                 precision: str = "fp32", num_threads: Optional[int] = None, min_depth_m: Optional[float] = None,
                  max_depth_m: Optional[float] = None, min_confidence: float = 0.0) -> None:
         import torch
 
@@ -307,8 +331,10 @@ class TeacherRunner:
         self.model = model.eval()
         self.config = config
         self.device = torch.device(device)
+        # fp16 applies on CUDA only (autocast around the pair); the CPU runs fp32.
+        self.half = precision == "fp16" and self.device.type == "cuda"
         self.engine = TorchEngine(model.student, config, model_hash=str(meta.get("model_sha256", "")),
-                                  input_hw=input_hw, device=device, num_threads=num_threads,
+                                  input_hw=input_hw, device=device, precision=precision, num_threads=num_threads,
                                   min_depth_m=min_depth_m, max_depth_m=max_depth_m, min_confidence=min_confidence)
         self._rgb_pre = None
         self._lock = threading.Lock()
@@ -344,7 +370,7 @@ class TeacherRunner:
             builder = MetadataBuilder(rgb_unit.to(self.device), k_t.K, k_r.K, T_rgb_thermal,
                                       min_depth=info.min_depth_m, max_depth=info.max_depth_m)
             t1 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
                 out = self.model(x_t, x_r, need_confidence=True, metadata_fn=builder)
             t2 = time.perf_counter()
         d_s = out.student.depth[0, 0].float().cpu().numpy()
@@ -386,7 +412,7 @@ class ThermalDepthNode(Node):
 
     def __init__(self, node_name: str = "thermal_depth", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.params = p = DEPTH_PARAMETERS.declare(self)
+        self.params = p = DEPTH_PARAMETERS.declare(self, on_change=self._on_params_change)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
         self.model_path = self._resolve_model(p["model"])
@@ -433,6 +459,7 @@ class ThermalDepthNode(Node):
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
                          "unpaired": 0, "resets": 0, "model_swaps": 0}
         self.rate_in = RateMeter()
+        self.arrival = ArrivalMonitor()  # transport losses, measured at the subscription callback
         self.rate_out = RateMeter()
         self.rate_rgb = RateMeter()
         self.latency_receive = LatencyStats()   # callback -> published, wall seconds
@@ -503,13 +530,40 @@ class ThermalDepthNode(Node):
             if p["backend"] not in ("auto", "torch"):
                 raise ConfigError(f"teacher.enabled runs on the torch backend; backend is {p['backend']!r} "
                                   f"(use auto or torch)")
-            self.teacher = TeacherRunner(self.model_path, input_hw=hw, device=p["teacher.device"],
-                                         num_threads=threads, **kw)
+            from monother_ros.runtime.device import resolve_device
+
+            teacher_device = resolve_device(p["teacher.device"] or p["device"])
+            self.teacher = TeacherRunner(self.model_path, input_hw=hw, device=teacher_device,
+                                         precision=p["precision"], num_threads=threads, **kw)
+            self.teacher.engine.selection = _teacher_selection(p, teacher_device)
             return self.teacher.engine
         if p["fusion.enabled"]:
             self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
-        return make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
-                            num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+        engine = make_backend(model_path or self.model_path, p["backend"], input_hw=hw, precision=p["precision"],
+                              device=p["device"], num_threads=threads, cache_dir=p["cache_dir"] or None, **kw)
+        selection = getattr(engine, "selection", None)
+        if selection is not None and model_path is None:
+            self.get_logger().info(f"backend {selection.summary()}")
+        return engine
+
+    def _on_params_change(self, changes: dict[str, Any]) -> None:
+        """Apply a validated runtime change (``ros2 param set``) from the next frame.
+
+        Raises:
+            ConfigError: the new values do not fit together (e.g. min_depth_m >= max_depth_m); nothing
+                was applied.
+        """
+        from monother_ros.runtime.engine import thresholds_for
+
+        params = {**self.params, **changes}
+        if changes.keys() & {"min_depth_m", "max_depth_m", "min_confidence"}:
+            engine = self.engine
+            engine.set_thresholds(thresholds_for(engine.info, params["min_depth_m"] or None,
+                                                 params["max_depth_m"] or None, params["min_confidence"]))
+        if "fusion.enabled" in changes and self.teacher is None:
+            self.get_logger().warning("fusion.enabled has no effect without teacher.enabled")
+        self.params = params
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
 
     def _warm_up(self) -> float:
         """Run one synthetic frame so the first real frame does not pay for lazy initialisation
@@ -619,8 +673,10 @@ class ThermalDepthNode(Node):
     # ------------------------------------------------------------------ executor callbacks (never block)
 
     def _on_image(self, msg: Image) -> None:
-        self.rate_in.tick()
-        self.slot.put(_Frame(msg, time.monotonic()))
+        now = time.monotonic()
+        self.rate_in.tick(now)
+        self.arrival.add(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds / 1e9)
+        self.slot.put(_Frame(msg, now))
 
     def _on_info(self, msg: CameraInfo) -> None:
         self._thermal_info = msg
@@ -662,6 +718,7 @@ class ThermalDepthNode(Node):
             self.tf_buffer.clear()
         for meter in (self.rate_in, self.rate_out, self.rate_rgb):
             meter.reset()
+        self.arrival.reset()
         for stats in (self.latency_receive, self.latency_stamp, self.engine_ms):
             stats.reset()
         self.get_logger().info(f"reset ({why}): pairing, RGB history, TF cache and meters cleared")
@@ -817,7 +874,9 @@ class ThermalDepthNode(Node):
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
         try:
-            T = self.tf_buffer.lookup_transform(pair.header.frame_id, thermal_frame, stamp_ns,
+            prefix = self.params["frame_prefix"]
+            T = self.tf_buffer.lookup_transform(with_prefix(prefix, pair.header.frame_id),
+                                                with_prefix(prefix, thermal_frame), stamp_ns,
                                                 self.params["teacher.tf_timeout_s"])
         except TransformError as exc:
             rejected = self.tf_buffer.last_rejection
@@ -876,9 +935,10 @@ class ThermalDepthNode(Node):
                  confidence: np.ndarray, teacher_confidence: Optional[np.ndarray],
                  rgb_view: Optional[RgbView] = None) -> None:
         header = msg.header
-        if self.params["frame_id"]:
+        frame = with_prefix(self.params["frame_prefix"], self.params["frame_id"] or header.frame_id)
+        if frame != header.frame_id:
             header = copy.copy(header)
-            header.frame_id = self.params["frame_id"]
+            header.frame_id = frame
         self.pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header))
         if self.pub_confidence.get_subscription_count():
             self.pub_confidence.publish(array_to_image(confidence, encoding="32FC1", header=header))
@@ -918,6 +978,7 @@ class ThermalDepthNode(Node):
         report.add_value("model path", str(self.model_path))
         report.add_value("model hash", info.model_hash[:16])
         report.add_value("precision", info.precision)
+        self._report_backend_selection(report)
         report.add_value("input size", f"{info.input_hw[0]}x{info.input_hw[1]}")
         report.add_value("subscribed (lazy)", self.subscribed)
         report.add_value("laziness by", "matched events" if self._matched_events else "subscription count poll")
@@ -932,11 +993,28 @@ class ThermalDepthNode(Node):
             report.add_value("tf rejected", dict(self.tf_buffer.rejected) if self.tf_buffer.rejected else "none")
         if self.teacher is None and self.sync is not None:  # RGB paired for the coloured cloud only
             report.add_value("pairs emitted", self.sync.counters.emitted)
+        transport = self.arrival.problem()
+        if transport is not None:
+            self.problems.report("input_transport_losses", transport)
+        else:
+            self.problems.clear("input_transport_losses")
         minimum = self.params["min_output_rate_hz"]
         if minimum and in_hz > 0 and out_hz < minimum:
             report.add_check(Level.WARN, f"output rate {out_hz:.1f} Hz < {minimum:g} Hz")
         report.add_problems(self.problems)
         return report
+
+    def _report_backend_selection(self, report: HealthReport) -> None:
+        """How the backend was chosen (``engine.selection``): requested/chosen backend and device, why
+        each earlier candidate was not used; a WARN when a present backend failed or the CPU runs while a
+        CUDA GPU is visible."""
+        selection = getattr(self.engine, "selection", None)
+        if selection is None:
+            return
+        for key, value in selection.diagnostics().items():
+            report.add_value(key, value)
+        for warning in selection.warnings:
+            report.add_check(Level.WARN, f"backend: {warning}")
 
     def _publish_diagnostics(self) -> None:
         self.pub_diagnostics.publish(make_array([to_status(self.health())], self.get_clock().now().nanoseconds))
@@ -951,6 +1029,19 @@ class ThermalDepthNode(Node):
         if engine is not None:
             engine.close()
         super().destroy_node()
+
+
+def _teacher_selection(p: dict[str, Any], device: str):
+    """The backend record of the teacher path (torch on ``device``), WARN-worthy on the CPU with a GPU."""
+    from monother_ros.runtime.device import cuda_device_count
+    from monother_ros.runtime.selection import BackendSelection
+
+    gpu = cuda_device_count() > 0
+    notes = (f"the teacher path runs on the CPU although a CUDA GPU is visible (device "
+             f"{p['teacher.device'] or p['device']})",) if device == "cpu" and gpu else ()
+    return BackendSelection(p["backend"], p["teacher.device"] or p["device"], "torch", device,
+                            (("tensorrt", "teacher.enabled runs the torch backend"),) if p["backend"] == "auto" else (),
+                            gpu, notes)
 
 
 class CloudBuilder:

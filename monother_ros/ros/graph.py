@@ -54,9 +54,12 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("model", "", "model folder or .onnx file for thermal_depth; empty = config/rig.yaml's (default: the "
                   "shipped model)"),
     ("backend", "", "inference backend: auto, tensorrt, onnxruntime or torch; empty = config/rig.yaml's (auto)"),
+    ("device", "", "device of thermal_depth: auto, cpu, cuda or cuda:N; empty = config/rig.yaml's (auto)"),
     ("namespace", "", "ROS namespace of every node (topics are relative)"),
     ("rviz", "false", "start RViz with config/monother.rviz"),
     ("adapt", "false", "start the online_adaptation node (label-free adaptation)"),
+    ("frame_prefix", "", "tf_prefix-style prefix (e.g. robot1/) of every frame the simulated rig publishes and "
+                         "the nodes use by default; for several robots in one DDS domain"),
 )
 
 
@@ -93,6 +96,7 @@ NODES: tuple[NodeSpec, ...] = (
         module="monother_ros.ros.sim_node",
         class_name="SimRigNode",
         condition="sim",
+        parameter_arguments=(("frame_prefix", "frame_prefix"),),
         description="simulated thermal + RGB + LiDAR rig (thermal/*, rgb/*, lidar/points, gt/depth, /tf_static)",
     ),
     NodeSpec(
@@ -100,7 +104,8 @@ NODES: tuple[NodeSpec, ...] = (
         executable="thermal_depth",
         module="monother_ros.ros.depth_node",
         class_name="ThermalDepthNode",
-        parameter_arguments=(("model", "model"), ("backend", "backend")),
+        parameter_arguments=(("model", "model"), ("backend", "backend"), ("device", "device"),
+                             ("frame_prefix", "frame_prefix")),
         description="thermal image -> depth/image, depth/confidence, depth/points, depth/camera_info",
     ),
     NodeSpec(
@@ -109,6 +114,7 @@ NODES: tuple[NodeSpec, ...] = (
         module="monother_ros.ros.adaptation_node",
         class_name="OnlineAdaptationNode",
         condition="adapt",
+        parameter_arguments=(("frame_prefix", "frame_prefix"),),
         description="label-free online adaptation of the thermal student (hot-swaps weights)",
     ),
 )

@@ -3,9 +3,14 @@
 Each node lists its parameters once as :class:`ParamSpec` rows (name, type, default, description,
 validator). :meth:`ParamTable.declare` declares them on the node with a ``ParameterDescriptor``
 (description, type, read-only flag, range text), reads the values (params file / overrides) and
-refuses invalid ones with one :class:`~monother_ros.errors.ConfigError` listing every problem; later
-``ros2 param set`` calls are validated the same way. :meth:`ParamTable.rows` gives the table for the
-README, which a test compares with the README.
+refuses invalid ones with one :class:`~monother_ros.errors.ConfigError` listing every problem.
+
+Runtime changes (``ros2 param set``): only rows marked ``dynamic=True`` can change while the node runs;
+every other row is declared read-only, and rclpy refuses it ("read-only"). A change is validated by the
+same validators as at start, then handed to the node's ``on_change`` hook (given to :meth:`ParamTable.declare`),
+which applies it or raises ``ConfigError``; an invalid change is refused with the reason
+(``SetParametersResult(successful=False)``) and the running configuration stays as it was.
+:meth:`ParamTable.rows` gives the table for the README, which a test compares with the README.
 
 Nested names use dots (``teacher.enabled``), which is how a params file's nested mappings reach a node.
 The pure part (:meth:`ParamTable.validate`) needs no node.
@@ -77,7 +82,10 @@ class ParamSpec:
         default: default value (lists must be non-empty so ROS can infer the element type).
         description: meaning, with the unit.
         validator: extra check returning an error text or None (see :func:`in_range`, :func:`one_of`).
-        read_only: cannot be changed after start (most of ours: they size buffers or pick backends).
+        read_only: kept for compatibility: every row that is not ``dynamic`` is read-only (most of ours:
+            they size buffers or pick backends).
+        dynamic: can be changed at runtime (``ros2 param set``), validated and applied through the
+            node's ``on_change`` hook; implies not read-only.
     """
 
     name: str
@@ -86,6 +94,7 @@ class ParamSpec:
     description: str
     validator: Optional[Validator] = None
     read_only: bool = True
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES and self.type not in _LIST_TYPES:
@@ -167,6 +176,34 @@ class ParamTable:
         """(name, type, default, description) per parameter, in declaration order (README tables)."""
         return [(s.name, s.type_name, _format_default(s.default), s.description) for s in self.specs.values()]
 
+    def dynamic_names(self) -> list[str]:
+        """Names of the parameters that can change at runtime, in declaration order."""
+        return [s.name for s in self.specs.values() if s.dynamic]
+
+    def check_change(self, changes: Mapping[str, Any]) -> tuple[dict[str, Any], Optional[str]]:
+        """Validate a runtime change (the pure part of the ``ros2 param set`` path).
+
+        Args:
+            changes: {name: new value}; names not in the table are ignored (rclpy's own parameters).
+
+        Returns:
+            ({name: converted value}, None), or ({}, reason) when a name is read-only or a value invalid.
+        """
+        out: dict[str, Any] = {}
+        for name, raw in changes.items():
+            spec = self.specs.get(name)
+            if spec is None:
+                continue
+            if not spec.dynamic:
+                return {}, f"{name} is read-only: it is set at start (params file); restart the node to change it"
+            value, error = coerce(spec, raw)
+            if error is None and spec.validator is not None:
+                error = spec.validator(value)
+            if error is not None:
+                return {}, f"{name} = {raw!r}: {error}"
+            out[name] = value
+        return out, None
+
     def validate(self, values: Mapping[str, Any], *, node_name: str = "node") -> dict[str, Any]:
         """Check and convert values (missing names take their default).
 
@@ -190,8 +227,15 @@ class ParamTable:
             raise ConfigError(f"invalid parameters for {node_name}:\n" + "\n".join(errors))
         return out
 
-    def declare(self, node) -> dict[str, Any]:
+    def declare(self, node, on_change: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
         """Declare every parameter on ``node``, read and validate the values, guard later changes.
+
+        Args:
+            node: the rclpy node.
+            on_change: called from the executor with {name: validated value} of a runtime change to
+                dynamic parameters; it applies them all or raises ``ConfigError`` / ``ValueError``
+                (the change is then refused with that message and must leave nothing applied).
+                Without it, no parameter can change at runtime.
 
         Returns:
             {name: value} as validated.
@@ -207,7 +251,7 @@ class ParamTable:
         for spec in self.specs.values():
             descriptor = ParameterDescriptor(
                 description=spec.description,
-                read_only=spec.read_only,
+                read_only=not (spec.dynamic and on_change is not None),
                 additional_constraints=(spec.validator.__doc__ or "") if spec.validator else "",
                 # Dynamic typing: declare-time type errors become our own clear messages below
                 # (rclpy would raise InvalidParameterTypeException for `rate_scale: 1` vs 1.0).
@@ -225,7 +269,7 @@ class ParamTable:
         if errors:
             raise ConfigError(f"invalid parameters for {node.get_name()}:\n" + "\n".join(errors))
         validated = self.validate(values, node_name=node.get_name())
-        node.add_on_set_parameters_callback(self._on_set_callback())
+        node.add_on_set_parameters_callback(self._on_set_callback(on_change))
         return validated
 
     def _unknown_overrides(self, node) -> list[str]:
@@ -244,19 +288,26 @@ class ParamTable:
             notes.append(f"{name}: unknown parameter{hint}")
         return notes
 
-    def _on_set_callback(self):
+    def _on_set_callback(self, on_change: Optional[Callable[[dict[str, Any]], None]]):
         from rcl_interfaces.msg import SetParametersResult
 
+        from monother_ros.errors import MonotherError
+
         def on_set(parameters) -> SetParametersResult:
-            for parameter in parameters:
-                spec = self.specs.get(parameter.name)
-                if spec is None:
-                    continue
-                value, error = coerce(spec, parameter.value)
-                if error is None and spec.validator is not None:
-                    error = spec.validator(value)
-                if error is not None:
-                    return SetParametersResult(successful=False, reason=f"{parameter.name} = {parameter.value!r}: {error}")
+            changes = {parameter.name: parameter.value for parameter in parameters}
+            if on_change is None:
+                changes = {name: value for name, value in changes.items() if name in self.specs}
+                if changes:
+                    return SetParametersResult(successful=False, reason=f"{next(iter(changes))} is read-only")
+                return SetParametersResult(successful=True)
+            values, reason = self.check_change(changes)
+            if reason is None and values:
+                try:
+                    on_change(values)
+                except (MonotherError, ValueError) as exc:
+                    reason = f"{', '.join(f'{k} = {v!r}' for k, v in values.items())}: {exc}"
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
             return SetParametersResult(successful=True)
 
         return on_set

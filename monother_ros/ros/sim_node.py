@@ -61,6 +61,7 @@ from monother_ros.ros.diagnostics import (
     ProblemTracker,
     RateMeter,
 )
+from monother_ros.ros.frames import frame_prefix_error, with_prefix
 from monother_ros.ros.params import ParamSpec, ParamTable, in_range, one_of, positive
 from monother_ros.ros.tf import StaticTransformBroadcaster, transform_to_msg
 
@@ -82,6 +83,8 @@ SIM_PARAMETERS = ParamTable(
         ParamSpec("publish_rgb", bool, True, "render and publish the RGB camera"),
         ParamSpec("publish_lidar", bool, True, "render and publish the LiDAR cloud"),
         ParamSpec("publish_gt_depth", bool, True, "publish the thermal ground-truth depth on gt/depth"),
+        ParamSpec("frame_prefix", str, "", "tf_prefix put in front of every frame id published (e.g. robot1/ -> "
+                  "robot1/base_link), for several robots in one DDS domain", frame_prefix_error),
     ]
 )
 
@@ -124,6 +127,11 @@ class SimRigNode(Node):
             self.rig = SimRig(p["seed"], p["scenario"], p["family"])
         except ValueError as exc:
             raise ConfigError(f"sim_rig: {exc}") from exc
+        prefix = p["frame_prefix"]
+        self.base_frame = with_prefix(prefix, self.rig.BASE_FRAME)
+        self.thermal_frame = with_prefix(prefix, self.rig.THERMAL_FRAME)
+        self.rgb_frame = with_prefix(prefix, self.rig.RGB_FRAME)
+        self.lidar_frame = with_prefix(prefix, self.rig.LIDAR_FRAME)
         scale = p["render_scale"]
         self.thermal_camera = _scaled(self.rig.thermal_camera, scale)
         self.rgb_camera = _scaled(self.rig.rgb_camera, scale)
@@ -143,9 +151,9 @@ class SimRigNode(Node):
         self._start_mono = time.monotonic()
         self._static = StaticTransformBroadcaster(self)
         self._static.send([
-            transform_to_msg(self.rig.BASE_FRAME, self.rig.THERMAL_FRAME, self.start_wall_ns, self.rig.T_base_thermal),
-            transform_to_msg(self.rig.BASE_FRAME, self.rig.RGB_FRAME, self.start_wall_ns, self.rig.T_base_rgb),
-            transform_to_msg(self.rig.BASE_FRAME, self.rig.LIDAR_FRAME, self.start_wall_ns, self.rig.T_base_lidar),
+            transform_to_msg(self.base_frame, self.thermal_frame, self.start_wall_ns, self.rig.T_base_thermal),
+            transform_to_msg(self.base_frame, self.rgb_frame, self.start_wall_ns, self.rig.T_base_rgb),
+            transform_to_msg(self.base_frame, self.lidar_frame, self.start_wall_ns, self.rig.T_base_lidar),
         ])
 
         # The rig description, as the bag writer records it (latched: late joiners get it).
@@ -178,8 +186,8 @@ class SimRigNode(Node):
         rig, p = self.rig, self.params
         return {
             "seed": p["seed"], "scenario": p["scenario"], "family": p["family"], "seconds": p["duration_s"],
-            "epoch_ns": self.start_wall_ns, "thermal_frame": rig.THERMAL_FRAME, "rgb_frame": rig.RGB_FRAME,
-            "lidar_frame": rig.LIDAR_FRAME, "base_frame": rig.BASE_FRAME, "generator": "monother_ros.ros.sim_node",
+            "epoch_ns": self.start_wall_ns, "thermal_frame": self.thermal_frame, "rgb_frame": self.rgb_frame,
+            "lidar_frame": self.lidar_frame, "base_frame": self.base_frame, "generator": "monother_ros.ros.sim_node",
             "rate_scale": p["rate_scale"], "render_scale": p["render_scale"],
         }
 
@@ -255,20 +263,20 @@ class SimRigNode(Node):
         if kind == "thermal":
             frame = rig.render_thermal(t, self.thermal_camera)
             out = [
-                (self.pub_thermal, array_to_image(frame.counts, encoding="mono16", stamp_ns=stamp_ns, frame_id=rig.THERMAL_FRAME)),
-                (self.pub_thermal_info, camera_to_info(self.thermal_camera, stamp_ns=stamp_ns, frame_id=rig.THERMAL_FRAME)),
+                (self.pub_thermal, array_to_image(frame.counts, encoding="mono16", stamp_ns=stamp_ns, frame_id=self.thermal_frame)),
+                (self.pub_thermal_info, camera_to_info(self.thermal_camera, stamp_ns=stamp_ns, frame_id=self.thermal_frame)),
             ]
             if self.pub_gt is not None:
-                out.append((self.pub_gt, array_to_image(frame.depth, encoding="32FC1", stamp_ns=stamp_ns, frame_id=rig.THERMAL_FRAME)))
+                out.append((self.pub_gt, array_to_image(frame.depth, encoding="32FC1", stamp_ns=stamp_ns, frame_id=self.thermal_frame)))
             return out
         if kind == "rgb":
             frame = rig.render_rgb(t, self.rgb_camera)
             return [
-                (self.pub_rgb, array_to_image(frame.rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id=rig.RGB_FRAME)),
-                (self.pub_rgb_info, camera_to_info(self.rgb_camera, stamp_ns=stamp_ns, frame_id=rig.RGB_FRAME)),
+                (self.pub_rgb, array_to_image(frame.rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id=self.rgb_frame)),
+                (self.pub_rgb_info, camera_to_info(self.rgb_camera, stamp_ns=stamp_ns, frame_id=self.rgb_frame)),
             ]
         points = rig.lidar_scan(t)
-        cloud = point_cloud_from_xyz(points[None, :, :], stamp_ns=stamp_ns, frame_id=rig.LIDAR_FRAME, is_dense=True)
+        cloud = point_cloud_from_xyz(points[None, :, :], stamp_ns=stamp_ns, frame_id=self.lidar_frame, is_dense=True)
         return [(self.pub_lidar, cloud)]
 
     def _sleep_until(self, due: float) -> None:

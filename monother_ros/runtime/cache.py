@@ -1,10 +1,16 @@
 """TensorRT engine cache: keys, file names, JSON sidecars and atomic writes (pure Python, no tensorrt).
 
 A serialized TensorRT engine only runs on the TensorRT version and GPU it was built for, at the input
-shape and precision it was built with, and for the weights it was built from. Each cached engine file
+shape and precision it was built with, and for the weights it was built from. The GPU is named by its
+name, compute capability, SM count and memory (Jetson Orin modules share compute capability 8.7 and
+differ in SMs and memory); the ONNX file's own hash covers graph rewrites that keep the weights; a
+builder-settings string covers how this package drives the builder. Each cached engine file
 ``<cache_dir>/<model>-<key>.engine`` therefore has a JSON sidecar ``<model>-<key>.json`` holding the
 fields of its :class:`EngineCacheKey` plus the sha256 and size of the engine bytes, so that a stale,
 truncated or corrupted file is recognised *before* its bytes reach TensorRT's deserialiser.
+
+Old engines are pruned: :func:`prune_engines` keeps the newest ``keep`` engines per model (default
+:data:`DEFAULT_KEEP_ENGINES`), so rebuilding for new weights or versions does not fill the disk.
 
 Everything here is importable without tensorrt or a GPU, so these checks are tested everywhere.
 """
@@ -23,8 +29,11 @@ from monother_ros.errors import EngineFileError
 from monother_ros.fileio import atomic_write_bytes
 
 __all__ = [
+    "DEFAULT_KEEP_ENGINES",
     "EngineCacheKey",
     "atomic_write_bytes",
+    "file_sha256",
+    "prune_engines",
     "default_cache_dir",
     "engine_paths",
     "load_or_build",
@@ -36,7 +45,8 @@ _logger = logging.getLogger(__name__)
 
 Precision = Literal["fp16", "fp32"]
 T = TypeVar("T")
-SIDECAR_FORMAT = 1  # bump when the sidecar layout changes: old sidecars then read as mismatched
+SIDECAR_FORMAT = 2  # bump when the sidecar layout changes: old sidecars then read as mismatched
+DEFAULT_KEEP_ENGINES = 3  # engines kept per model by prune_engines
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,11 @@ class EngineCacheKey:
         input_shape: network input shape ``(1, 3, H, W)``.
         precision: ``"fp16"`` or ``"fp32"``.
         model_hash: hex digest identifying the weights and configuration (from the ONNX metadata).
+        onnx_sha256: sha256 of the ONNX file (and its external data) the engine was built from.
+        sm_count: the GPU's streaming multiprocessors.
+        total_memory_bytes: the GPU's memory.
+        builder_settings: how the builder was driven (``tensorrt_engine.builder_settings``: recipe
+            version, weakly or strongly typed, workspace); a new recipe never reuses old engines.
     """
 
     tensorrt_version: str
@@ -58,6 +73,10 @@ class EngineCacheKey:
     input_shape: tuple[int, ...]
     precision: Precision
     model_hash: str
+    onnx_sha256: str
+    sm_count: int
+    total_memory_bytes: int
+    builder_settings: str
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp16", "fp32"):
@@ -65,6 +84,8 @@ class EngineCacheKey:
         # Normalise sequences so that a key read back from JSON (lists) equals the original (tuples).
         object.__setattr__(self, "compute_capability", tuple(int(v) for v in self.compute_capability))
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "sm_count", int(self.sm_count))
+        object.__setattr__(self, "total_memory_bytes", int(self.total_memory_bytes))
 
     def fields(self) -> dict[str, Any]:
         """The key as a JSON-serialisable dict (tuples become lists)."""
@@ -89,9 +110,30 @@ class EngineCacheKey:
                 input_shape=tuple(d["input_shape"]),
                 precision=d["precision"],
                 model_hash=str(d["model_hash"]),
+                onnx_sha256=str(d["onnx_sha256"]),
+                sm_count=int(d["sm_count"]),
+                total_memory_bytes=int(d["total_memory_bytes"]),
+                builder_settings=str(d["builder_settings"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineFileError(f"engine sidecar has malformed key fields: {exc}") from exc
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file, and of its ONNX external-data file ``<name>.data`` when there is one.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    for part in (path, path.with_name(path.name + ".data")):
+        if part is not path and not part.is_file():
+            continue
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -112,14 +154,17 @@ def default_cache_dir() -> Path:
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+def _safe_model_name(model_name: str) -> str:
+    return _SAFE_NAME.sub("_", model_name).strip("._") or "model"
+
+
 def engine_paths(cache_dir: str | os.PathLike, model_name: str, key: EngineCacheKey) -> tuple[Path, Path]:
     """``(engine_file, sidecar_file)`` for a model and key: ``<model>-<key[:16]>.engine`` / ``.json``.
 
     The model name is sanitised to a file-name-safe form; 16 hex digits (64 bits) of the key are plenty
     to separate the handful of engines one machine caches, and the sidecar stores the full key anyway.
     """
-    safe = _SAFE_NAME.sub("_", model_name).strip("._") or "model"
-    stem = f"{safe}-{key.digest()[:16]}"
+    stem = f"{_safe_model_name(model_name)}-{key.digest()[:16]}"
     base = Path(cache_dir)
     return base / f"{stem}.engine", base / f"{stem}.json"
 
@@ -189,6 +234,8 @@ def load_or_build(
     deserialize: Callable[[bytes], T | None],
     build: Callable[[], bytes],
     rebuild: bool = True,
+    keep: int | None = DEFAULT_KEEP_ENGINES,
+    model_name: str | None = None,
 ) -> tuple[T, bool]:
     """Load a cached engine, or build, cache and load it.
 
@@ -202,6 +249,8 @@ def load_or_build(
         build: builds and returns serialized engine bytes.
         rebuild: when a cached engine exists but is corrupt, stale or mismatched: rebuild it (True) or
             raise ``EngineFileError`` (False). A missing engine is always built.
+        keep: after a build, keep only the newest ``keep`` engines of ``model_name`` (None: no pruning).
+        model_name: the model the engine belongs to (default: the engine file's stem before the key).
 
     Returns:
         ``(engine, built)``: ``built`` is True when the engine was (re)built now.
@@ -214,7 +263,7 @@ def load_or_build(
     if engine_file.exists() or sidecar_file.exists():
         try:
             data = read_cached_engine(engine_file, sidecar_file, key)
-            engine = deserialize(data)
+            engine = _deserialize(deserialize, data, engine_file)
             if engine is None:
                 raise EngineFileError(f"TensorRT could not deserialise cached engine {engine_file}")
             _logger.info("loaded cached engine %s", engine_file)
@@ -225,7 +274,69 @@ def load_or_build(
             _logger.warning("rebuilding engine: %s", exc)
     data = build()
     write_cached_engine(engine_file, sidecar_file, data, key)
-    engine = deserialize(data)
+    engine = _deserialize(deserialize, data, engine_file)
     if engine is None:
         raise EngineFileError(f"freshly built engine {engine_file} does not deserialise")
+    if keep is not None:
+        name = model_name if model_name is not None else engine_file.stem.rsplit("-", 1)[0]
+        prune_engines(engine_file.parent, name, keep, protect=engine_file)
     return engine, True
+
+
+def _deserialize(deserialize: Callable[[bytes], T | None], data: bytes, engine_file: Path) -> T | None:
+    """``deserialize(data)``, with an exception (some TensorRT versions raise instead of returning None)
+    turned into None."""
+    try:
+        return deserialize(data)
+    except Exception as exc:  # noqa: BLE001 - TensorRT raises RuntimeError/TypeError on foreign engines
+        _logger.warning("TensorRT could not deserialise %s: %s", engine_file, exc)
+        return None
+
+
+def prune_engines(cache_dir: str | os.PathLike, model_name: str, keep: int = DEFAULT_KEEP_ENGINES, *,
+                  protect: str | os.PathLike | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` cached engines of a model (engine file + sidecar).
+
+    Only files named like :func:`engine_paths` for this model (``<model>-<16 hex>.engine``) are
+    considered; other models' engines, exported ONNX files and timing caches are left alone.
+
+    Args:
+        cache_dir: the engine cache folder.
+        model_name: the model whose engines are pruned.
+        keep: how many to keep (>= 1), newest by modification time.
+        protect: an engine file never deleted (the one just built or loaded).
+
+    Returns:
+        The engine files deleted.
+
+    Raises:
+        ValueError: ``keep`` < 1.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    pattern = re.compile(re.escape(_safe_model_name(model_name)) + r"-[0-9a-f]{16}\.engine")
+    base = Path(cache_dir)
+    if not base.is_dir():
+        return []
+    engines = []
+    for path in base.iterdir():
+        if pattern.fullmatch(path.name):
+            try:
+                engines.append((path.stat().st_mtime_ns, path))
+            except OSError:  # deleted meanwhile by another process
+                continue
+    protected = Path(protect).resolve() if protect is not None else None
+    # Newest first, the protected engine ahead of all (it counts as one of the kept).
+    engines.sort(key=lambda item: (item[1].resolve() == protected, item[0]), reverse=True)
+    removed = []
+    for rank, (_, path) in enumerate(engines):
+        if rank < keep:
+            continue
+        for victim in (path.with_suffix(".json"), path):  # sidecar first: an engine without one is never used
+            try:
+                victim.unlink()
+            except FileNotFoundError:
+                pass
+        removed.append(path)
+        _logger.info("pruned old engine %s (keeping the newest %d of %s)", path.name, keep, model_name)
+    return removed

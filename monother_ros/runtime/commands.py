@@ -35,9 +35,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
     b = subparsers.add_parser(
         "build-engine", help="build (or reuse) the cached TensorRT engine for a model",
-        description="Build a TensorRT engine from a model folder or exported ONNX file, keyed by TensorRT "
-        "version, GPU, input shape, precision and model hash; a cached engine with the same key is reused, "
-        "a corrupt or mismatched one is rebuilt (or refused with --no-rebuild).",
+        description="Build a TensorRT engine (>= 8.6) from a model folder or exported ONNX file, keyed by "
+        "TensorRT version, GPU (name, compute capability, SMs, memory), input shape, precision, model and ONNX "
+        "hashes and builder settings; a cached engine with the same key is reused, a corrupt or mismatched one "
+        "is rebuilt (or refused with --no-rebuild); older engines of the model beyond --keep are deleted.",
     )
     b.add_argument("--model", required=True, type=Path, help="model folder or exported .onnx file")
     b.add_argument("--input-size", dest="input_size", required=True, help="HxW, multiples of 14")
@@ -47,6 +48,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     b.add_argument("--device", default="cuda:0", help="CUDA device (default cuda:0)")
     b.add_argument("--workspace-mb", dest="workspace_mb", type=int, default=1024,
                    help="builder workspace limit in MiB (default 1024)")
+    b.add_argument("--keep", type=int, default=3, help="engines kept per model in the cache (default 3)")
     b.add_argument("--no-rebuild", dest="rebuild", action="store_false",
                    help="fail instead of rebuilding a corrupt or mismatched cached engine")
     b.set_defaults(handler=_build_engine)
@@ -70,17 +72,19 @@ def _build_engine(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hw = parse_hw(args.input_size)
-    if args.workspace_mb <= 0:
-        from monother_ros.errors import ConfigError
+    from monother_ros.errors import ConfigError
 
+    if args.workspace_mb <= 0:
         raise ConfigError(f"--workspace-mb must be positive, got {args.workspace_mb}")
+    if args.keep < 1:
+        raise ConfigError(f"--keep must be >= 1, got {args.keep}")
     resolve_backend("tensorrt")  # BackendUnavailableError (one line, exit 2) before any export work
     from monother_ros.runtime.tensorrt_engine import TensorRTEngine
 
     onnx_path = resolve_onnx(args.model, hw, args.cache_dir)
     engine = TensorRTEngine.from_onnx(onnx_path, precision=args.precision, device=args.device,
                                       cache_dir=args.cache_dir, rebuild=args.rebuild,
-                                      workspace_bytes=args.workspace_mb << 20)
+                                      workspace_bytes=args.workspace_mb << 20, keep_engines=args.keep)
     try:
         state = "built" if engine.built else "already cached"
         print(f"{state}: {engine.engine_file} ({engine.info.model_name}, {hw[0]}x{hw[1]}, {args.precision})")

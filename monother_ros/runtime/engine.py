@@ -13,7 +13,8 @@ buffers preallocated per camera size, under a lock so that weights or models can
 frames while another thread infers.
 
 ``make_backend`` picks and builds a backend from a model folder (checkpoint + optional ONNX) or an ONNX
-file; ``backend="auto"`` chooses TensorRT when a CUDA GPU and tensorrt are importable, else ONNX Runtime.
+file; ``backend="auto"`` tries TensorRT, then torch on a CUDA GPU, then ONNX Runtime on the CPU, each
+failure falling through (``runtime/selection.py``; the choice is ``engine.selection``).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from monother_ros.errors import BackendUnavailableError, ConfigError
+from monother_ros.errors import ConfigError
 
 __all__ = [
     "BackendName",
@@ -37,6 +38,7 @@ __all__ = [
     "EngineInfo",
     "MaskThresholds",
     "Precision",
+    "BackendSelection",
     "available_backends",
     "make_backend",
     "resolve_backend",
@@ -152,6 +154,9 @@ class EngineBase:
     Thread safety: :meth:`infer` and :meth:`infer_tensor` hold ``self._lock`` for the whole frame, so
     a backend's swap method taking the same lock lands between frames.
     """
+
+    # How make_backend chose this engine (runtime.selection.BackendSelection); None when built directly.
+    selection = None
 
     def __init__(self, info: EngineInfo, thresholds: MaskThresholds) -> None:
         self._info = info
@@ -309,64 +314,27 @@ def _check_thermal(thermal: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- backend selection
-def _tensorrt_importable() -> tuple[bool, str]:
-    """``(available, reason if not)`` for TensorRT on a CUDA GPU."""
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising OSError on its .so files
-        return False, f"the tensorrt Python package is not importable ({exc.__class__.__name__}: {exc})"
-    try:
-        import torch
-    except ImportError:
-        return False, "torch (used for CUDA buffers) is not importable"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)"
-    return True, ""
-
-
-def _onnxruntime_importable() -> tuple[bool, str]:
-    try:
-        import onnxruntime  # noqa: F401
-    except Exception as exc:
-        return False, f"onnxruntime is not importable ({exc.__class__.__name__}: {exc})"
-    return True, ""
-
-
-def _torch_importable() -> tuple[bool, str]:
-    try:
-        import torch  # noqa: F401
-    except Exception as exc:
-        return False, f"torch is not importable ({exc.__class__.__name__}: {exc})"
-    return True, ""
-
-
-_PROBES = {"tensorrt": _tensorrt_importable, "onnxruntime": _onnxruntime_importable, "torch": _torch_importable}
+# The probes and the auto order live in runtime/selection.py; these names stay for callers and tests.
+from monother_ros.runtime.selection import PROBES as _PROBES  # noqa: E402 - after the engine classes
+from monother_ros.runtime.selection import BackendSelection, first_usable  # noqa: E402
+from monother_ros.runtime.selection import probe_tensorrt as _tensorrt_importable  # noqa: E402
 
 
 def available_backends() -> dict[str, str]:
     """Each concrete backend mapped to ``""`` when usable here, else the reason it is not."""
-    return {name: probe()[1] for name, probe in _PROBES.items()}
+    return {name: _PROBES[name]()[1] for name in ("tensorrt", "onnxruntime", "torch")}
 
 
 def resolve_backend(backend: str) -> Literal["tensorrt", "onnxruntime", "torch"]:
-    """Turn ``auto`` into a concrete backend and check that the requested one is usable.
+    """The backend ``auto`` would try first (TensorRT, torch on a CUDA GPU, ONNX Runtime) by the probes
+    alone, or check that a named one is usable; no engine is built (``make_backend`` may still fall
+    through when the build fails).
 
     Raises:
         ConfigError: unknown backend name.
         BackendUnavailableError: the backend's libraries or hardware are missing (the reason is given).
     """
-    if backend not in ("auto", "tensorrt", "onnxruntime", "torch"):
-        raise ConfigError(f"unknown backend {backend!r}; use auto, tensorrt, onnxruntime or torch")
-    if backend == "auto":
-        ok, reason = _PROBES["tensorrt"]()
-        if ok:
-            return "tensorrt"
-        _logger.info("backend auto: not using TensorRT (%s); using ONNX Runtime", reason)
-        backend = "onnxruntime"
-    ok, reason = _PROBES[backend]()
-    if not ok:
-        raise BackendUnavailableError(f"backend {backend} is unavailable: {reason}")
-    return backend  # type: ignore[return-value]
+    return first_usable(backend)
 
 
 def make_backend(
@@ -389,14 +357,16 @@ def make_backend(
     Args:
         model_dir: a saved model folder (``config.json`` + weights, optionally a ``model.onnx`` exported
             at some size) or an exported ``.onnx`` file (not for the torch backend).
-        backend: ``auto`` (TensorRT if a CUDA GPU and tensorrt are importable, else ONNX Runtime),
-            ``tensorrt``, ``onnxruntime`` or ``torch``.
+        backend: ``auto`` (TensorRT >= 8.6 if it builds, else torch on a visible CUDA GPU, else ONNX
+            Runtime on the CPU; each failure falls through: ``runtime/selection.py``), ``tensorrt``,
+            ``onnxruntime`` or ``torch``.
         input_hw: network input (h, w), multiples of 14; default: the ONNX file's size or the model
             config's ``input_size``. A folder whose ONNX has another size is re-exported into the cache.
-        precision: ``fp16`` (TensorRT default; torch on CUDA casts the weights once, see
-            ``runtime.half``) or ``fp32``. ONNX Runtime on
-            the CPU and torch on the CPU always run fp32 (``info.precision`` says what is used).
-        device: ``cpu`` / ``cuda`` / ``cuda:N``; default ``cuda:0`` for TensorRT, ``cpu`` otherwise.
+        precision: ``fp16`` or ``fp32`` on CUDA (TensorRT; torch casts the weights once, see
+            ``runtime.half``). ONNX Runtime on the CPU and torch on the CPU always run fp32
+            (``info.precision`` says what is used).
+        device: ``auto`` (default: a CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or
+            ``cuda:N`` (``runtime.device``). ONNX Runtime uses the CPU unless a CUDA device is named.
         cache_dir: where exported ONNX files and TensorRT engines are cached (default ``engines/cache``).
         num_threads: CPU threads for ONNX Runtime / torch (default: all cores).
         min_depth_m, max_depth_m: valid depth range; default the model's range.
@@ -405,39 +375,53 @@ def make_backend(
         cuda_graphs: torch on CUDA only: capture and replay frames as CUDA graphs (eager when off or
             when a capture fails).
 
+    Returns:
+        The engine; ``engine.selection`` (:class:`BackendSelection`) records the backend and device
+        chosen and why earlier candidates were not used.
+
     Raises:
-        ConfigError: bad arguments (unknown backend, input size not a multiple of 14, bad thresholds).
-        BackendUnavailableError: the requested backend cannot run here.
+        ConfigError: bad arguments (unknown backend or device, input size not a multiple of 14, bad
+            thresholds).
+        BackendUnavailableError: the requested backend or device cannot run here (or, under ``auto``,
+            no candidate could).
         CheckpointError: the model folder or ONNX file is missing or corrupt.
         EngineFileError: a cached TensorRT engine is corrupt/mismatched and rebuilding is off.
     """
+    from monother_ros.errors import CheckpointError
+    from monother_ros.runtime.selection import choose_and_build
+
     if precision not in ("fp16", "fp32"):
         raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
     if num_threads is not None and num_threads < 1:
         raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
     hw = None if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
-    name = resolve_backend(backend)
     model_path = Path(model_dir)
+    if not model_path.exists():
+        raise CheckpointError(f"model not found: {model_path} (expected a model folder or an .onnx file)")
     thresholds_kw = dict(min_depth_m=min_depth_m, max_depth_m=max_depth_m, min_confidence=min_confidence)
 
-    if name == "torch":
+    def build_torch(run_on: str) -> EngineBase:
         from monother_ros.runtime.torch_engine import TorchEngine
 
-        return TorchEngine.from_model_dir(model_path, input_hw=hw, precision=precision, device=device,
+        return TorchEngine.from_model_dir(model_path, input_hw=hw, precision=precision, device=run_on,
                                           num_threads=num_threads, cuda_graphs=cuda_graphs, **thresholds_kw)
 
-    from monother_ros.runtime.export import resolve_onnx
-
-    onnx_path = resolve_onnx(model_path, hw, cache_dir)
-    if name == "onnxruntime":
+    def build_onnxruntime(run_on: str) -> EngineBase:
+        from monother_ros.runtime.export import resolve_onnx
         from monother_ros.runtime.onnx_engine import OnnxEngine
 
-        return OnnxEngine(onnx_path, device=device, num_threads=num_threads, **thresholds_kw)
+        return OnnxEngine(resolve_onnx(model_path, hw, cache_dir), device=run_on, num_threads=num_threads,
+                          **thresholds_kw)
 
-    from monother_ros.runtime.tensorrt_engine import TensorRTEngine
+    def build_tensorrt(run_on: str) -> EngineBase:
+        from monother_ros.runtime.export import resolve_onnx
+        from monother_ros.runtime.tensorrt_engine import TensorRTEngine
 
-    return TensorRTEngine.from_onnx(onnx_path, precision=precision, device=device, cache_dir=cache_dir,
-                                    rebuild=rebuild, **thresholds_kw)
+        return TensorRTEngine.from_onnx(resolve_onnx(model_path, hw, cache_dir), precision=precision,
+                                        device=run_on, cache_dir=cache_dir, rebuild=rebuild, **thresholds_kw)
+
+    return choose_and_build(backend, device or "auto",
+                            {"torch": build_torch, "onnxruntime": build_onnxruntime, "tensorrt": build_tensorrt})
 
 
 def thresholds_for(info: EngineInfo, min_depth_m: float | None, max_depth_m: float | None,

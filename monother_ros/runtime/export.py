@@ -8,6 +8,8 @@ range and model hash under ``monother.*`` keys, so backends read them instead of
 
 Exporter: torch's default dynamo-based exporter (``torch.export`` + onnxscript), opset 18. It handles
 every layer of the family (the TorchScript exporter is not needed, so there is no fallback to it).
+The bicubic resampling of the position embedding is baked into a constant for the exported size
+(``runtime/onnx_passes.py``), so no backend runs a cubic Resize.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from monother_ros.errors import CheckpointError, ConfigError, MonotherError
+from monother_ros.errors import BackendUnavailableError, CheckpointError, ConfigError, MonotherError
 
 if TYPE_CHECKING:  # heavy imports stay inside functions (the CLI imports this module for --help)
     import onnx
@@ -222,6 +224,7 @@ def export_onnx(
 
     if opset < 17:
         raise ConfigError(f"opset must be >= 17, got {opset}")
+    _require_onnxscript()
     hw = _check_input_hw(input_hw if input_hw is not None else config.input_size, config.patch_size)
     has_confidence = bool(config.confidence_head)
     if model_hash is None:
@@ -253,6 +256,10 @@ def export_onnx(
         entry.key, entry.value = key, value
     proto.producer_name = "monother_ros"
     _check_graph_io(proto, hw, output_names)
+    from monother_ros.runtime.onnx_passes import fold_constant_resizes
+
+    # The position embedding resampled for this input size becomes a constant (runtime/onnx_passes.py).
+    fold_constant_resizes(proto)
 
     def check(candidate: Path) -> None:
         """ONNX Runtime on the written file vs PyTorch, before the file replaces ``out_path``."""
@@ -270,6 +277,18 @@ def export_onnx(
 
     _save_atomic(proto, out_path, check=check if verify else None)
     return read_onnx_info(out_path)
+
+
+def _require_onnxscript() -> None:
+    """Raise a clear error when onnxscript (needed by torch's exporter, and only by it) is missing.
+
+    onnxscript is an optional dependency: running shipped or already exported ONNX files never needs it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise BackendUnavailableError("ONNX export needs the optional package onnxscript (torch's ONNX "
+                                      "exporter uses it): pip install onnxscript")
 
 
 @contextlib.contextmanager
@@ -343,8 +362,12 @@ def read_onnx_info(path: str | os.PathLike) -> OnnxModelInfo:
     Raises:
         CheckpointError: missing, unreadable or corrupt file, or metadata missing/malformed (e.g. an
             ONNX file exported by other tools).
+        BackendUnavailableError: the onnx package is not installed.
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError as exc:  # pip-only on a ROS install (no rosdep key): say so instead of a traceback
+        raise BackendUnavailableError("reading ONNX files needs the onnx package: pip install onnx") from exc
 
     path = Path(path)
     if not path.is_file():

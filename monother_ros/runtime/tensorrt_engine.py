@@ -1,24 +1,33 @@
 """TensorRT backend: engine built from the exported ONNX, cached per TensorRT version / GPU / shape /
-precision / model hash, run asynchronously on a CUDA stream with torch CUDA tensors as buffers.
+precision / model and ONNX hash / builder settings, run asynchronously on a CUDA stream with torch CUDA
+tensors as buffers.
 
 Choices (see also ``runtime/cache.py`` for the cache files):
 
-* Buffers: torch CUDA tensors (torch is already a dependency, also on a Jetson; pycuda would be a
-  second CUDA wrapper). Host input and outputs are pinned torch tensors seen as numpy arrays, copied
-  with ``non_blocking`` on the engine's own stream, then one ``stream.synchronize()`` per frame.
-* API versions: TensorRT >= 8.5 has named I/O tensors (``set_tensor_address`` + ``execute_async_v3``),
-  TensorRT 10 only has those; older engines use ``execute_async_v2`` with a bindings list. The path is
-  chosen by attribute, not by version number.
-* fp16: the builder gets ``BuilderFlag.FP16`` and the normalisation (LayerNorm) and softmax layers are
-  pinned to fp32 with per-layer precision + ``OBEY_PRECISION_CONSTRAINTS``. The known failure of ViT
-  engines in fp16 is LayerNorm's variance overflowing fp16 range (wrong or zero depth); the exporter
-  emits ``LayerNormalization`` (opset >= 17) which the ONNX parser maps to one normalisation layer, so
-  these constraints cover it without rewriting the graph. (A strongly typed network would need fp16
-  casts baked into the ONNX, i.e. a second export per precision; not worth it here.)
+* Buffers: torch CUDA tensors (torch is already a dependency, also on a Jetson, where NVIDIA's JetPack
+  wheel provides the CUDA build). Host input and outputs are pinned torch tensors seen as numpy arrays,
+  copied with ``non_blocking`` on the engine's own stream, then one ``stream.synchronize()`` per frame.
+* Versions: 8.6, 10.x and 11.x. TensorRT < 8.6 is refused (8.5's ONNX parser has no
+  ``LayerNormalization``, which every export contains). The named-tensor API (``set_tensor_address``
+  + ``execute_async_v3``) exists in all three; the bindings API (``execute_async_v2``) is kept as a
+  fallback chosen by attribute.
+* fp16, by the attributes the bindings have (:func:`network_typing`):
+
+  - weakly typed (8.6, 10.x: ``BuilderFlag.FP16`` and ``ILayer.precision`` exist): the fp32 ONNX,
+    ``BuilderFlag.FP16``, and the arithmetic layers that are not matrix products or convolutions
+    (element-wise, unary, activation, normalisation, softmax, reduce, scale) pinned to fp32 with
+    per-layer precision and output types + ``OBEY_PRECISION_CONSTRAINTS``;
+  - strongly typed (11.x, where those were removed and every network is strongly typed; 11 keeps
+    ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` only as an ignored, deprecated value, so it is
+    passed only to an older release without ``FP16``): built from a mixed-fp16 ONNX in which exactly the
+    matrix products and convolutions compute in fp16 (``runtime/onnx_passes.py`` explains the choice:
+    the residual stream, LayerNorm and softmax of a DINOv2 ViT stay fp32).
+
+  Both paths keep the same parts in fp32. fp32 engines use the plain ONNX (TF32 as TensorRT decides).
+* The bicubic resize of the position embedding is baked into a constant before parsing (older exports
+  included), so TensorRT never runs a cubic Resize whose kernel may differ from PyTorch's.
 * Input/outputs stay fp32 (as in the ONNX) whatever the precision.
 * Timing cache: one file per TensorRT version + GPU in the cache folder, reused across builds.
-* Needs TensorRT >= 8.6 (first release whose ONNX parser maps ``LayerNormalization``; JetPack 6 has it,
-  JetPack 5's TensorRT 8.5 does not).
 """
 from __future__ import annotations
 
@@ -26,29 +35,38 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from monother_ros.errors import BackendUnavailableError, ConfigError, EngineFileError, MonotherError
 from monother_ros.runtime.cache import (
+    DEFAULT_KEEP_ENGINES,
     EngineCacheKey,
     atomic_write_bytes,
     default_cache_dir,
     engine_paths,
+    file_sha256,
     load_or_build,
 )
 from monother_ros.runtime.engine import EngineBase, EngineInfo, Precision, thresholds_for
 from monother_ros.runtime.export import INPUT_NAME, OUTPUT_CONFIDENCE, OUTPUT_DEPTH, OnnxModelInfo, read_onnx_info
+from monother_ros.runtime.selection import MIN_TENSORRT, tensorrt_version_tuple
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TensorRTEngine", "build_serialized_engine", "DEFAULT_WORKSPACE_BYTES"]
+__all__ = ["TensorRTEngine", "build_serialized_engine", "builder_settings", "engine_cache_key", "network_typing",
+           "prepare_onnx", "DEFAULT_WORKSPACE_BYTES", "BUILDER_RECIPE"]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB: enough for ViT-L tactics, modest on an 8 GB Jetson
+BUILDER_RECIPE = 2  # bump when the way engines are built changes (pinned layers, ONNX rewrites, flags)
+
+# Layer kinds kept in fp32 on the weakly typed path: everything arithmetic except the matrix products
+# and convolutions, i.e. the same split as onnx_passes.mixed_fp16 on the strongly typed path.
+_FP32_LAYER_KINDS = ("ELEMENTWISE", "UNARY", "ACTIVATION", "NORMALIZATION", "SOFTMAX", "REDUCE", "SCALE")
 
 
 def _trt_logger() -> Any:
@@ -57,62 +75,139 @@ def _trt_logger() -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
+def network_typing(trt: Any) -> Literal["weak", "strong"]:
+    """``weak`` when the bindings still have ``BuilderFlag.FP16`` (8.6, 10.x), ``strong`` when that
+    API is gone (11.x) and ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists.
+
+    Raises:
+        BackendUnavailableError: neither API is present (an unknown TensorRT).
+    """
+    if hasattr(trt.BuilderFlag, "FP16"):
+        return "weak"
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return "strong"
+    raise BackendUnavailableError(f"TensorRT {getattr(trt, '__version__', '?')} has neither BuilderFlag.FP16 nor "
+                                  "strongly typed networks; this package supports TensorRT 8.6, 10.x and 11.x")
+
+
+def builder_settings(trt: Any, workspace_bytes: int) -> str:
+    """The builder-settings part of the engine cache key."""
+    return f"recipe{BUILDER_RECIPE}-{network_typing(trt)}-ws{int(workspace_bytes)}"
+
+
 def _keep_fp32(network: Any, trt: Any) -> int:
-    """Pin normalisation and softmax layers (and their outputs) to fp32; returns how many."""
-    kinds = {getattr(trt.LayerType, n) for n in ("NORMALIZATION", "SOFTMAX") if hasattr(trt.LayerType, n)}
+    """Weakly typed path: pin the non-matmul arithmetic layers (and their float outputs) to fp32."""
+    kinds = {getattr(trt.LayerType, n) for n in _FP32_LAYER_KINDS if hasattr(trt.LayerType, n)}
     count = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in kinds:
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-            count += 1
+        if layer.type not in kinds:
+            continue
+        outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype == trt.float32]
+        if not outputs:
+            continue  # integer/bool arithmetic (shape math) has no precision to pin
+        layer.precision = trt.float32
+        for j in outputs:
+            layer.set_output_type(j, trt.float32)
+        count += 1
     return count
+
+
+def prepare_onnx(onnx_path: str | os.PathLike, precision: Precision, typing: Literal["weak", "strong"],
+                 work_dir: str | os.PathLike) -> Path:
+    """The ONNX file TensorRT parses: the position-embedding Resize baked into a constant and, for an
+    fp16 strongly typed build, the mixed-fp16 graph. Written atomically into ``work_dir`` and reused
+    (named by the source file's hash); the source itself is returned when nothing changes.
+
+    Raises:
+        CheckpointError: the source cannot be read.
+        MonotherError: a rewrite failed.
+    """
+    import onnx
+
+    from monother_ros.errors import CheckpointError
+    from monother_ros.runtime.export import _save_atomic
+    from monother_ros.runtime.onnx_passes import fold_constant_resizes, mixed_fp16
+
+    source = Path(onnx_path)
+    fp16_graph = precision == "fp16" and typing == "strong"
+    try:
+        digest = file_sha256(source)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {source}: {exc}") from exc
+    target = Path(work_dir) / f"{source.stem}-{digest[:16]}-{'fp16mixed' if fp16_graph else 'fp32'}.trt.onnx"
+    if target.is_file():
+        return target
+    try:
+        proto = onnx.load_model(str(source))
+    except Exception as exc:  # noqa: BLE001 - protobuf errors
+        raise CheckpointError(f"ONNX file {source} is corrupt: {exc}") from exc
+    folded = fold_constant_resizes(proto)
+    if fp16_graph:
+        proto = mixed_fp16(proto)
+    elif not folded:
+        return source
+    _save_atomic(proto, target)
+    return target
 
 
 def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, *,
                             workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                            timing_cache: str | os.PathLike | None = None) -> bytes:
+                            timing_cache: str | os.PathLike | None = None,
+                            work_dir: str | os.PathLike | None = None) -> bytes:
     """Build a TensorRT engine from an exported ONNX file.
 
     Args:
-        onnx_path: exported model (static shape).
-        precision: ``fp16`` (normalisation/softmax kept fp32) or ``fp32``.
+        onnx_path: exported model (static shape, fp32).
+        precision: ``fp16`` (the fp32 parts of the module docstring kept fp32) or ``fp32``.
         workspace_bytes: builder workspace limit.
         timing_cache: file to read/update the builder timing cache (created if missing).
+        work_dir: where the rewritten ONNX (:func:`prepare_onnx`) is kept; default the timing cache's
+            folder, else the ONNX file's.
 
     Returns:
         The serialized engine.
 
     Raises:
+        BackendUnavailableError: TensorRT older than 8.6 or of an unknown API.
         MonotherError: the parser or builder failed (parser errors are listed).
     """
     import tensorrt as trt
 
+    if precision not in ("fp16", "fp32"):
+        raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
+    version = str(trt.__version__)
+    if tensorrt_version_tuple(version) < MIN_TENSORRT:
+        raise BackendUnavailableError(f"TensorRT {version} is too old: >= 8.6 is needed (its ONNX parser must "
+                                      "read LayerNormalization)")
+    typing = network_typing(trt)
+    folder = work_dir if work_dir is not None else (Path(timing_cache).parent if timing_cache is not None
+                                                    else Path(onnx_path).parent)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    parsed = prepare_onnx(onnx_path, precision, typing, folder)
     logger = _trt_logger()
     builder = trt.Builder(logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required < 10, deprecated no-op in 10
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    creation = trt.NetworkDefinitionCreationFlag
+    if typing == "strong" and tensorrt_version_tuple(version) < (11, 0):
+        flags |= 1 << int(creation.STRONGLY_TYPED)  # from 11 on every network is strongly typed (flag ignored)
+    elif typing == "weak" and hasattr(creation, "EXPLICIT_BATCH") and tensorrt_version_tuple(version) < (10, 0):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)  # required before 10; a deprecated no-op from 10 on
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(parsed)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        hint = ""
-        if _version_tuple(trt.__version__) < (8, 6):
-            hint = f" (TensorRT {trt.__version__}: >= 8.6 is needed for the LayerNormalization op of opset 17+)"
-        raise MonotherError(f"TensorRT cannot parse {onnx_path}: {errors}{hint}")
+        raise MonotherError(f"TensorRT {version} cannot parse {parsed}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == "fp16":
+    if precision == "fp16" and typing == "weak":
         config.set_flag(trt.BuilderFlag.FP16)
         pinned = _keep_fp32(network, trt)
         if pinned:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        _logger.info("fp16 build: %d normalisation/softmax layers kept in fp32", pinned)
-    elif precision != "fp32":
-        raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
+        _logger.info("fp16 build (weakly typed, TensorRT %s): %d arithmetic layers kept in fp32", version, pinned)
+    elif precision == "fp16":
+        _logger.info("fp16 build (strongly typed, TensorRT %s) from %s", version, parsed.name)
     cache_file = Path(timing_cache) if timing_cache is not None else None
     cache_bytes = cache_file.read_bytes() if cache_file is not None and cache_file.is_file() else b""
     trt_cache = config.create_timing_cache(cache_bytes)
@@ -126,12 +221,16 @@ def build_serialized_engine(onnx_path: str | os.PathLike, precision: Precision, 
     return bytes(serialized)
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(version).split(".")[:2]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+def engine_cache_key(trt: Any, *, gpu_name: str, compute_capability: tuple[int, int], sm_count: int,
+                     total_memory_bytes: int, meta: OnnxModelInfo, onnx_sha256: str, precision: Precision,
+                     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> EngineCacheKey:
+    """The cache key of an engine of ``meta``'s model built by this TensorRT module on that GPU."""
+    return EngineCacheKey(
+        tensorrt_version=str(trt.__version__), gpu_name=gpu_name, compute_capability=compute_capability,
+        input_shape=(1, 3, *meta.input_hw), precision=precision, model_hash=meta.model_hash,
+        onnx_sha256=onnx_sha256, sm_count=sm_count, total_memory_bytes=total_memory_bytes,
+        builder_settings=builder_settings(trt, workspace_bytes),
+    )
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> "torch.dtype":
@@ -231,7 +330,8 @@ class TensorRTEngine(EngineBase):
     def from_onnx(cls, onnx_path: str | os.PathLike, *, precision: Precision = "fp16", device: str | None = None,
                   cache_dir: str | os.PathLike | None = None, rebuild: bool = True,
                   workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, min_depth_m: float | None = None,
-                  max_depth_m: float | None = None, min_confidence: float = 0.0) -> "TensorRTEngine":
+                  max_depth_m: float | None = None, min_confidence: float = 0.0,
+                  keep_engines: int | None = DEFAULT_KEEP_ENGINES) -> "TensorRTEngine":
         """Load the cached engine for this ONNX file, GPU and precision, or build and cache it.
 
         Args:
@@ -242,38 +342,46 @@ class TensorRTEngine(EngineBase):
             rebuild: rebuild a corrupt/mismatched cached engine (True) or raise ``EngineFileError``.
             workspace_bytes: builder workspace limit.
             min_depth_m, max_depth_m, min_confidence: masking thresholds.
+            keep_engines: after a build, keep the newest this many engines of the model (None: all).
 
         Raises:
-            BackendUnavailableError: tensorrt or CUDA missing.
-            EngineFileError: unusable cached engine with ``rebuild=False``.
+            BackendUnavailableError: tensorrt missing or older than 8.6, or no CUDA GPU.
+            CheckpointError: the ONNX file is missing or unreadable.
+            EngineFileError: unusable cached engine with ``rebuild=False``; no execution context (GPU
+                memory).
             MonotherError: the build failed.
         """
-        try:
-            import tensorrt as trt
-            import torch
-        except ImportError as exc:
-            raise BackendUnavailableError(f"TensorRT backend needs tensorrt and torch: {exc}") from exc
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError("TensorRT backend needs a CUDA GPU (torch.cuda.is_available() is False)")
+        from monother_ros.errors import CheckpointError
+        from monother_ros.runtime.selection import probe_tensorrt
+
+        ok, reason = probe_tensorrt()
+        if not ok:
+            raise BackendUnavailableError(f"backend tensorrt is unavailable: {reason}")
+        import tensorrt as trt
+        import torch
+
+        from monother_ros.runtime.device import resolve_device
+
         if precision not in ("fp16", "fp32"):
             raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
-        dev = torch.device(device or "cuda:0")
-        if dev.type != "cuda":
+        name = resolve_device(device or "cuda")
+        if name == "cpu":
             raise ConfigError(f"TensorRT runs on a CUDA device, not {device!r}")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = torch.device(name)
         meta = read_onnx_info(onnx_path)
-        key = EngineCacheKey(
-            tensorrt_version=str(trt.__version__),
-            gpu_name=torch.cuda.get_device_name(dev),
-            compute_capability=torch.cuda.get_device_capability(dev),
-            input_shape=(1, 3, *meta.input_hw),
-            precision=precision,
-            model_hash=meta.model_hash,
-        )
+        try:
+            onnx_sha = file_sha256(onnx_path)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {onnx_path}: {exc}") from exc
+        props = torch.cuda.get_device_properties(dev)
+        key = engine_cache_key(trt, gpu_name=str(props.name), compute_capability=(props.major, props.minor),
+                               sm_count=int(props.multi_processor_count), total_memory_bytes=int(props.total_memory),
+                               meta=meta, onnx_sha256=onnx_sha, precision=precision,
+                               workspace_bytes=workspace_bytes)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         engine_file, sidecar_file = engine_paths(cache, meta.model_name, key)
-        device_tag = hashlib.sha256(f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}".encode())
+        device_tag = hashlib.sha256(f"{key.tensorrt_version}|{key.gpu_name}|{key.compute_capability}|"
+                                    f"{key.sm_count}|{key.total_memory_bytes}".encode())
         timing_cache = cache / f"timing-{device_tag.hexdigest()[:16]}.cache"
 
         with torch.cuda.device(dev):
@@ -284,12 +392,16 @@ class TensorRTEngine(EngineBase):
                 _logger.info("building TensorRT %s engine for %s at %dx%d (minutes on a Jetson)", precision,
                              meta.model_name, *meta.input_hw)
                 return build_serialized_engine(onnx_path, precision, workspace_bytes=workspace_bytes,
-                                               timing_cache=timing_cache)
+                                               timing_cache=timing_cache, work_dir=cache)
 
             engine, built = load_or_build(engine_file, sidecar_file, key, deserialize=runtime.deserialize_cuda_engine,
-                                          build=build, rebuild=rebuild)
-        instance = cls(engine, runtime, meta, precision=precision, device=dev, min_depth_m=min_depth_m,
-                       max_depth_m=max_depth_m, min_confidence=min_confidence)
+                                          build=build, rebuild=rebuild, keep=keep_engines,
+                                          model_name=meta.model_name)
+        try:
+            instance = cls(engine, runtime, meta, precision=precision, device=dev, min_depth_m=min_depth_m,
+                           max_depth_m=max_depth_m, min_confidence=min_confidence)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise EngineFileError(f"not enough GPU memory on {dev} for the TensorRT engine's buffers: {exc}") from exc
         instance.engine_file = engine_file
         instance.built = built
         _logger.info("TensorRT engine %s (%s)", engine_file, "built" if built else "from cache")

@@ -84,7 +84,7 @@ class TorchEngine(EngineBase):
         input_hw: network input (h, w), multiples of the patch size; default ``config.input_size``.
         precision: ``fp16`` casts the weights once on CUDA (see ``runtime.half``); on the CPU the engine
             always runs fp32.
-        device: ``cpu`` (default) or ``cuda[:N]``.
+        device: ``cpu`` (default), ``auto``, ``cuda`` or ``cuda:N`` (``runtime.device.resolve_device``).
         num_threads: if given, ``torch.set_num_threads`` (process-wide in torch).
         min_depth_m, max_depth_m, min_confidence: masking thresholds.
         cuda_graphs: capture and replay the frame as a CUDA graph (CUDA only; default True there).
@@ -106,24 +106,16 @@ class TorchEngine(EngineBase):
                  device_frames: bool | None = None, fp32_residual_stream: bool = False) -> None:
         import torch
 
-        from monother_ros.errors import BackendUnavailableError
-
         hw = tuple(int(v) for v in (input_hw if input_hw is not None else config.input_size))
         p = config.patch_size
         if len(hw) != 2 or min(hw) <= 0 or hw[0] % p or hw[1] % p:
             raise ConfigError(f"input size {hw} must be two positive multiples of the patch size {p}")
         if precision not in ("fp16", "fp32"):
             raise ConfigError(f"precision must be fp16 or fp32, got {precision!r}")
-        try:
-            dev = torch.device(device or "cpu")
-        except RuntimeError as exc:
-            raise ConfigError(f"unknown device {device!r} for torch; use cpu or cuda[:N]") from exc
-        if dev.type not in ("cpu", "cuda"):
-            raise ConfigError(f"unknown device {device!r} for torch; use cpu or cuda[:N]")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError(f"device {device} asked for but CUDA is not available to torch")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        from monother_ros.runtime.device import resolve_device
+
+        # ConfigError for a malformed name, BackendUnavailableError for a CUDA device torch cannot see.
+        dev = torch.device(resolve_device(device or "cpu"))
         if num_threads is not None:
             torch.set_num_threads(int(num_threads))
         cuda = dev.type == "cuda"
