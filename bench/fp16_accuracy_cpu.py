@@ -5,8 +5,8 @@
 For three networks (the shipped student with its trained weights; random-weight DAv2-S metric and a
 6-block ViT-L + ZoeDepth bins at reduced sizes, to fit a CPU) it prints the max relative difference
 max |d16 - d32| / max |d32| of the depth for one N(0, 1) input, three ways: every weight fp16
-(``model.half()``), ``runtime.half.convert_to_fp16`` (the engine's default) and the same with
-``fp32_residual_stream=True``. The decision documented in ``runtime/half.py`` rests on these figures;
+(``model.half()``), ``runtime.half.convert_to_fp16(fp32_residual_stream=False)`` and
+``convert_to_fp16`` (the engine's default, fp32 residual stream). The decision documented in ``runtime/half.py`` rests on these figures;
 the real-size GPU figures come from ``bench/bench_gpu.py``.
 """
 from __future__ import annotations
@@ -37,10 +37,10 @@ def compare(name: str, model: torch.nn.Module, hw: tuple[int, int]) -> None:
     with torch.inference_mode():
         ref = model(x, features=False).depth
         every = copy.deepcopy(model).half()(x.half(), features=False).depth
+        fp16_stream = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=False)(x.half(), features=False).depth
         default = convert_to_fp16(copy.deepcopy(model))(x.half(), features=False).depth
-        stream = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=True)(x.half(), features=False).depth
-    print(f"{name:18s} {hw[0]}x{hw[1]:<4d} all fp16 {_rel(every, ref):.2e}   default {_rel(default, ref):.2e}   "
-          f"fp32 residual stream {_rel(stream, ref):.2e}", flush=True)
+    print(f"{name:18s} {hw[0]}x{hw[1]:<4d} all fp16 {_rel(every, ref):.2e}   fp16 stream {_rel(fp16_stream, ref):.2e}   "
+          f"default (fp32 stream) {_rel(default, ref):.2e}", flush=True)
 
 
 def main() -> int:

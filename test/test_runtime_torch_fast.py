@@ -52,10 +52,10 @@ def _tiny_model(seed=0):
 # ---------------------------------------------------------------------- fp16 conversion (CPU)
 
 
-def test_convert_to_fp16_keeps_the_sensitive_parts_fp32_and_the_state_dict_keys():
+def test_convert_to_fp16_with_an_fp16_residual_stream_keeps_only_the_head_fp32():
     model, config = _tiny_model()
     keys = list(model.state_dict())
-    half = convert_to_fp16(copy.deepcopy(model))
+    half = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=False)
     assert list(half.state_dict()) == keys
     kept = set(fp32_parameter_names(half))
     assert kept == {"depth_head.scratch.output_conv2.2.weight", "depth_head.scratch.output_conv2.2.bias",
@@ -67,11 +67,11 @@ def test_convert_to_fp16_keeps_the_sensitive_parts_fp32_and_the_state_dict_keys(
         convert_to_fp16(torch.nn.Linear(2, 2))
 
 
-def test_convert_to_fp16_with_an_fp32_residual_stream():
+def test_convert_to_fp16_default_keeps_the_residual_stream_layernorms_and_head_fp32():
     model, config = _tiny_model()
     keys = list(model.state_dict())
     ref_ln = model.pretrained.blocks[0].norm1.weight.detach().clone()
-    half = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=True)
+    half = convert_to_fp16(copy.deepcopy(model))
     assert list(half.state_dict()) == keys
     kept = set(fp32_parameter_names(half))
     assert "pretrained.pos_embed" in kept and "pretrained.blocks.0.ls1.gamma" in kept
@@ -86,6 +86,25 @@ def test_convert_to_fp16_with_an_fp32_residual_stream():
         ref = model(x, features=False).depth
         out = half(x.half(), features=False).depth
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-2
+
+
+def test_residual_value_past_fp16_range_stays_finite_with_the_fp32_stream():
+    """A channel of the residual stream at 1e5 (past fp16's 65504): the fp16 stream overflows to NaN
+    depth, the default fp32 stream stays within 1e-2 of fp32."""
+    model, config = _tiny_model()
+    with torch.no_grad():
+        block = model.pretrained.blocks[1]
+        block.mlp.fc2.bias[0] = 1000.0
+        block.ls2.gamma[0] = 100.0
+    x = torch.randn(1, 3, *config.input_size)
+    with torch.inference_mode():
+        ref = model(x, features=False).depth
+        default = convert_to_fp16(copy.deepcopy(model))(x.half(), features=False).depth
+        fp16_stream = convert_to_fp16(copy.deepcopy(model), fp32_residual_stream=False)(x.half(), features=False).depth
+    assert torch.isfinite(ref).all()
+    assert not torch.isfinite(fp16_stream).all()
+    assert torch.isfinite(default).all()
+    assert float((default - ref).abs().max() / ref.abs().max()) < 1e-2
 
 
 def test_fp16_model_on_cpu_is_close_to_fp32_and_outputs_fp32():
@@ -136,6 +155,8 @@ def test_fp32_state_dict_loads_into_fp16_weights():
     assert w.dtype == torch.float16
     assert torch.equal(w, other.pretrained.blocks[1].mlp.fc1.weight.half())
     assert torch.equal(half.depth_head.scratch.output_conv2[2].weight, other.depth_head.scratch.output_conv2[2].weight)
+    assert torch.equal(half.pretrained.pos_embed, other.pretrained.pos_embed)
+    assert torch.equal(half.pretrained.blocks[0].norm2.weight, other.pretrained.blocks[0].norm2.weight)
 
 
 # ---------------------------------------------------------------------- device frames on CPU tensors

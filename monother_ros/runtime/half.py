@@ -1,37 +1,39 @@
 """fp16 inference weights for a depth branch: cast once at load, fp32 where accuracy needs it.
 
 Per-frame autocast re-casts every weight on every call (on the H200 it made fp16 slower than fp32);
-here the parameters are converted once and the network then runs on fp16 tensors. What stays fp32:
+here the parameters are converted once and the matrix products and convolutions run on fp16 tensors.
+What stays fp32 (the split the TensorRT fp16 engines use too):
 
+* the ViT residual stream: ``pos_embed`` and the LayerScale gammas stay fp32, so the tokens become fp32
+  when the position embedding is added and ``x + gamma * f(x)`` accumulates in fp32. DINOv2's stream
+  carries a few large-magnitude channels: in fp16 they keep ~3 significant digits and a value past
+  65504 becomes inf (then NaN depth), while the fp16 attention and MLP outputs added to it stay small;
+* LayerNorm: fp32 weights, computed on the fp32 stream, output rounded to fp16 for the matrix products
+  that follow (:class:`Fp32LayerNorm`: one cast kernel per LayerNorm, 13 in the shipped student, 49 in
+  ViT-L);
+* the attention softmax: ``scaled_dot_product_attention`` on fp16 CUDA tensors is a fused kernel that
+  keeps its running max and sum in fp32 (nothing to change);
 * the last 1x1 convolution of the DPT (the logit of ``sigmoid * max_depth``, or the relative depth)
   and its activation: near 0 the sigmoid's relative error equals the logit's absolute error, which an
   fp16 logit of magnitude ~10 would put near 1e-2;
 * the ZoeDepth metric-bins head and the student confidence head (small; the bins head divides
-  log-binomial logits of magnitude up to ~600 by temperatures down to 0.02 and sums 64 bin centres, beyond
-  fp16's range and precision);
-* inside fp16 kernels, what PyTorch already accumulates in fp32: LayerNorm statistics (the CUDA and
-  CPU kernels compute mean and variance in float for half inputs, so no fp16 ``x**2`` overflow, the
-  usual fp16 LayerNorm failure), the softmax of ``scaled_dot_product_attention`` (fused kernels keep
-  its running max and sum in fp32), matmul and convolution accumulators.
+  log-binomial logits of magnitude up to ~600 by temperatures down to 0.02 and sums 64 bin centres,
+  beyond fp16's range and precision).
 
-Optionally (``fp32_residual_stream=True``) the ViT residual stream stays fp32 too: ``pos_embed`` and
-the LayerScale gammas fp32 so that ``x + gamma * f(x)`` accumulates in fp32, LayerNorms with fp32
-weights reading the fp32 stream and emitting fp16 (:class:`Fp32LayerNorm`). DINOv2's stream carries a
-few large-magnitude channels where fp16 keeps ~3 significant digits. It costs one cast kernel per
-LayerNorm (13 in the shipped student, 49 in ViT-L), which matters for the small student whose frame is
-made of many tiny kernels even in a CUDA graph, and it bought little accuracy where measured (``bench/fp16_accuracy_cpu.py``: fp16 vs fp32 depth,
-max |a - b| / max |b|, torch's fp16 CPU kernels, one N(0, 1) input):
+``fp32_residual_stream=False`` keeps only the last two points (fp16 stream and LayerNorm, whose
+statistics PyTorch's kernels accumulate in fp32 anyway): fewer kernels, for checkpoints known to have no
+large activations. Measured (``bench/fp16_accuracy_cpu.py``: fp16 vs fp32 depth, max |a - b| / max |b|,
+torch's fp16 CPU kernels, one N(0, 1) input; random weights have no large activations, so the fp32
+stream's main purpose shows only in ``test_residual_value_past_fp16_range_stays_finite_with_the_fp32_stream``:
+one residual channel at 1e5 gives NaN depth with the fp16 stream, a finite one within 1e-2 by default):
 
-================================================  ========  =======  ====================
-network                                           all fp16  default  fp32 residual stream
-================================================  ========  =======  ====================
-shipped student (trained), 112x140                9.5e-4    3.9e-4   3.3e-4
-DAv2-S metric, random weights, 266x266            8.7e-4    2.1e-5   1.6e-5
-ViT-L 6 blocks + ZoeDepth bins, random, 126x322   1.5e-3    1.6e-4   8.6e-5
-================================================  ========  =======  ====================
-
-The default is therefore the fp16 stream; the option stays for checkpoints whose activations
-need it.
+================================================  ========  ===============  ==================
+network                                           all fp16  fp16 stream      default (fp32 stream)
+================================================  ========  ===============  ==================
+shipped student (trained), 112x140                9.5e-4    3.9e-4           3.3e-4
+DAv2-S metric, random weights, 266x266            8.7e-4    2.1e-5           1.6e-5
+ViT-L 6 blocks + ZoeDepth bins, random, 126x322   1.5e-3    1.6e-4           8.6e-5
+================================================  ========  ===============  ==================
 
 Loading fp32 state dicts works unchanged (``TorchEngine.swap_weights``): ``load_state_dict`` copies
 into each parameter in place, casting to its dtype (so captured CUDA graphs stay valid).
@@ -101,14 +103,14 @@ def _replace_layernorms(root: nn.Module) -> list[nn.Module]:
     return new_modules
 
 
-def convert_to_fp16(model: nn.Module, *, fp32_residual_stream: bool = False) -> nn.Module:
+def convert_to_fp16(model: nn.Module, *, fp32_residual_stream: bool = True) -> nn.Module:
     """Convert a ``DepthBranch`` (in place) for fp16 inference; see the module docstring for what stays fp32.
 
     Args:
         model: a ``model.branch.DepthBranch`` with fp32 weights, in eval mode (any device; CUDA is
             where fp16 pays).
         fp32_residual_stream: keep the ViT residual stream, position embedding, LayerScale and
-            LayerNorm weights in fp32 as well.
+            LayerNorm weights in fp32 (default); False runs them in fp16.
 
     Returns:
         ``model``, its parameters fp16 except those listed by :func:`fp32_parameter_names`.

@@ -3,9 +3,9 @@
 On the CPU the network runs fp32 in eval mode under ``torch.inference_mode`` and the numpy pre/post-
 processing of ``EngineBase`` surrounds it. On a CUDA device the whole frame stays on the GPU:
 
-* fp16 (the default precision there): the weights are cast once at load (``runtime.half``: ViT residual
-  stream, LayerNorms, the depth logit and the small heads stay fp32), on a copy of the caller's
-  module, never through per-frame autocast;
+* fp16 (the default precision there): the weights are cast once at load (``runtime.half``: matrix
+  products and convolutions fp16; the ViT residual stream, LayerNorms, the depth logit and the small
+  heads fp32), on a copy of the caller's module, never through per-frame autocast;
 * the frame: the raw uint16/uint8 counts are copied once into a pinned buffer and from there to the
   device; percentile normalisation, resize, mean/std, the network, the resize back, masking and, when
   a camera is set (:meth:`TorchEngine.set_cloud_camera`), the organised point cloud run there
@@ -91,7 +91,8 @@ class TorchEngine(EngineBase):
         device_frames: run pre/post-processing with ``core.frame_torch`` on the engine's device
             (default: on CUDA; the CPU default is the numpy path, faster there; True on the CPU runs the
             torch code on CPU tensors, which is how the tests check it).
-        fp32_residual_stream: with fp16, keep the ViT residual stream in fp32 too (``runtime.half``).
+        fp32_residual_stream: with fp16, keep the ViT residual stream and LayerNorms in fp32 (default;
+            ``runtime.half``).
 
     Raises:
         ConfigError: input size not a multiple of the patch size, unknown device.
@@ -103,7 +104,7 @@ class TorchEngine(EngineBase):
                  device: str | None = None, num_threads: int | None = None,
                  min_depth_m: float | None = None, max_depth_m: float | None = None,
                  min_confidence: float = 0.0, cuda_graphs: bool = True,
-                 device_frames: bool | None = None, fp32_residual_stream: bool = False) -> None:
+                 device_frames: bool | None = None, fp32_residual_stream: bool = True) -> None:
         import torch
 
         hw = tuple(int(v) for v in (input_hw if input_hw is not None else config.input_size))
