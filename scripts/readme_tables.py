@@ -33,9 +33,14 @@ def _sim_topics(module) -> list[tuple[str, str, str, str, str, str]]:
     """(topic, direction, type, QoS name, frame, note) of the simulated rig."""
     m = module
     return [
-        (m.THERMAL_IMAGE_TOPIC, "out", "sensor_msgs/Image (mono16)", "SENSOR", "thermal_optical_frame", ""),
+        (m.THERMAL_IMAGE_TOPIC, "out", "sensor_msgs/Image (mono16)", "SENSOR", "thermal_optical_frame",
+         "transport raw/both" if hasattr(m, "THERMAL_COMPRESSED_TOPIC") else ""),
+        *([(m.THERMAL_COMPRESSED_TOPIC, "out", "sensor_msgs/CompressedImage (16-bit PNG)", "SENSOR",
+            "thermal_optical_frame", "transport compressed/both")] if hasattr(m, "THERMAL_COMPRESSED_TOPIC") else []),
         (m.THERMAL_INFO_TOPIC, "out", "sensor_msgs/CameraInfo", "SENSOR", "thermal_optical_frame", ""),
         (m.RGB_IMAGE_TOPIC, "out", "sensor_msgs/Image (rgb8)", "SENSOR", "rgb_optical_frame", "publish_rgb"),
+        *([(m.RGB_COMPRESSED_TOPIC, "out", "sensor_msgs/CompressedImage (JPEG)", "SENSOR", "rgb_optical_frame",
+            "publish_rgb, transport compressed/both")] if hasattr(m, "RGB_COMPRESSED_TOPIC") else []),
         (m.RGB_INFO_TOPIC, "out", "sensor_msgs/CameraInfo", "SENSOR", "rgb_optical_frame", "publish_rgb"),
         (m.LIDAR_TOPIC, "out", "sensor_msgs/PointCloud2 (x, y, z, intensity)", "SENSOR", "lidar_link",
          "publish_lidar"),

@@ -34,7 +34,7 @@ def test_parameters_table_matches_rig_yaml():
 
     values = dict(flat(section))
     assert set(values) == set(ADAPTATION_PARAMETERS.defaults())
-    assert values == pytest.approx(ADAPTATION_PARAMETERS.defaults())
+    assert values == ADAPTATION_PARAMETERS.defaults()  # (approx cannot compare the list-valued thermal.crop)
     config = learner_config_from_params(ADAPTATION_PARAMETERS.validate(values), "/tmp/x")
     assert config.keyframe.min_rgb_contrast == 0.1 and config.holdout_every == 5
 

@@ -192,7 +192,7 @@ def test_hostile_thermal_and_camera_info_inputs():
 
             cases = [
                 ("thermal_unknown_encoding", lambda t: raw_image(encoding="mono12x", stamp_ns=t)),
-                ("thermal_bad_encoding", lambda t: raw_image(encoding="rgb8", step=W * 3, stamp_ns=t)),
+                ("thermal_bad_encoding", lambda t: raw_image(encoding="bgra8", step=W * 4, stamp_ns=t)),
                 ("thermal_data_too_short", lambda t: raw_image(data=bytes(100), stamp_ns=t)),
                 ("thermal_zero_size", lambda t: raw_image(width=0, step=0, data=b"", stamp_ns=t)),
                 ("thermal_too_small", lambda t: raw_image(width=1, height=1, step=2, stamp_ns=t)),

@@ -105,7 +105,10 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
         raise ConfigError(f"live mode needs rclpy and the ROS message packages: {exc}") from exc
     # RGB goes out too when the bag has it: the node only subscribes with teacher.enabled (a --config
     # with teacher / fusion on scores the fused output), and unsubscribed topics cost almost nothing.
-    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw", "/rgb/camera_info")
+    play_topics = (options.thermal_topic, options.info_topic, options.tf_topic, "/rgb/image_raw",
+                   "/rgb/image_raw/compressed", "/rgb/camera_info")
+    # The node's transport follows the bag's thermal type: CompressedImage is subscribed (thermal.transport
+    # compressed) on <base>/compressed, image_transport's naming; RGB likewise when the bag has only compressed RGB.
     for spec in models:
         if spec.name in run.models:
             raise ConfigError(f"two models are named {spec.name!r}; use --model NAME=PATH")
@@ -123,11 +126,18 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
                                        "or convert it: `rosbags-convert --src BAG --dst FOLDER --dst-typestore ros2_humble`)")
                     reader.require_topics(options.thermal_topic, options.truth_topic)
                     present = [t for t in play_topics if t in reader.topics]
+                    thermal_transport = _transport_of(reader.topics[options.thermal_topic].msgtype,
+                                                      options.thermal_topic)
+                rgb_transport = ("compressed" if "/rgb/image_raw/compressed" in present and "/rgb/image_raw" not in
+                                 present else "raw")
+                unused_rgb = "/rgb/image_raw" if rgb_transport == "compressed" else "/rgb/image_raw/compressed"
+                present = [t for t in present if t != unused_rgb]
                 recording = play_and_record(
                     bag, spec.path, backend=options.backend, device=options.device, precision=options.precision,
                     rate=live.rate, config=live.config,
                     thermal_topic=options.thermal_topic, topics=present, num_threads=live.num_threads,
-                    ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s)
+                    ready_timeout_s=live.ready_timeout_s, drain_s=live.drain_s,
+                    thermal_transport=thermal_transport, rgb_transport=rgb_transport)
             except MonotherError as exc:
                 msg = f"live replay of {bag} with model {spec.name} failed: {exc}"
                 LOG.error("%s", msg)
@@ -157,6 +167,20 @@ def evaluate_live(bags: Sequence[str | Path], models: Sequence[ModelSpec], optio
             run.wall_s = time.perf_counter() - t0
             report.write_metrics(run, out)
     return finish_run(run, out, t0)
+
+
+def _transport_of(msgtype: str, topic: str) -> str:
+    """``compressed`` for a CompressedImage topic named ``<base>/compressed``, ``raw`` for an Image topic.
+
+    Raises:
+        ConfigError: a CompressedImage topic under another name (the node subscribes ``<base>/compressed``).
+    """
+    if msgtype.endswith("CompressedImage"):
+        if not topic.endswith("/compressed"):
+            raise ConfigError(f"{topic} holds CompressedImage messages but live mode plays them to a node that "
+                              "subscribes <base>/compressed (image_transport naming): record the topic under that name")
+        return "compressed"
+    return "raw"
 
 
 def _bag_name(run: EvalRun, bag: Path, model: str) -> str:

@@ -39,6 +39,10 @@ device and input size off its inference thread and swaps it in between two frame
 ``handover`` picks: ``auto`` (in-process when connected, else the topic), ``in_process``, ``topic`` or
 ``none``. A checkpoint that could not be written (no folder) is not handed over (reported).
 
+Inputs from real drivers (``thermal.*``, ``rgb.*``: compressed transport, calibration file, frame id,
+crop; ``ros.camera_input``) as in the depth node; a thermal frame without a scene (``frame_check.*``:
+closed shutter, saturated, frozen) refuses its pair (``blind_frame``, ERROR in ``/diagnostics``).
+
 Parameters: :data:`ADAPTATION_PARAMETERS` (config/rig.yaml ``online_adaptation`` section).
 """
 from __future__ import annotations
@@ -54,7 +58,14 @@ from std_msgs.msg import String
 
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
-from monother_ros.ros.convert import ImageDecodeError, camera_from_info, image_to_array, stamp_to_ns
+from monother_ros.ros.camera_input import (
+    FRAME_CHECK_PARAMETERS,
+    RGB_INPUT_PARAMETERS,
+    THERMAL_INPUT_PARAMETERS,
+    CameraStream,
+    frame_health_config,
+)
+from monother_ros.ros.convert import ImageDecodeError, camera_from_info, stamp_to_ns
 from monother_ros.ros.diagnostics import HealthReport, Level, ProblemTracker, RateMeter, make_array, to_status
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.frames import frame_prefix_error, with_prefix
@@ -140,6 +151,9 @@ ADAPTATION_PARAMETERS = ParamTable(
         ParamSpec("checkpoint.resume", bool, True, "start from the newest valid checkpoint"),
         ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the image frame ids and odom_frame in TF "
                   "lookups unless they carry it already (e.g. robot1/)", frame_prefix_error),
+        *THERMAL_INPUT_PARAMETERS,
+        *RGB_INPUT_PARAMETERS,
+        *FRAME_CHECK_PARAMETERS,
     ]
 )
 
@@ -155,9 +169,14 @@ SERVICE_PREFIX = "adaptation/"
 LATCHED = qos.TF_STATIC_PUBLISHER
 
 INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
-    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1)", "SENSOR", "thermal optical", "paired"),
+    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1; rgb8/bgr8 if grey)", "SENSOR",
+     "thermal optical", "paired; thermal.transport raw"),
+    (THERMAL_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (16/8-bit PNG, 8-bit JPEG)", "SENSOR",
+     "thermal optical", "paired; thermal.transport compressed"),
     (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
-    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "paired"),
+    (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "paired; rgb.transport raw"),
+    (RGB_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (JPEG, PNG)", "SENSOR", "RGB optical",
+     "paired; rgb.transport compressed"),
     (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "cached"),
     ("/tf", "tf2_msgs/TFMessage", "TF", "", "odometry (odom_frame)"),
     ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "extrinsic"),
@@ -168,7 +187,6 @@ OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "status_period_s"),
 )
 
-_THERMAL_ENCODINGS = ("mono16", "16UC1", "mono8", "8UC1")
 _RGB_ENCODINGS = ("rgb8", "bgr8")
 
 
@@ -257,8 +275,9 @@ class OnlineAdaptationNode(Node):
         self.sync = ApproximateTimeSynchronizer(
             2, queue_size=p["sync.queue_size"], max_interval_ns=int(round(p["sync.slop_s"] * 1e9)),
             callback=self._on_pair)
-        self.create_subscription(Image, THERMAL_IMAGE_TOPIC, self._on_thermal, qos.SENSOR)
-        self.create_subscription(Image, RGB_IMAGE_TOPIC, self._on_rgb, qos.SENSOR)
+        self._make_inputs(p)
+        self.thermal_input.subscribe(self, self._on_thermal, qos.SENSOR)
+        self.rgb_input.subscribe(self, self._on_rgb, qos.SENSOR)
         self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_thermal_info, qos.SENSOR)
         self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR)
         self.slot: LatestSlot[tuple[Image, Image]] = LatestSlot()
@@ -275,12 +294,25 @@ class OnlineAdaptationNode(Node):
             + (f" (resumed from {self.learner.resumed_from.name})" if self.learner.resumed_from else "")
             + (", paused" if p["start_paused"] else ""))
 
+    def _make_inputs(self, p: dict[str, Any]) -> None:
+        """Input streams (``ros.camera_input``) and the blind-frame check, as the depth node has them."""
+        from monother_ros.core.frame_health import FrameHealthChecker
+
+        self.thermal_input = CameraStream("thermal", p, THERMAL_IMAGE_TOPIC)
+        self.rgb_input = CameraStream("rgb", p, RGB_IMAGE_TOPIC)
+        self.frame_health = FrameHealthChecker(frame_health_config(p))
+        for stream in (self.thermal_input, self.rgb_input):
+            if stream.calibration_error:  # the node still runs, as without camera_info
+                self.problems.report(f"camera_info_url_{stream.camera}", stream.calibration_error, Level.ERROR)
+
     # ------------------------------------------------------------------ executor callbacks (never block)
 
     def _on_thermal(self, msg: Image) -> None:
+        self.thermal_input.fill_header(msg)
         self.sync.add(0, stamp_to_ns(msg.header.stamp), msg)
 
     def _on_rgb(self, msg: Image) -> None:
+        self.rgb_input.fill_header(msg)
         self.sync.add(1, stamp_to_ns(msg.header.stamp), msg)
 
     def _on_thermal_info(self, msg: CameraInfo) -> None:
@@ -349,15 +381,20 @@ class OnlineAdaptationNode(Node):
     def _on_worker_error(self, exc: BaseException) -> None:
         self.problems.report("processing_failed", f"{type(exc).__name__}: {exc}", Level.ERROR)
 
-    def _decode(self, msg: Image, encodings: tuple[str, ...], what: str) -> Optional[np.ndarray]:
-        if msg.encoding not in encodings:
-            self.problems.report(f"{what}_bad_encoding", f"{what} encoding {msg.encoding!r} is not one of "
-                                 f"{', '.join(encodings)}; pair dropped")
-            return None
+    def _decode(self, msg: Image, what: str) -> Optional[np.ndarray]:
+        """Thermal (H, W) intensities (grey checked, cropped) or RGB (H, W, 3) in R, G, B order; None if bad."""
         try:
-            image = image_to_array(msg)
+            if what == "thermal":
+                image = self.thermal_input.thermal(msg)
+            else:
+                image, encoding = self.rgb_input.decode(msg)
+                if encoding not in _RGB_ENCODINGS:
+                    raise ImageDecodeError("bad_encoding", f"encoding {encoding!r} is not one of "
+                                                           f"{', '.join(_RGB_ENCODINGS)}")
+                image = image[..., ::-1] if encoding == "bgr8" else image
         except ImageDecodeError as exc:
-            self.problems.report(f"{what}_bad_image", f"{what} image rejected: {exc}")
+            name = f"{what}_bad_encoding" if exc.reason in ("bad_encoding", "unknown_encoding") else f"{what}_bad_image"
+            self.problems.report(name, f"{what} image rejected ({exc.reason}): {exc}; pair dropped")
             return None
         self.problems.clear(f"{what}_bad_encoding")
         self.problems.clear(f"{what}_bad_image")
@@ -369,23 +406,28 @@ class OnlineAdaptationNode(Node):
         from monother_ros.core import preprocess
         from monother_ros.ros.tf import TransformError
 
-        thermal = self._decode(thermal_msg, _THERMAL_ENCODINGS, "thermal")
-        rgb = self._decode(rgb_msg, _RGB_ENCODINGS, "rgb")
+        thermal = self._decode(thermal_msg, "thermal")
+        rgb = self._decode(rgb_msg, "rgb")
         if thermal is None or rgb is None:
             self.counters["rejected"] += 1
             return None
-        if thermal.ndim == 3:
-            thermal = thermal[..., 0]
-        if rgb_msg.encoding == "bgr8":
-            rgb = rgb[..., ::-1]
-        t_info, r_info = self._thermal_info, self._rgb_info
+        verdict = self.frame_health.check(thermal)
+        if verdict is not None:  # a blind / frozen thermal frame must not teach the student anything
+            self.counters["rejected"] += 1
+            self.problems.report("blind_frame", f"thermal frame without usable content ({verdict.reason}): "
+                                 f"{verdict.message}; pair refused", Level.ERROR)
+            return None
+        self.problems.clear("blind_frame")
+        t_info = self.thermal_input.camera_info(self._thermal_info, thermal.shape)
+        r_info = self.rgb_input.camera_info(self._rgb_info, rgb.shape[:2])
         if t_info is None or r_info is None:
             self.counters["no_camera_info"] += 1
-            self.problems.report("camera_info_missing", "no thermal or RGB camera_info yet: pairs skipped")
+            self.problems.report("camera_info_missing", "no thermal or RGB camera_info yet (drivers without one: "
+                                 "set thermal.camera_info_url / rgb.camera_info_url): pairs skipped")
             return None
         try:
-            cam_t = camera_from_info(t_info, image_size=(thermal_msg.width, thermal_msg.height))
-            cam_r = camera_from_info(r_info, image_size=(rgb_msg.width, rgb_msg.height))
+            cam_t = camera_from_info(t_info, image_size=(thermal.shape[1], thermal.shape[0]))
+            cam_r = camera_from_info(r_info, image_size=(rgb.shape[1], rgb.shape[0]))
         except CalibrationError as exc:
             self.problems.report("camera_info_invalid", f"{exc}: pairs skipped")
             return None

@@ -225,7 +225,8 @@ def play_and_record(bag: str | Path, model: str | Path, *, backend: str = "onnxr
                     config: Optional[str | Path] = None, thermal_topic: str = "/thermal/image_raw",
                     topics: Sequence[str] = ("/thermal/image_raw", "/thermal/camera_info", "/tf_static"),
                     num_threads: int = 0, ready_timeout_s: float = 60.0, drain_s: float = 2.0,
-                    device: str = "", precision: str = "") -> LiveRecording:
+                    device: str = "", precision: str = "", thermal_transport: str = "raw",
+                    rgb_transport: str = "raw") -> LiveRecording:
     """Run the node graph with ``use_sim_time``, play ``bag`` into it and record its depth outputs.
 
     Args:
@@ -238,6 +239,8 @@ def play_and_record(bag: str | Path, model: str | Path, *, backend: str = "onnxr
         num_threads: engine CPU threads (0 = the params file's).
         ready_timeout_s: how long to wait for the node to subscribe to the thermal topic.
         drain_s: after playback, wait until no output arrived for this long.
+        thermal_transport, rgb_transport: the node's ``thermal.transport`` / ``rgb.transport`` (``compressed``
+            for a bag recording ``<base>/compressed`` CompressedImage topics).
 
     Raises:
         BagError: bad bag / topic; MonotherError: the node failed to start or never subscribed.
@@ -258,7 +261,7 @@ def play_and_record(bag: str | Path, model: str | Path, *, backend: str = "onnxr
     stop = threading.Event()
     player = None
     try:
-        overrides = {"use_sim_time": "true"}
+        overrides = {"use_sim_time": "true", "thermal.transport": thermal_transport, "rgb.transport": rgb_transport}
         if num_threads:
             overrides["num_threads"] = str(int(num_threads))
         if precision:

@@ -1,7 +1,7 @@
 """``monother rig``: the node graph of ``launch/rig.launch.py`` in one process over the wheel rclpy.
 
     monother rig [--sim] [--adapt] [--config FILE] [--model DIR] [--backend B] [--device D] [--namespace NS]
-                 [--frame-prefix P] [--duration S]
+                 [--frame-prefix P] [--transport raw|compressed] [--duration S]
 
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
 ``--ros-args --params-file <config>`` (plus ``model``, ``backend`` and ``device`` overrides from the options) as
@@ -39,6 +39,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--namespace", default="", help="ROS namespace of every node")
     p.add_argument("--frame-prefix", default="", help="tf_prefix-style frame prefix (e.g. robot1/) of the simulated "
                    "rig's frames and the nodes' default frames, for several robots in one DDS domain")
+    p.add_argument("--transport", default="", choices=["raw", "compressed"],
+                   help="image transport of the thermal and RGB streams for every node (sim_rig publishes it, "
+                        "thermal_depth/online_adaptation subscribe it: <topic>/compressed = CompressedImage); "
+                        "default: the params file's")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(handler=_rig)
 
@@ -204,10 +208,18 @@ def run_rig(options: RigOptions, *, duration_s: float = 0.0, on_started=None, ex
     return 0
 
 
+def transport_overrides(transport: str) -> dict[str, dict[str, str]]:
+    """Per-node parameter overrides putting every image stream of the graph on ``transport`` ('' = none)."""
+    if not transport:
+        return {}
+    streams = {"thermal.transport": transport, "rgb.transport": transport}
+    return {"sim_rig": {"transport": transport}, "thermal_depth": dict(streams), "online_adaptation": dict(streams)}
+
+
 def _rig(args: argparse.Namespace) -> int:
     options = RigOptions(sim=args.sim, adapt=args.adapt, config=args.config, model=args.model,
                          backend=args.backend, namespace=args.namespace, device=args.device,
-                         frame_prefix=args.frame_prefix)
+                         frame_prefix=args.frame_prefix, extra_overrides=transport_overrides(args.transport))
     return run_rig(options, duration_s=args.duration)
 
 

@@ -66,6 +66,19 @@ missing TF / camera_info / RGB) is reported by :class:`~monother_ros.ros.diagnos
 one throttled log line per problem, the reason in ``/diagnostics``, the frame dropped or processed
 without the missing part; the problem clears when good input returns.
 
+Real drivers (``ros.camera_input``): ``thermal.transport``/``rgb.transport`` ``compressed`` subscribe
+``<base>/compressed`` (CompressedImage, PNG/JPEG); ``*.camera_info_url`` is a calibration file used while
+no camera_info arrives; ``*.frame_id`` names the frame of input images that arrive without one (the
+``frame_id`` parameter instead renames the outputs' frame); ``thermal.crop`` drops rows/columns first
+(camera_info cropped alike); grey rgb8/bgr8 thermal frames are accepted, colour-mapped ones refused.
+Lens distortion in camera_info is not modelled: warned once and shown in ``/diagnostics`` (WARN).
+
+Blind sensor (``core.frame_health``, ``frame_check.*``): a thermal frame without a scene (closed
+shutter, lens cap, saturated or dead sensor, frozen driver) gets NO depth message at all, rather than an
+all-NaN one: consumers' staleness checks then see the sensor is out, whereas NaN reads as "nothing
+there" (free space) to some of them. ``blind_frame`` is an ERROR in ``/diagnostics`` while it lasts and
+clears on the next good frame.
+
 Runtime parameters: the thresholds (``min_depth_m``, ``max_depth_m``, ``min_confidence``), ``fusion.enabled``,
 ``cloud.decimation`` and ``cloud.max_range_m`` are ``dynamic``: ``ros2 param set`` changes them from the
 next frame (the cloud builder follows the ``cloud.*`` values per frame), validated like at start (an
@@ -102,14 +115,20 @@ from monother_ros.core.cloud import CloudOptions, CloudProjector, RgbView
 from monother_ros.core.fusion import fuse
 from monother_ros.errors import CalibrationError, ConfigError
 from monother_ros.ros import qos
+from monother_ros.ros.camera_input import (
+    FRAME_CHECK_PARAMETERS,
+    RGB_INPUT_PARAMETERS,
+    THERMAL_INPUT_PARAMETERS,
+    CameraStream,
+    frame_health_config,
+)
 from monother_ros.ros.arrival import ArrivalMonitor
 from monother_ros.ros.entry import run_node
 from monother_ros.ros.convert import (
-    ENCODINGS,
     ImageDecodeError,
     array_to_image,
     camera_from_info,
-    image_to_array,
+    distortion_note,
     raw_geometry_info,
     stamp_to_ns,
 )
@@ -153,7 +172,8 @@ DEPTH_PARAMETERS = ParamTable(
                   non_negative, dynamic=True),
         ParamSpec("min_confidence", float, 0.0, "pixels with confidence below this are invalid (NaN); 0 keeps all",
                   in_range(0.0, 1.0), dynamic=True),
-        ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame"),
+        ParamSpec("frame_id", str, "", "frame of the outputs; empty = the input image's frame (to name the frame "
+                  "of input images that arrive without one, use thermal.frame_id)"),
         ParamSpec("frame_prefix", str, "", "tf_prefix put in front of the output frame and the frames looked up in "
                   "TF unless they carry it already (e.g. robot1/), for several robots in one DDS domain",
                   frame_prefix_error),
@@ -187,6 +207,9 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("fusion.enabled", bool, False,
                   "publish the confidence-weighted fusion of teacher and student depth when the teacher ran "
                   "(depth/confidence is the fused confidence either way)", dynamic=True),
+        *THERMAL_INPUT_PARAMETERS,
+        *RGB_INPUT_PARAMETERS,
+        *FRAME_CHECK_PARAMETERS,
         ParamSpec("cloud.decimation", int, 1,
                   "depth/points keeps every n-th pixel row and column (organised, ceil(H/n) x ceil(W/n)); 1 = all",
                   in_range(1, 64), dynamic=True),
@@ -211,9 +234,14 @@ TEACHER_CONFIDENCE_TOPIC = "teacher/confidence"
 
 # (topic, type name, QoS profile name in ros.qos, frame, condition) for the README tables and tests.
 INPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
-    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1)", "SENSOR", "thermal optical", ""),
+    (THERMAL_IMAGE_TOPIC, "sensor_msgs/Image (mono16, mono8, 16UC1, 8UC1; rgb8/bgr8 if grey)", "SENSOR",
+     "thermal optical", "thermal.transport raw"),
+    (THERMAL_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (16/8-bit PNG, 8-bit JPEG)", "SENSOR",
+     "thermal optical", "thermal.transport compressed"),
     (THERMAL_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "thermal optical", "cached"),
     (RGB_IMAGE_TOPIC, "sensor_msgs/Image (rgb8, bgr8)", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb"),
+    (RGB_IMAGE_TOPIC + "/compressed", "sensor_msgs/CompressedImage (JPEG, PNG)", "SENSOR", "RGB optical",
+     "teacher.enabled or cloud.rgb, rgb.transport compressed"),
     (RGB_INFO_TOPIC, "sensor_msgs/CameraInfo", "SENSOR", "RGB optical", "teacher.enabled or cloud.rgb, cached"),
     ("/tf", "tf2_msgs/TFMessage", "TF", "", "teacher.enabled or cloud.rgb"),
     ("/tf_static", "tf2_msgs/TFMessage", "TF_STATIC", "", "teacher.enabled or cloud.rgb"),
@@ -231,7 +259,6 @@ OUTPUT_TOPICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "DIAGNOSTICS", "", "1 Hz"),
 )
 
-_THERMAL_ENCODINGS = ("mono16", "16UC1", "mono8", "8UC1")
 _RGB_ENCODINGS = ("rgb8", "bgr8")
 _BACKWARD_JUMP_NS = 1_000_000_000  # a stamp older than the previous one by more than this resets pairing
 _RGB_HISTORY = 16
@@ -244,6 +271,7 @@ class _Frame:
 
     msg: Image
     received: float  # time.monotonic() at the callback
+    decoded: Any = None  # compressed input: the thermal array (or its ImageDecodeError), decoded ahead
 
 
 class ThermalDepthNode(Node):
@@ -264,6 +292,7 @@ class ThermalDepthNode(Node):
         self.params = p = DEPTH_PARAMETERS.declare(self, on_change=self._on_params_change)
         self._lock = threading.Lock()
         self.problems = ProblemTracker(self.get_logger())
+        self._make_inputs(p)
         from monother_ros.runtime.engine_holder import EngineHolder
 
         if p["fusion.enabled"] and not p["teacher.enabled"]:
@@ -305,6 +334,7 @@ class ThermalDepthNode(Node):
         self._thermal_info: Optional[CameraInfo] = None
         self._rgb_info: Optional[CameraInfo] = None
         self._camera_key: Optional[tuple] = None
+        self._info_used: Optional[CameraInfo] = None  # the camera_info in use (topic or file, cropped)
         self._camera = None
         self._bad_info_reason = ""
         self._projector: Optional[CloudProjector] = None
@@ -345,7 +375,13 @@ class ThermalDepthNode(Node):
 
         self._subs: list[Any] = []
         self.slot: LatestSlot[_Frame] = LatestSlot()
-        self.worker: Worker[_Frame] = Worker(self.slot, self._process, name=f"{node_name}-worker",
+        self._decode_ahead = None
+        if self.thermal_input.transport == "compressed":  # PNG decoding overlaps inference (camera_input)
+            from monother_ros.ros.camera_input import DecodeAhead
+
+            self._decode_ahead = DecodeAhead(self.slot, self._predecode, name=f"{node_name}-decode")
+        self.worker: Worker[_Frame] = Worker(self._decode_ahead.output if self._decode_ahead else self.slot,
+                                             self._process, name=f"{node_name}-worker",
                                              on_error=self._on_worker_error).start()
         threshold = JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1), on_clock_change=True)
         self._jump_handle = self.get_clock().create_jump_callback(threshold, post_callback=self._on_time_jump)
@@ -355,6 +391,20 @@ class ThermalDepthNode(Node):
         self._update_subscriptions()
 
     # ------------------------------------------------------------------ set-up
+
+    def _make_inputs(self, p: dict[str, Any]) -> None:
+        """Input streams (transport, calibration file, frame id, crop: ``ros.camera_input``) and the
+        blind-frame check (``core.frame_health``)."""
+        from monother_ros.core.frame_health import FrameHealthChecker
+
+        self.thermal_input = CameraStream("thermal", p, THERMAL_IMAGE_TOPIC, max_dimension=p["max_image_dimension"])
+        self.rgb_input = CameraStream("rgb", p, RGB_IMAGE_TOPIC, max_dimension=p["max_image_dimension"])
+        self.frame_health = FrameHealthChecker(frame_health_config(p))
+        self._distortion: Optional[str] = None
+        for stream in (self.thermal_input, self.rgb_input) if p["teacher.enabled"] or p["cloud.rgb"] else (
+                self.thermal_input,):
+            if stream.calibration_error:  # the node still runs, as without camera_info
+                self.problems.report(f"camera_info_url_{stream.camera}", stream.calibration_error, Level.ERROR)
 
     @staticmethod
     def _resolve_model(value: str) -> Path:
@@ -472,12 +522,12 @@ class ThermalDepthNode(Node):
         wanted = self.wanted()
         if wanted and not self._subs:
             self._subs = [
-                self.create_subscription(Image, THERMAL_IMAGE_TOPIC, self._on_image, qos.SENSOR),
+                self.thermal_input.subscribe(self, self._on_image, qos.SENSOR),
                 self.create_subscription(CameraInfo, THERMAL_INFO_TOPIC, self._on_info, qos.SENSOR),
             ]
             if self.sync is not None:
                 self._subs += [
-                    self.create_subscription(Image, RGB_IMAGE_TOPIC, self._on_rgb, qos.SENSOR),
+                    self.rgb_input.subscribe(self, self._on_rgb, qos.SENSOR),
                     self.create_subscription(CameraInfo, RGB_INFO_TOPIC, self._on_rgb_info, qos.SENSOR),
                 ]
             self.get_logger().info("an output has a subscriber: subscribing to the inputs")
@@ -486,6 +536,8 @@ class ThermalDepthNode(Node):
                 self.destroy_subscription(sub)
             self._subs = []
             self.slot.clear()
+            if self._decode_ahead is not None:
+                self._decode_ahead.clear()
             self.get_logger().info("no output has a subscriber: unsubscribed from the inputs (lazy)")
 
     @property
@@ -498,6 +550,7 @@ class ThermalDepthNode(Node):
     def _on_image(self, msg: Image) -> None:
         now = time.monotonic()
         self.rate_in.tick(now)
+        self.thermal_input.fill_header(msg)
         self.arrival.add(stamp_to_ns(msg.header.stamp), self.get_clock().now().nanoseconds / 1e9)
         self.slot.put(_Frame(msg, now))
 
@@ -509,6 +562,7 @@ class ThermalDepthNode(Node):
 
     def _on_rgb(self, msg: Image) -> None:
         self.rate_rgb.tick()
+        self.rgb_input.fill_header(msg)
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
             history = self._rgb_history
@@ -535,6 +589,7 @@ class ThermalDepthNode(Node):
             self._pairs.clear()
             self._last_stamp_ns = None
             self.counters["resets"] += 1
+            self.frame_health.reset()
         if self.sync is not None:
             self.sync.reset()
         if self.tf_buffer is not None:
@@ -556,18 +611,26 @@ class ThermalDepthNode(Node):
             self.counters["rejected"] += 1
         self.problems.report(name, reason, level)
 
+    def _predecode(self, frame: _Frame) -> None:
+        try:
+            frame.decoded = self.thermal_input.thermal(frame.msg)
+        except ImageDecodeError as exc:
+            frame.decoded = exc
+
     def _process(self, frame: _Frame) -> None:
+        if self._decode_ahead is not None:
+            self._decode_ahead.taken()
         msg = frame.msg
         with self._lock:
             self.counters["received"] += 1
             if self._first_image_time is None:
                 self._first_image_time = frame.received
-        thermal = self._decode_thermal(msg)
-        if thermal is None:
+        thermal = self._decode_thermal(msg, frame.decoded)
+        if thermal is None or not self._has_scene(thermal):
             return
         stamp_ns = stamp_to_ns(msg.header.stamp)
         self._check_stamp(stamp_ns)
-        camera = self._camera_for(msg, frame.received)
+        camera = self._camera_for(thermal.shape, frame.received)
         pair = self._find_pair(stamp_ns) if self._wants_rgb() else None
         pair_inputs = self._teacher_inputs(pair, stamp_ns, camera, msg.header.frame_id) if pair is not None else None
         with self.models.frame() as engine:  # a hot swap lands before or after this frame, never inside
@@ -580,27 +643,34 @@ class ThermalDepthNode(Node):
         self.engine_ms.add(engine_ms / 1e3)
         self.problems.clear("processing_failed")
 
-    def _decode_thermal(self, msg: Image) -> Optional[np.ndarray]:
-        if msg.encoding not in ENCODINGS:
-            self._reject("thermal_unknown_encoding", f"thermal image encoding {msg.encoding!r} is unknown (expected "
-                         f"one of {', '.join(_THERMAL_ENCODINGS)}); frame dropped")
-            return None
-        if msg.encoding not in _THERMAL_ENCODINGS:
-            self._reject("thermal_bad_encoding", f"thermal image encoding {msg.encoding!r} is not one of "
-                         f"{', '.join(_THERMAL_ENCODINGS)}; frame dropped")
-            return None
+    def _decode_thermal(self, msg: Image, decoded: Any = None) -> Optional[np.ndarray]:
+        """(H, W) thermal intensities (raw or compressed, grey checked, cropped), or None (reported);
+        ``decoded``: the result of decoding ahead, if any."""
         try:
-            image = image_to_array(msg, max_dimension=self.params["max_image_dimension"])
+            image = self.thermal_input.thermal(msg) if decoded is None else decoded
+            if isinstance(image, ImageDecodeError):
+                raise image
         except ImageDecodeError as exc:
-            self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}")
+            self._reject(f"thermal_{exc.reason}", f"thermal image rejected: {exc}; frame dropped")
             return None
         if min(image.shape) < 2:
-            self._reject("thermal_too_small", f"thermal image {msg.width}x{msg.height} is too small (needs 2x2 or "
-                         "more); frame dropped")
+            self._reject("thermal_too_small", f"thermal image {image.shape[1]}x{image.shape[0]} is too small (needs "
+                         "2x2 or more); frame dropped")
             return None
         for name in [n for n in self.problems.active() if n.startswith("thermal_") and n != "thermal_stamp_backwards"]:
             self.problems.clear(name)
         return image
+
+    def _has_scene(self, thermal: np.ndarray) -> bool:
+        """False for a blind, saturated or frozen frame (``core.frame_health``): no depth is published for it
+        (silence lets consumers' staleness checks fire; an all-NaN image would read as free space)."""
+        verdict = self.frame_health.check(thermal)
+        if verdict is not None:
+            self._reject("blind_frame", f"thermal frame without usable content ({verdict.reason}): {verdict.message}; "
+                         "no depth published", Level.ERROR)
+            return False
+        self.problems.clear("blind_frame")
+        return True
 
     def _check_stamp(self, stamp_ns: int) -> None:
         with self._lock:
@@ -617,22 +687,26 @@ class ThermalDepthNode(Node):
             with self._lock:
                 self._last_stamp_ns = stamp_ns
 
-    def _camera_for(self, msg: Image, received: float):
-        """The thermal camera for this image from the cached camera_info, or None (reported)."""
-        info = self._thermal_info
+    def _camera_for(self, image_hw: tuple[int, int], received: float):
+        """The thermal camera for an image of ``image_hw`` (H, W, after the crop) from the cached camera_info
+        (else ``thermal.camera_info_url``'s), or None (reported)."""
+        info = self.thermal_input.camera_info(self._thermal_info, image_hw)
+        self._info_used = info
         if info is None:
             waited = received - (self._first_image_time or received)
             if waited >= self.params["camera_info_timeout_s"]:
                 self.problems.report("camera_info_missing", f"no thermal camera_info received for {waited:.1f} s: "
-                                     "publishing depth and confidence without depth/camera_info and depth/points")
+                                     "publishing depth and confidence without depth/camera_info and depth/points "
+                                     "(drivers without camera_info: set thermal.camera_info_url)")
             return None
         self.problems.clear("camera_info_missing")
-        key = (tuple(info.k), info.width, info.height, info.binning_x, info.binning_y, info.roi.x_offset,
-               info.roi.y_offset, info.roi.width, info.roi.height, msg.width, msg.height)
+        key = (tuple(info.k), tuple(info.d), info.distortion_model, info.width, info.height, info.binning_x,
+               info.binning_y, info.roi.x_offset, info.roi.y_offset, info.roi.width, info.roi.height, image_hw)
         if key != self._camera_key:
             self._camera_key = key
+            self._note_distortion(info)
             try:
-                self._camera = camera_from_info(info, image_size=(msg.width, msg.height))
+                self._camera = camera_from_info(info, image_size=(image_hw[1], image_hw[0]))
                 self._projector = CloudProjector(self._camera, self._cloud_options())
                 self._cloud = CloudBuilder(self._projector)
             except CalibrationError as exc:
@@ -644,6 +718,13 @@ class ThermalDepthNode(Node):
             return None
         self.problems.clear("camera_info_invalid")
         return self._camera
+
+    def _note_distortion(self, info: CameraInfo) -> None:
+        """Warn once per calibration that lens distortion is not modelled (shown in /diagnostics)."""
+        note = distortion_note(info)
+        self._distortion = None if note is None else f"{note}; depth/points assumes a rectified image"
+        if self._distortion is not None:
+            self.get_logger().warning(f"thermal camera_info: {self._distortion}")
 
     def _find_pair(self, stamp_ns: int) -> Optional[Image]:
         """The RGB partner of a thermal frame: its ApproximateTime set if emitted, else the nearest RGB
@@ -676,22 +757,23 @@ class ThermalDepthNode(Node):
 
         if camera is None:
             return None
-        if pair.encoding not in _RGB_ENCODINGS:
-            self.problems.report("rgb_bad_encoding", f"RGB encoding {pair.encoding!r} is not rgb8/bgr8: student only")
-            return None
         try:
-            rgb = image_to_array(pair, max_dimension=self.params["max_image_dimension"])
+            rgb, encoding = self.rgb_input.decode(pair)
         except ImageDecodeError as exc:
             self.problems.report(f"rgb_{exc.reason}", f"RGB image rejected: {exc}; student only")
             return None
-        if pair.encoding == "bgr8":
+        if encoding not in _RGB_ENCODINGS:
+            self.problems.report("rgb_bad_encoding", f"RGB encoding {encoding!r} is not rgb8/bgr8: student only")
+            return None
+        if encoding == "bgr8":
             rgb = rgb[..., ::-1]
-        info = self._rgb_info
+        info = self.rgb_input.camera_info(self._rgb_info, rgb.shape[:2])
         if info is None:
-            self.problems.report("rgb_camera_info_missing", "no rgb/camera_info yet: student only")
+            self.problems.report("rgb_camera_info_missing", "no rgb/camera_info yet (set rgb.camera_info_url for "
+                                 "drivers without one): student only")
             return None
         try:
-            rgb_camera = camera_from_info(info, image_size=(pair.width, pair.height))
+            rgb_camera = camera_from_info(info, image_size=(rgb.shape[1], rgb.shape[0]))
         except CalibrationError as exc:
             self.problems.report("rgb_camera_info_invalid", f"{exc}: student only")
             return None
@@ -768,7 +850,7 @@ class ThermalDepthNode(Node):
             self.pub_teacher_confidence.publish(array_to_image(teacher_confidence, encoding="32FC1", header=header))
         if camera is not None:
             if self.pub_info.get_subscription_count():
-                self.pub_info.publish(raw_geometry_info(self._thermal_info, header))
+                self.pub_info.publish(raw_geometry_info(self._info_used, header))
             if self.pub_points.get_subscription_count():
                 self.pub_points.publish(self._cloud_for(camera).build(depth, confidence, header, rgb_view))
         with self._lock:
@@ -794,7 +876,8 @@ class ThermalDepthNode(Node):
             counters = dict(self.counters)
         for key, value in counters.items():
             report.add_value(f"frames {key}", value)
-        report.add_value("frames dropped (worker busy)", self.slot.dropped)
+        report.add_value("frames dropped (worker busy)", self.slot.dropped + (
+            self._decode_ahead.output.dropped if self._decode_ahead is not None else 0))
         report.add_value("backend", info.backend)
         report.add_value("model", info.model_name)
         report.add_value("model path", str(self.model_path))
@@ -808,7 +891,13 @@ class ThermalDepthNode(Node):
         report.add_value("subscribed (lazy)", self.subscribed)
         report.add_value("laziness by", "matched events" if self._matched_events else "subscription count poll")
         report.add_value("camera_info", "ok" if self._camera is not None else
-                         ("invalid" if self._thermal_info is not None else "missing"))
+                         ("invalid" if self._info_used is not None else "missing"))
+        report.add_value("camera_info source", "topic" if self._thermal_info is not None else
+                         ("thermal.camera_info_url" if self.thermal_input.url_info is not None else "none"))
+        report.add_value("thermal transport", self.thermal_input.transport + f" ({self.thermal_input.topic})")
+        if self._distortion is not None:
+            report.add_value("lens distortion", self._distortion)
+            report.add_check(Level.WARN, f"lens distortion not modelled: {self._distortion}")
         if self.teacher is not None:
             report.add_value("teacher", "on" + (" + fusion" if self.params["fusion.enabled"] else ""))
             if self.sync is not None:
@@ -847,6 +936,8 @@ class ThermalDepthNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker, release the engine, then destroy the node."""
         worker = getattr(self, "worker", None)
+        if getattr(self, "_decode_ahead", None) is not None:
+            self._decode_ahead.stop()
         if worker is not None:
             worker.stop()
         models = getattr(self, "models", None)

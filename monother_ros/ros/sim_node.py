@@ -5,8 +5,10 @@ Publishes (QoS from ``monother_ros.ros.qos``):
 | topic                  | type                    | QoS                         | frame                  |
 |------------------------|-------------------------|-----------------------------|------------------------|
 | thermal/image_raw      | sensor_msgs/Image mono16| sensor (best effort, 5)     | thermal_optical_frame  |
+| thermal/image_raw/compressed | CompressedImage 16-bit PNG (transport) | sensor | thermal_optical_frame  |
 | thermal/camera_info    | sensor_msgs/CameraInfo  | sensor                      | thermal_optical_frame  |
 | rgb/image_raw          | sensor_msgs/Image rgb8  | sensor                      | rgb_optical_frame      |
+| rgb/image_raw/compressed | CompressedImage JPEG (transport) | sensor           | rgb_optical_frame      |
 | rgb/camera_info        | sensor_msgs/CameraInfo  | sensor                      | rgb_optical_frame      |
 | lidar/points           | sensor_msgs/PointCloud2 | sensor                      | lidar_link             |
 | gt/depth               | sensor_msgs/Image 32FC1 | sensor                      | thermal_optical_frame  |
@@ -37,6 +39,7 @@ Parameters: see ``SIM_PARAMETERS`` (and config/rig.yaml ``sim_rig``).
 """
 from __future__ import annotations
 
+import array
 import json
 import queue
 import threading
@@ -46,13 +49,13 @@ from typing import Any, Optional
 
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.entry import run_node
-from monother_ros.ros.convert import array_to_image, camera_to_info, ns_to_stamp, point_cloud_from_xyz
+from monother_ros.ros.convert import array_to_image, camera_to_info, make_header, ns_to_stamp, point_cloud_from_xyz
 from monother_ros.ros.diagnostics import (
     DiagnosticsPublisher,
     HealthReport,
@@ -85,12 +88,17 @@ SIM_PARAMETERS = ParamTable(
         ParamSpec("publish_gt_depth", bool, True, "publish the thermal ground-truth depth on gt/depth"),
         ParamSpec("frame_prefix", str, "", "tf_prefix put in front of every frame id published (e.g. robot1/ -> "
                   "robot1/base_link), for several robots in one DDS domain", frame_prefix_error),
+        ParamSpec("transport", str, "raw", "image transport of thermal/image_raw and rgb/image_raw: raw, compressed "
+                  "(only <topic>/compressed: thermal 16-bit PNG, RGB JPEG, as image_transport) or both",
+                  one_of("raw", "compressed", "both")),
     ]
 )
 
 THERMAL_IMAGE_TOPIC = "thermal/image_raw"
 THERMAL_INFO_TOPIC = "thermal/camera_info"
 RGB_IMAGE_TOPIC = "rgb/image_raw"
+THERMAL_COMPRESSED_TOPIC = THERMAL_IMAGE_TOPIC + "/compressed"
+RGB_COMPRESSED_TOPIC = RGB_IMAGE_TOPIC + "/compressed"
 RGB_INFO_TOPIC = "rgb/camera_info"
 LIDAR_TOPIC = "lidar/points"
 GT_DEPTH_TOPIC = "gt/depth"
@@ -139,9 +147,14 @@ class SimRigNode(Node):
         if not self._events:
             raise ConfigError(f"sim_rig: duration_s {p['duration_s']} holds no sensor event")
 
-        self.pub_thermal = self.create_publisher(Image, THERMAL_IMAGE_TOPIC, qos.SENSOR)
+        raw, compressed = p["transport"] in ("raw", "both"), p["transport"] in ("compressed", "both")
+        self.pub_thermal = self.create_publisher(Image, THERMAL_IMAGE_TOPIC, qos.SENSOR) if raw else None
+        self.pub_thermal_z = (self.create_publisher(CompressedImage, THERMAL_COMPRESSED_TOPIC, qos.SENSOR)
+                              if compressed else None)
+        self.pub_rgb_z = (self.create_publisher(CompressedImage, RGB_COMPRESSED_TOPIC, qos.SENSOR)
+                          if compressed and p["publish_rgb"] else None)
         self.pub_thermal_info = self.create_publisher(CameraInfo, THERMAL_INFO_TOPIC, qos.SENSOR)
-        self.pub_rgb = self.create_publisher(Image, RGB_IMAGE_TOPIC, qos.SENSOR) if p["publish_rgb"] else None
+        self.pub_rgb = self.create_publisher(Image, RGB_IMAGE_TOPIC, qos.SENSOR) if p["publish_rgb"] and raw else None
         self.pub_rgb_info = self.create_publisher(CameraInfo, RGB_INFO_TOPIC, qos.SENSOR) if p["publish_rgb"] else None
         self.pub_lidar = self.create_publisher(PointCloud2, LIDAR_TOPIC, qos.SENSOR) if p["publish_lidar"] else None
         self.pub_gt = self.create_publisher(Image, GT_DEPTH_TOPIC, qos.SENSOR) if p["publish_gt_depth"] else None
@@ -201,14 +214,14 @@ class SimRigNode(Node):
 
     def _wanted(self, kind: str) -> bool:
         publishers = {
-            "thermal": [self.pub_thermal, self.pub_thermal_info, self.pub_gt],
-            "rgb": [self.pub_rgb, self.pub_rgb_info],
+            "thermal": [self.pub_thermal, self.pub_thermal_z, self.pub_thermal_info, self.pub_gt],
+            "rgb": [self.pub_rgb, self.pub_rgb_z, self.pub_rgb_info],
             "lidar": [self.pub_lidar],
         }[kind]
         return any(pub is not None and pub.get_subscription_count() > 0 for pub in publishers)
 
     def _enabled(self, kind: str) -> bool:
-        return kind == "thermal" or (kind == "rgb" and self.pub_rgb is not None) or (
+        return kind == "thermal" or (kind == "rgb" and self.pub_rgb_info is not None) or (
             kind == "lidar" and self.pub_lidar is not None)
 
     # ------------------------------------------------------------------ threads
@@ -262,19 +275,26 @@ class SimRigNode(Node):
         rig = self.rig
         if kind == "thermal":
             frame = rig.render_thermal(t, self.thermal_camera)
-            out = [
-                (self.pub_thermal, array_to_image(frame.counts, encoding="mono16", stamp_ns=stamp_ns, frame_id=self.thermal_frame)),
-                (self.pub_thermal_info, camera_to_info(self.thermal_camera, stamp_ns=stamp_ns, frame_id=self.thermal_frame)),
-            ]
+            out = [(self.pub_thermal_info, camera_to_info(self.thermal_camera, stamp_ns=stamp_ns,
+                                                          frame_id=self.thermal_frame))]
+            if self.pub_thermal is not None:
+                out.append((self.pub_thermal, array_to_image(frame.counts, encoding="mono16", stamp_ns=stamp_ns,
+                                                             frame_id=self.thermal_frame)))
+            if self.pub_thermal_z is not None:
+                out.append((self.pub_thermal_z, _compressed(frame.counts, "mono16", "png", stamp_ns,
+                                                            self.thermal_frame)))
             if self.pub_gt is not None:
                 out.append((self.pub_gt, array_to_image(frame.depth, encoding="32FC1", stamp_ns=stamp_ns, frame_id=self.thermal_frame)))
             return out
         if kind == "rgb":
             frame = rig.render_rgb(t, self.rgb_camera)
-            return [
-                (self.pub_rgb, array_to_image(frame.rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id=self.rgb_frame)),
-                (self.pub_rgb_info, camera_to_info(self.rgb_camera, stamp_ns=stamp_ns, frame_id=self.rgb_frame)),
-            ]
+            out = [(self.pub_rgb_info, camera_to_info(self.rgb_camera, stamp_ns=stamp_ns, frame_id=self.rgb_frame))]
+            if self.pub_rgb is not None:
+                out.append((self.pub_rgb, array_to_image(frame.rgb, encoding="rgb8", stamp_ns=stamp_ns,
+                                                         frame_id=self.rgb_frame)))
+            if self.pub_rgb_z is not None:
+                out.append((self.pub_rgb_z, _compressed(frame.rgb, "rgb8", "jpeg", stamp_ns, self.rgb_frame)))
+            return out
         points = rig.lidar_scan(t)
         cloud = point_cloud_from_xyz(points[None, :, :], stamp_ns=stamp_ns, frame_id=self.lidar_frame, is_dense=True)
         return [(self.pub_lidar, cloud)]
@@ -346,6 +366,20 @@ class SimRigNode(Node):
                 if thread.is_alive():
                     thread.join(timeout=5.0)
         super().destroy_node()
+
+
+def _compressed(image, encoding: str, codec: str, stamp_ns: int, frame_id: str) -> CompressedImage:
+    """A CompressedImage as image_transport's compressed publisher sends it (PNG level 1: the fastest that
+    still compresses; JPEG quality 90)."""
+    from monother_ros.core.image_codec import encode_compressed_image
+
+    payload, fmt = encode_compressed_image(image, encoding, codec, jpeg_quality=90)
+    msg = CompressedImage(format=fmt)
+    msg.header = make_header(stamp_ns, frame_id)
+    buffer = array.array("B")
+    buffer.frombytes(payload)
+    msg.data = buffer
+    return msg
 
 
 def _scaled(camera, scale: float):

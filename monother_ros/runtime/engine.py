@@ -59,11 +59,15 @@ class DepthResult:
         confidence: (H, W) float32 in [0, 1], or None when the model has no confidence output.
         timings: milliseconds per stage: ``preprocess_ms``, ``inference_ms``, ``postprocess_ms``,
             ``total_ms``.
+        points: the organised point cloud of ``depth`` as PointCloud2 data (h * w * 16,) uint8 (x, y, z,
+            intensity = confidence; ``core.cloud.pack_xyzi`` layout; h, w decimated by the cloud
+            options), when the engine computes it (``TorchEngine.set_cloud_camera`` on a GPU); else None.
     """
 
     depth: np.ndarray
     confidence: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)
+    points: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,7 @@ def make_backend(
     max_depth_m: float | None = None,
     min_confidence: float = 0.0,
     rebuild: bool = True,
+    cuda_graphs: bool = True,
 ) -> EngineBase:
     """Build an inference engine.
 
@@ -357,8 +362,9 @@ def make_backend(
             ``onnxruntime`` or ``torch``.
         input_hw: network input (h, w), multiples of 14; default: the ONNX file's size or the model
             config's ``input_size``. A folder whose ONNX has another size is re-exported into the cache.
-        precision: ``fp16`` or ``fp32`` on CUDA (TensorRT, torch). ONNX Runtime on the CPU and torch on
-            the CPU always run fp32 (``info.precision`` says what is used).
+        precision: ``fp16`` or ``fp32`` on CUDA (TensorRT; torch casts the weights once, see
+            ``runtime.half``). ONNX Runtime on the CPU and torch on the CPU always run fp32
+            (``info.precision`` says what is used).
         device: ``auto`` (default: a CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or
             ``cuda:N`` (``runtime.device``). ONNX Runtime uses the CPU unless a CUDA device is named.
         cache_dir: where exported ONNX files and TensorRT engines are cached (default ``engines/cache``).
@@ -366,6 +372,8 @@ def make_backend(
         min_depth_m, max_depth_m: valid depth range; default the model's range.
         min_confidence: NaN where confidence is below this (0 = keep all).
         rebuild: TensorRT only: rebuild a corrupt or mismatched cached engine (else ``EngineFileError``).
+        cuda_graphs: torch on CUDA only: capture and replay frames as CUDA graphs (eager when off or
+            when a capture fails).
 
     Returns:
         The engine; ``engine.selection`` (:class:`BackendSelection`) records the backend and device
@@ -396,7 +404,7 @@ def make_backend(
         from monother_ros.runtime.torch_engine import TorchEngine
 
         return TorchEngine.from_model_dir(model_path, input_hw=hw, precision=precision, device=run_on,
-                                          num_threads=num_threads, **thresholds_kw)
+                                          num_threads=num_threads, cuda_graphs=cuda_graphs, **thresholds_kw)
 
     def build_onnxruntime(run_on: str) -> EngineBase:
         from monother_ros.runtime.export import resolve_onnx
