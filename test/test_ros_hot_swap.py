@@ -144,6 +144,8 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[0:120, 0:160]
     image = (20000 + 60 * yy + 900 * np.sin(xx / 5.0) + rng.normal(0, 50, (120, 160))).astype(np.uint16)
+    # Two frames alternating: a driver repeating one frame exactly is reported frozen and gets no depth.
+    images = [image, np.ascontiguousarray(image[::-1])]
     with NodeProcess("monother_ros.ros.depth_node", args, log_dir=tmp_path) as proc, ros_context() as context:
         node = Node("swap_stream", context=context)
         depth = Collector(node, Image, "depth/image", qos.SENSOR)
@@ -161,16 +163,22 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
                 k += 1
                 stamp = k * S // 10
                 sent.append(stamp)
-                pub.publish(array_to_image(image, encoding="mono16", stamp_ns=stamp, frame_id="thermal"))
+                pub.publish(array_to_image(images[k % 2], encoding="mono16", stamp_ns=stamp, frame_id="thermal"))
                 # Steady rate: sleep to the next slot of the 10 Hz grid.
                 time.sleep(max(0.0, start + k * period - time.monotonic()))
 
             while len(depth) < 10 and time.monotonic() - start < 60:
                 tick()
             assert len(depth) >= 10, proc.output()[-3000:]
+            def latest(parity):
+                for m in reversed(depth.messages):
+                    if (m.header.stamp.sec * S + m.header.stamp.nanosec) // (S // 10) % 2 == parity:
+                        return np.nan_to_num(image_to_array(m))
+                return None
+
             swaps_seen = 0
             for folder in folders:
-                baseline = image_to_array(depth.messages[-1]).copy()
+                baseline = [latest(0).copy(), latest(1).copy()]
                 swap_requests.append(time.monotonic())
                 model_pub.publish(String(data=str(folder)))
                 deadline = time.monotonic() + 120
@@ -178,8 +186,7 @@ def test_a_swap_costs_the_depth_stream_at_most_one_frame(tmp_path):
                 changed_at = None
                 while time.monotonic() < deadline:
                     tick()
-                    if changed_at is None and len(depth) and not np.allclose(
-                            np.nan_to_num(image_to_array(depth.messages[-1])), np.nan_to_num(baseline)):
+                    if changed_at is None and any(not np.allclose(latest(q), baseline[q]) for q in (0, 1)):
                         changed_at = time.monotonic()
                     if changed_at is not None and time.monotonic() - changed_at > 2.0:
                         break
