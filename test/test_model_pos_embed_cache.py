@@ -58,3 +58,20 @@ def test_no_cache_where_gradients_flow_to_the_embedding():
     out = frozen.prepare_tokens(x)  # grad mode on, frozen embedding: cached (a frozen teacher)
     assert "_pos_embed_cache" in frozen.__dict__
     assert torch.equal(out, frozen.prepare_tokens(x))
+
+
+def test_matrix_form_of_the_bicubic_resize_equals_interpolate():
+    """The training path's matrix products give DINOv2's resize (scale factor, A = -0.75, clamped taps)."""
+    from monother_ros.model.vit import interpolate_pos_embed_matmul
+
+    torch.manual_seed(3)
+    for grid, (gh, gw) in ((37, (18, 46)), (37, (8, 10)), (37, (52, 60)), (5, (4, 7)), (10, (3, 3))):
+        pos = torch.randn(1, 1 + grid * grid, 16, dtype=torch.float64).float()
+        ref = interpolate_pos_embed(pos, gh, gw, 0.1)
+        fast = interpolate_pos_embed_matmul(pos, gh, gw, 0.1)
+        assert fast.shape == ref.shape
+        assert float((fast - ref).abs().max()) < 1e-5 * float(ref.abs().max()), (grid, gh, gw)  # float rounding
+    pos = torch.randn(1, 1 + 37 * 37, 8, requires_grad=True)
+    g_ref, = torch.autograd.grad(interpolate_pos_embed(pos, 18, 46).square().sum(), pos)
+    g_fast, = torch.autograd.grad(interpolate_pos_embed_matmul(pos, 18, 46).square().sum(), pos)
+    assert float((g_fast - g_ref).abs().max()) < 1e-4
