@@ -242,7 +242,12 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
 
 def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int):
     groups = param_groups(model, config)
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    # One fused kernel per step on CUDA instead of a dozen per parameter group (15 ms -> a few ms for the
+    # ViT-L dual on an H200); deterministic like the default implementation.
+    fused = bool(params) and all(p.is_cuda for p in params)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+                                  fused=fused or None)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],

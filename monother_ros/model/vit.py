@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["PatchEmbed", "Attention", "LayerScale", "Mlp", "Block", "DinoVisionTransformer",
-           "interpolate_pos_embed"]
+           "interpolate_pos_embed", "interpolate_pos_embed_matmul", "bicubic_resize_matrix"]
 
 _logger = logging.getLogger(__name__)
 
@@ -157,6 +157,62 @@ def interpolate_pos_embed(
     return torch.cat((pos[:, :1], patch), dim=1).to(dtype)
 
 
+def bicubic_resize_matrix(in_size: int, out_size: int, scale: float, *, dtype: torch.dtype = torch.float32,
+                          device: torch.device | str | None = None) -> Tensor:
+    """(out_size, in_size) matrix M with ``M @ v`` = PyTorch's 1-D bicubic resampling of ``v``.
+
+    The weights of ``F.interpolate(mode="bicubic", align_corners=False, scale_factor=scale)`` along one
+    axis: source coordinate ``(i + 0.5) / scale - 0.5``, Keys' cubic with A = -0.75, the four taps'
+    indices clamped to the border. Bicubic is separable, so the 2-D resize is ``M_h @ X @ M_w^T`` (the
+    same weighted sum in another order: equal to ``F.interpolate`` to float rounding).
+    """
+    a = -0.75
+    i = torch.arange(out_size, dtype=torch.float32)
+    real = (i + 0.5) * torch.tensor(1.0 / scale, dtype=torch.float32) - 0.5
+    base = torch.floor(real)
+    t = real - base
+    x = torch.stack((t + 1.0, t, 1.0 - t, 2.0 - t), dim=1)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0           # |x| <= 1
+    far = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a      # 1 < |x| < 2
+    weights = torch.cat((far[:, :1], near[:, 1:3], far[:, 3:]), dim=1)
+    taps = (base.long()[:, None] + torch.arange(-1, 3)[None, :]).clamp(0, in_size - 1)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float32)
+    matrix.scatter_add_(1, taps, weights)
+    return matrix.to(dtype=dtype, device=device)
+
+
+def interpolate_pos_embed_matmul(
+    pos_embed: Tensor, grid_h: int, grid_w: int, offset: float = 0.1
+) -> Tensor:
+    """:func:`interpolate_pos_embed` as two matrix products (equal to float rounding; fast on a GPU,
+    forward and backward, where the bicubic kernel runs one thread per output position)."""
+    n = pos_embed.shape[1] - 1
+    g = int(math.isqrt(n))
+    if g * g != n:
+        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    if grid_h == g and grid_w == g:
+        return pos_embed
+    dtype = pos_embed.dtype
+    pos = pos_embed.float()
+    dim = pos.shape[-1]
+    m_h = bicubic_resize_matrix(g, grid_h, (grid_h + offset) / g, device=pos.device)
+    m_w = bicubic_resize_matrix(g, grid_w, (grid_w + offset) / g, device=pos.device)
+    grid = pos[0, 1:].reshape(g, g, dim)                       # (G rows, G cols, C)
+    rows = torch.einsum("hi,ijc->hjc", m_h, grid)              # (grid_h, G, C)
+    patch = torch.einsum("wj,hjc->hwc", m_w, rows).reshape(1, grid_h * grid_w, dim)
+    return torch.cat((pos[:, :1], patch), dim=1).to(dtype)
+
+
+def _tracing() -> bool:
+    """True while torch.jit / torch.export / dynamo trace (graphs must hold the computation, not a cache)."""
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_exporting", "is_compiling"):
+        check = getattr(compiler, name, None)
+        if check is not None and check():
+            return True
+    return bool(torch.jit.is_tracing())
+
+
 class DinoVisionTransformer(nn.Module):
     """DINOv2 ViT encoder returning normalised intermediate tokens for a DPT decoder.
 
@@ -229,7 +285,51 @@ class DinoVisionTransformer(nn.Module):
             raise ValueError(f"input {h}x{w} is not a multiple of the patch size {p}")
         tokens = self.patch_embed(x)
         tokens = torch.cat((self.cls_token.expand(tokens.shape[0], -1, -1), tokens), dim=1)
-        return tokens + interpolate_pos_embed(self.pos_embed, h // p, w // p, self.interpolate_offset)
+        return tokens + self._pos_embed_for(h // p, w // p)
+
+    def _pos_embed_for(self, grid_h: int, grid_w: int) -> Tensor:
+        """The resampled position embedding, reused while the weights and the grid stay the same.
+
+        PyTorch's bicubic kernel walks all C channels in one thread per output position: 6 ms per call
+        for ViT-L at 18x46 tokens on an H200, half of an fp16 frame. Where no gradient flows to
+        ``pos_embed`` (inference, a frozen teacher) the result is cached, keyed on the parameter's
+        version counter (bumped by every in-place write, e.g. ``load_state_dict``), so it is the very
+        tensor the resize would return. Traced or exported graphs always get the resize itself.
+        """
+        needs_grad = torch.is_grad_enabled() and self.pos_embed.requires_grad
+        if needs_grad and self.pos_embed.is_cuda and not _tracing():
+            # Training: the same resize as two small matrix products (that kernel's backward is as slow).
+            return interpolate_pos_embed_matmul(self.pos_embed, grid_h, grid_w, self.interpolate_offset)
+        # Parameters made under inference mode have no version counter: nothing to key a cache on.
+        if needs_grad or self.pos_embed.is_inference() or _tracing():
+            return interpolate_pos_embed(self.pos_embed, grid_h, grid_w, self.interpolate_offset)
+        pos = self.pos_embed
+        key = (grid_h, grid_w, pos.data_ptr(), pos._version, pos.dtype, pos.device,
+               torch.is_inference_mode_enabled())
+        cached = self.__dict__.get("_pos_embed_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                value = interpolate_pos_embed(pos, grid_h, grid_w, self.interpolate_offset)
+            cached = (key, value)
+            self.__dict__["_pos_embed_cache"] = cached  # not a buffer: never saved or exported
+        return cached[1]
+
+    def refresh_pos_embed_cache(self) -> None:
+        """Recompute the cached position embedding from the current weights INTO the cached tensor.
+
+        For callers that changed ``pos_embed`` in place while a captured CUDA graph reads the cached
+        tensor's memory (a weight swap between replays): the graph then sees the new embedding.
+        """
+        cached = self.__dict__.get("_pos_embed_cache")
+        if cached is None:
+            return
+        key, value = cached
+        grid_h, grid_w, inference = key[0], key[1], key[-1]
+        pos = self.pos_embed
+        with torch.inference_mode() if inference else torch.no_grad():  # the mode the cached tensor was made in
+            value.copy_(interpolate_pos_embed(pos, grid_h, grid_w, self.interpolate_offset))
+        new_key = (grid_h, grid_w, pos.data_ptr(), pos._version, pos.dtype, pos.device, inference)
+        self.__dict__["_pos_embed_cache"] = (new_key, value)
 
     def get_intermediate_layers(
         self, x: Tensor, n: int | Sequence[int], *, norm: bool = True

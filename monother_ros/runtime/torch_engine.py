@@ -394,6 +394,7 @@ class TorchEngine(EngineBase):
             st.graph = None
             try:
                 torch.cuda.synchronize(self._device)
+                _reset_rng_capture_state(self._device)
             except Exception:  # pragma: no cover - the device is unusable; the eager frame will say so
                 pass
             _logger.warning("torch engine: CUDA graph capture failed (%s: %s); running eagerly from now on",
@@ -448,6 +449,10 @@ class TorchEngine(EngineBase):
             with torch.no_grad(), self._stream_context():
                 # In-place copies (dtype cast on copy): the captured graph keeps reading the right memory.
                 self._model.load_state_dict(state_dict, strict=True)
+                for module in self._model.modules():  # derived tensors a captured graph reads
+                    refresh = getattr(module, "refresh_pos_embed_cache", None)
+                    if refresh is not None:
+                        refresh()
             if self._stream is not None:
                 self._stream.synchronize()
             st = self._frame
@@ -474,3 +479,25 @@ def _hash_tensors(state_dict: Mapping[str, "torch.Tensor"], config: "ModelConfig
     from monother_ros.runtime.export import hash_tensors
 
     return hash_tensors(state_dict, config)
+
+
+def _reset_rng_capture_state(device: "torch.device") -> None:
+    """Undo what a failed capture leaves in torch's CUDA random generator.
+
+    ``torch.cuda.graph`` puts the default CUDA generator in capture mode when a capture begins and takes
+    it out when the capture ends; a capture that fails mid-way ends with an error before that, and every
+    later random op on the device (a learner's dropout or weight init in the same process) then raises
+    "Offset increment outside graph capture encountered unexpectedly". One empty, successful capture on
+    a side stream runs the generator's begin/end pair again and leaves it in its normal state.
+    """
+    import torch
+
+    stream = torch.cuda.Stream(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        scratch = torch.zeros(1, device=device)
+        stream.synchronize()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            scratch.add_(1.0)
+    stream.synchronize()
+    del graph
