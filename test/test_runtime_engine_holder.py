@@ -427,3 +427,32 @@ def test_a_folder_pruned_during_the_export_still_loads(tmp_path):
     np.testing.assert_allclose(holder.engine.infer(_frame()).depth, expected, rtol=1e-4, atol=1e-5, equal_nan=True)
     assert not list(cache.glob(".staging-*"))
     holder.close()
+
+
+@pytest.mark.gpu
+def test_tensorrt_refit_on_a_gpu_matches_onnxruntime(tmp_path):
+    """Real TensorRT: the running engine is refitted (a copy) with adapted weights, not rebuilt; the copy's
+    output equals ONNX Runtime on the new ONNX, and the old engine still runs the old weights."""
+    from monother_ros.runtime import engine as E
+
+    ok, reason = E._tensorrt_importable()
+    if not ok:
+        pytest.skip(f"TensorRT backend unavailable: {reason}")
+    from monother_ros.runtime.export import resolve_onnx
+    from monother_ros.runtime.onnx_engine import OnnxEngine
+    from monother_ros.runtime.tensorrt_engine import TensorRTEngine
+
+    cache = tmp_path / "cache"
+    new = _scaled_copy(tiny_student_dir(), tmp_path / "adapt-000011", 1.1)
+    old_onnx, new_onnx = tiny_student_dir() / "model.onnx", resolve_onnx(new, None, cache)
+    running = TensorRTEngine.from_onnx(old_onnx, precision="fp32", cache_dir=cache)
+    assert running.refit_unavailable(new_onnx) == ""
+    refitted = running.refitted(new_onnx)
+    x = np.random.default_rng(0).standard_normal((1, 3, *running.info.input_hw)).astype(np.float32)
+    for engine, onnx_path in ((refitted, new_onnx), (running, old_onnx)):
+        want = OnnxEngine(onnx_path, num_threads=1).infer_tensor(x)[0]
+        got = engine.infer_tensor(x)[0]
+        assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 1e-3
+    assert refitted.info.model_hash != running.info.model_hash
+    refitted.close()
+    running.close()
