@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Fp32LayerNorm", "convert_to_fp16", "fp32_parameter_names"]
+__all__ = ["Fp32LayerNorm", "cast_floats", "convert_to_fp16", "fp32_parameter_names"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,16 +67,16 @@ class Fp32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(self.out_dtype)
 
 
-def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+def cast_floats(value: Any, dtype: torch.dtype) -> Any:
     """``value`` with every floating tensor (also inside tuples, named tuples, mappings) cast to ``dtype``."""
     if isinstance(value, Tensor):
         return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple (DptIntermediates)
-        return type(value)(*(_cast_floats(v, dtype) for v in value))
+        return type(value)(*(cast_floats(v, dtype) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_cast_floats(v, dtype) for v in value)
+        return type(value)(cast_floats(v, dtype) for v in value)
     if isinstance(value, Mapping):
-        return {k: _cast_floats(v, dtype) for k, v in value.items()}
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
     return value
 
 
@@ -84,7 +84,7 @@ def _add_input_cast(module: nn.Module, dtype: torch.dtype) -> None:
     """Cast the floating inputs of ``module`` to ``dtype`` on entry (a forward pre-hook)."""
 
     def cast_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return _cast_floats(args, dtype), _cast_floats(kwargs, dtype)
+        return cast_floats(args, dtype), cast_floats(kwargs, dtype)
 
     module.register_forward_pre_hook(cast_inputs, with_kwargs=True)
 

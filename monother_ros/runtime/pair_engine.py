@@ -227,6 +227,7 @@ class PairEngine:
         from monother_ros.core import preprocess as pp
         from monother_ros.core.warp import backward_warp_np, warp_depth_np
         from monother_ros.distill.metadata import MetadataBuilder
+        from monother_ros.runtime.half import cast_floats
 
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -250,13 +251,19 @@ class PairEngine:
                                       max_depth=info.max_depth_m)
             t1 = time.perf_counter()
             student_net = self.student.model
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16,
-                                                        enabled=self.precision == "fp16"):
+            fp16 = self.precision == "fp16"
+            with torch.inference_mode():
                 # As MonotherDual.forward(need_confidence=True): both branches with features, then the
-                # confidence network on the metadata built from them.
-                s_out = student_net(x_t, features=True)
-                r_out = self.teacher(x_r, features=True)
-                c_r_t = self.confidence_net(builder(s_out, r_out))
+                # confidence network on the metadata built from them. The networks run in fp16 when asked
+                # (the student's weights are cast once, the teacher under autocast); the metadata (warps,
+                # similarities, depth differences) is built in fp32 as in training.
+                with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+                    s_out = student_net(x_t, features=True)
+                    r_out = self.teacher(x_r, features=True)
+                with torch.autocast("cuda", enabled=False):
+                    metadata = builder(cast_floats(s_out, torch.float32), cast_floats(r_out, torch.float32))
+                with torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
+                    c_r_t = self.confidence_net(metadata)
                 d_s = s_out.depth[0, 0].float().cpu().numpy()
                 c_s = s_out.confidence[0, 0].float().cpu().numpy() if s_out.confidence is not None else None
                 d_r = r_out.depth[0, 0].float().cpu().numpy()
