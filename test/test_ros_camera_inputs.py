@@ -4,7 +4,6 @@ publishing compressed. Each hostile case: a clear throttled log line, its reason
 normal output again on the next good frame (the ``Session`` helper of test_ros_robustness)."""
 from __future__ import annotations
 
-import array
 import time
 
 import numpy as np
@@ -23,16 +22,9 @@ def _thermal(seed=0, hw=(H, W)):
 
 
 def compressed_msg(payload: bytes, fmt: str, stamp_ns: int, frame_id: str = "thermal"):
-    from sensor_msgs.msg import CompressedImage
+    from monother_ros.ros.convert import make_compressed_image
 
-    from monother_ros.ros.convert import make_header
-
-    msg = CompressedImage(format=fmt)
-    msg.header = make_header(stamp_ns, frame_id)
-    buffer = array.array("B")
-    buffer.frombytes(payload)
-    msg.data = buffer
-    return msg
+    return make_compressed_image(payload, fmt, stamp_ns, frame_id)
 
 
 def _stamp(msg) -> int:

@@ -110,6 +110,15 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+def _grid_side(pos_embed: Tensor) -> int:
+    """Side G of the square position grid in a (1, 1 + G*G, C) embedding (class token first)."""
+    n = pos_embed.shape[1] - 1
+    g = int(math.isqrt(n))
+    if g * g != n:
+        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    return g
+
+
 def interpolate_pos_embed(
     pos_embed: Tensor, grid_h: int, grid_w: int, offset: float = 0.1
 ) -> Tensor:
@@ -134,10 +143,7 @@ def interpolate_pos_embed(
     Raises:
         ValueError: ``pos_embed`` does not hold a square grid.
     """
-    n = pos_embed.shape[1] - 1
-    g = int(math.isqrt(n))
-    if g * g != n:
-        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    g = _grid_side(pos_embed)
     if grid_h == g and grid_w == g:
         return pos_embed
     dtype = pos_embed.dtype
@@ -186,10 +192,7 @@ def interpolate_pos_embed_matmul(
 ) -> Tensor:
     """:func:`interpolate_pos_embed` as two matrix products (equal to float rounding; fast on a GPU,
     forward and backward, where the bicubic kernel runs one thread per output position)."""
-    n = pos_embed.shape[1] - 1
-    g = int(math.isqrt(n))
-    if g * g != n:
-        raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
+    g = _grid_side(pos_embed)
     if grid_h == g and grid_w == g:
         return pos_embed
     dtype = pos_embed.dtype

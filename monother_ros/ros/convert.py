@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from monother_ros.core import cloud
@@ -489,6 +489,16 @@ def ns_to_stamp(ns: int) -> Time:
 def make_header(stamp_ns: int, frame_id: str) -> Header:
     """``std_msgs/Header`` from nanoseconds and a frame id."""
     return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+
+
+def make_compressed_image(payload: bytes, fmt: str, stamp_ns: int, frame_id: str) -> CompressedImage:
+    """``sensor_msgs/CompressedImage`` holding ``payload`` with image_transport's ``format`` string."""
+    msg = CompressedImage(format=fmt)
+    msg.header = make_header(stamp_ns, frame_id)
+    buffer = array.array("B")
+    buffer.frombytes(payload)
+    msg.data = buffer
+    return msg
 
 
 def seconds_to_ns(seconds: float) -> int:

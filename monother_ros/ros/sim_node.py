@@ -39,7 +39,6 @@ Parameters: see ``SIM_PARAMETERS`` (and config/rig.yaml ``sim_rig``).
 """
 from __future__ import annotations
 
-import array
 import json
 import queue
 import threading
@@ -55,7 +54,14 @@ from std_msgs.msg import String
 from monother_ros.errors import ConfigError
 from monother_ros.ros import qos
 from monother_ros.ros.entry import run_node
-from monother_ros.ros.convert import array_to_image, camera_to_info, make_header, ns_to_stamp, point_cloud_from_xyz
+from monother_ros.ros.convert import (
+    array_to_image,
+    camera_to_info,
+    make_compressed_image,
+    make_header,
+    ns_to_stamp,
+    point_cloud_from_xyz,
+)
 from monother_ros.ros.diagnostics import (
     DiagnosticsPublisher,
     HealthReport,
@@ -374,12 +380,7 @@ def _compressed(image, encoding: str, codec: str, stamp_ns: int, frame_id: str) 
     from monother_ros.core.image_codec import encode_compressed_image
 
     payload, fmt = encode_compressed_image(image, encoding, codec, jpeg_quality=90)
-    msg = CompressedImage(format=fmt)
-    msg.header = make_header(stamp_ns, frame_id)
-    buffer = array.array("B")
-    buffer.frombytes(payload)
-    msg.data = buffer
-    return msg
+    return make_compressed_image(payload, fmt, stamp_ns, frame_id)
 
 
 def _scaled(camera, scale: float):
