@@ -234,6 +234,58 @@ def test_cloud_decimation_and_range_limit_over_dds():
         node.destroy_node()
 
 
+def test_cloud_built_by_a_whole_frame_engine_equals_the_cpu_cloud():
+    """A torch engine running whole frames on its device (CUDA in use; the same code on CPU tensors
+    here) builds depth/points itself; the message equals the CPU back-projection of depth/image,
+    also after a decimation change at runtime (the engine is told the new options)."""
+    from rclpy.node import Node
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from monother_ros.core.cloud import CloudOptions, depth_to_points
+    from monother_ros.ros import qos
+    from monother_ros.ros.convert import array_to_image, camera_to_info, image_to_array
+    from ros_harness import Collector, Spinner, ros_context, wait_for, wait_for_subscribers
+
+    cam = thermal_camera()
+    with ros_context() as context:
+        node = make_node(context, backend="torch", device="cpu")
+        engine = node.models.engine
+        engine._device_frames = True  # what CUDA selects; the CPU runs the same torch ops
+        client = Node("client", context=context)
+        pub = client.create_publisher(Image, "thermal/image_raw", qos.SENSOR)
+        pub_info = client.create_publisher(CameraInfo, "thermal/camera_info", qos.SENSOR)
+        depth = Collector(client, Image, "depth/image", qos.SENSOR)
+        confidence = Collector(client, Image, "depth/confidence", qos.SENSOR)
+        points = Collector(client, PointCloud2, "depth/points", qos.SENSOR)
+        with Spinner(context, node, client):
+            assert wait_for_subscribers(client, "thermal/camera_info", timeout=15)
+            info = camera_to_info(cam, frame_id="thermal_optical_frame")
+            assert wait_for(lambda: (pub_info.publish(info), node._thermal_info is not None)[1], 10.0)
+            image = thermal_frame(4)
+            for stamp, decimation in ((7 * S, 1), (8 * S, 2)):
+                node.params["cloud.decimation"] = decimation  # as a runtime parameter change would set it
+                publish_until(points, lambda: pub.publish(array_to_image(image, encoding="mono16", stamp_ns=stamp,
+                                                                         frame_id="thermal_optical_frame")),
+                              lambda m: stamp_of(m) == stamp)
+                assert wait_for(lambda: any(stamp_of(m) == stamp for m in depth.messages)
+                                and any(stamp_of(m) == stamp for m in confidence.messages), 10.0)
+                assert node._engine_cloud_state == (engine, (cam, CloudOptions(decimation, 0.0, False)))
+                assert node.counters["engine_clouds"] >= 1  # published from the engine's packed points
+                p_msg = next(m for m in points.messages if stamp_of(m) == stamp)
+                d_img = image_to_array(next(m for m in depth.messages if stamp_of(m) == stamp))
+                c_img = image_to_array(next(m for m in confidence.messages if stamp_of(m) == stamp))
+                cloud = read_points(p_msg)
+                expected = depth_to_points(d_img, cam)[::decimation, ::decimation]
+                got = xyz_of(cloud)
+                assert got.shape == expected.shape and np.isfinite(got).mean() > 0.5
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+                finite = np.isfinite(expected)
+                assert np.max(np.abs(got[finite] - expected[finite])) <= 1e-4 * np.nanmax(np.abs(expected))
+                intensity = cloud["intensity"][finite[..., 0]]
+                np.testing.assert_allclose(intensity, c_img[::decimation, ::decimation][finite[..., 0]], rtol=1e-6)
+        node.destroy_node()
+
+
 # ----------------------------------------------------------------------------- rgb field and TF like tf2
 
 RGB_W, RGB_H = 80, 80

@@ -48,7 +48,9 @@ image's geometry, described by K (with D); P describes the rectified image. ``de
 ``depth/camera_info`` is published with P = [K | 0] and R = I (``convert.raw_geometry_info``), so
 depth_image_proc, which reads P, computes the same cloud. Cloud options (``cloud.*``, ``core.cloud``):
 decimation, a range limit and an ``rgb`` field coloured from the paired RGB frame (paired and located
-like the teacher's: ``teacher.slop_s``, ``teacher.queue_size``, ``teacher.tf_timeout_s``).
+like the teacher's: ``teacher.slop_s``, ``teacher.queue_size``, ``teacher.tf_timeout_s``). When the engine
+runs whole frames on its GPU (the torch engine on CUDA) and no ``rgb`` field is asked for, the engine
+builds the cloud there and the node copies its packed points into the message (``engine_clouds`` counter).
 
 Hot swap: a model folder named on ``model_topic`` (or handed over in-process by ``online_adaptation``
 through :meth:`ThermalDepthNode.request_model`) goes to the node's
@@ -339,12 +341,13 @@ class ThermalDepthNode(Node):
         self._bad_info_reason = ""
         self._projector: Optional[CloudProjector] = None
         self._cloud: Optional[CloudBuilder] = None
+        self._engine_cloud_state: tuple[Any, Any] = (None, None)  # (engine, (camera, options)) it builds clouds for
         self._last_stamp_ns: Optional[int] = None
         self._first_image_time: Optional[float] = None
         self._rgb_history: list[tuple[int, Image]] = []
         self._pairs: dict[int, Image] = {}
         self.counters = {"received": 0, "published": 0, "rejected": 0, "teacher_runs": 0, "student_only": 0,
-                         "unpaired": 0, "resets": 0, "model_swaps": 0}
+                         "unpaired": 0, "resets": 0, "model_swaps": 0, "engine_clouds": 0}
         self.rate_in = RateMeter()
         self.arrival = ArrivalMonitor()  # transport losses, measured at the subscription callback
         self.rate_out = RateMeter()
@@ -637,9 +640,10 @@ class ThermalDepthNode(Node):
             result = self._infer(engine, thermal, camera, pair_inputs)
         if result is None:
             return
-        depth, confidence, teacher_confidence, engine_ms = result
+        depth, confidence, teacher_confidence, engine_ms, points = result
         rgb_view = RgbView(*pair_inputs) if pair_inputs is not None and self.params["cloud.rgb"] else None
-        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence, rgb_view)
+        self._publish(msg, frame.received, stamp_ns, camera, depth, confidence, teacher_confidence, rgb_view,
+                      points)
         self.engine_ms.add(engine_ms / 1e3)
         self.problems.clear("processing_failed")
 
@@ -826,18 +830,37 @@ class ThermalDepthNode(Node):
                                            res.teacher_confidence)
             # The fused confidence is published whenever the teacher ran; the depth only with fusion.enabled.
             depth = fused_depth if self.params["fusion.enabled"] else res.student_depth
-            return depth, confidence, res.teacher_confidence, res.timings["total_ms"]
+            return depth, confidence, res.teacher_confidence, res.timings["total_ms"], None
+        engine_cloud = self._engine_cloud(engine, camera)
         result = engine.infer(thermal)
         with self._lock:
             self.counters["student_only"] += 1
         confidence = result.confidence
         if confidence is None:
             confidence = np.isfinite(result.depth).astype(np.float32)
-        return result.depth, confidence, None, result.timings["total_ms"]
+        points = result.points if engine_cloud else None
+        return result.depth, confidence, None, result.timings["total_ms"], points
+
+    def _engine_cloud(self, engine, camera) -> bool:
+        """Let an engine that runs whole frames on its GPU (the torch engine on CUDA) build depth/points
+        there too: one device-to-host copy instead of the back-projection on the CPU. True when it will
+        for this frame (someone reads the cloud, the camera is known, no rgb field)."""
+        wanted = (camera is not None and getattr(engine, "device_frames", False) and not self.params["cloud.rgb"]
+                  and self.pub_points.get_subscription_count() > 0)
+        key = (camera, self._cloud_options()) if wanted else None
+        current_engine, current_key = self._engine_cloud_state
+        if current_engine is not engine or current_key != key:
+            if key is None:
+                if current_engine is engine:
+                    engine.set_cloud_camera(None)
+            else:
+                engine.set_cloud_camera(*key)  # the engine re-captures its frame graph once
+            self._engine_cloud_state = (engine, key)
+        return wanted
 
     def _publish(self, msg: Image, received: float, stamp_ns: int, camera, depth: np.ndarray,
                  confidence: np.ndarray, teacher_confidence: Optional[np.ndarray],
-                 rgb_view: Optional[RgbView] = None) -> None:
+                 rgb_view: Optional[RgbView] = None, points: Optional[np.ndarray] = None) -> None:
         header = msg.header
         frame = with_prefix(self.params["frame_prefix"], self.params["frame_id"] or header.frame_id)
         if frame != header.frame_id:
@@ -852,7 +875,13 @@ class ThermalDepthNode(Node):
             if self.pub_info.get_subscription_count():
                 self.pub_info.publish(raw_geometry_info(self._info_used, header))
             if self.pub_points.get_subscription_count():
-                self.pub_points.publish(self._cloud_for(camera).build(depth, confidence, header, rgb_view))
+                cloud = self._cloud_for(camera)
+                packed = points is not None and cloud.fits(points)
+                self.pub_points.publish(cloud.build_packed(points, header) if packed
+                                        else cloud.build(depth, confidence, header, rgb_view))
+                if packed:
+                    with self._lock:
+                        self.counters["engine_clouds"] += 1
         with self._lock:
             self.counters["published"] += 1
         self.rate_out.tick()
@@ -994,6 +1023,16 @@ class CloudBuilder:
         """The cloud of ``depth`` (H, W) metres with ``confidence`` (H, W) as intensity, stamped ``header``
         (``rgb``: the paired RGB frame for the rgb field, when the options have one)."""
         self.projector.pack(depth, confidence, out=self._view, rgb=rgb)
+        self.msg.header = header
+        return self.msg
+
+    def fits(self, points: np.ndarray) -> bool:
+        """Whether ``points`` (packed bytes from an engine) have this cloud's size."""
+        return points.dtype == np.uint8 and points.size == self._view.size
+
+    def build_packed(self, points: np.ndarray, header) -> PointCloud2:
+        """The cloud from points an engine already packed in this layout (x, y, z, intensity; float32)."""
+        np.copyto(self._view, points.reshape(-1), casting="no")
         self.msg.header = header
         return self.msg
 

@@ -186,6 +186,11 @@ class TorchEngine(EngineBase):
         """Whether frames of the current camera size replay a captured CUDA graph."""
         return self._frame is not None and self._frame.graph is not None
 
+    @property
+    def device_frames(self) -> bool:
+        """Whether whole frames (pre/post-processing, and the cloud when set) run on the engine's device."""
+        return self._device_frames
+
     def set_cloud_camera(self, camera: Any | None, options: Any | None = None) -> None:
         """Compute the organised point cloud with the frame (``DepthResult.points``), or stop (None).
 
