@@ -541,3 +541,35 @@ def test_live_mode_refuses_a_ros1_bag_before_starting_a_node(recordings, tiny_mo
     code = _eval(recordings["raw_ros1"], "--model", tiny_model, "--out", tmp_path / "o", "--live")
     err = capsys.readouterr().err
     assert code == 2 and "is a ROS 1 bag: --live replays rosbag2 bags only" in err and "Traceback" not in err
+
+
+def test_blind_frames_are_not_scored_and_are_counted(tmp_path):
+    """A closed shutter (constant frame) and a saturated sensor yield no scored frame (the node publishes
+    no depth for them); the bag still scores its real frames and says how many were blind."""
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(9000, 12000, (48, 64)).astype(np.uint16) for _ in range(5)]
+    frames[1] = np.full((48, 64), 10400, np.uint16)  # flat-field shutter closed
+    frames[3] = np.full((48, 64), 65535, np.uint16)  # saturated
+    items = []
+    for k, image in enumerate(frames):
+        stamp = EPOCH + k * 33_333_333
+        items.append(("/thermal/image_raw", IMAGE, stamp, make_image(image, "mono16", stamp, "thermal_optical_frame")))
+        items.append(("/gt/depth", IMAGE, stamp + 2, make_image(synth_depth(k), "32FC1", stamp, "thermal_optical_frame")))
+    bag = write_messages(tmp_path / "shutter", items)
+    run = evaluate([bag], [], EvalOptions(progress=False, pictures=False), tmp_path / "o", predictors=[ThermalDepth()])
+    entry = run.bags["shutter"]
+    assert entry["status"] == "ok" and entry["frames_read"] == 3 and entry["frames_blind"] == 2
+    assert [f["index"] for f in run.frames] == [0, 2, 4]
+    assert run.errors == []  # blind frames are what thermal cameras do, not a broken bag
+
+    # Nothing but a closed shutter: an empty result that says why, not a perfect-coverage score.
+    items = [(t, ty, st, make_image(np.full((48, 64), 10400, np.uint16), "mono16", st, "thermal_optical_frame")
+              if t == "/thermal/image_raw" else msg) for t, ty, st, msg in items]
+    bag = write_messages(tmp_path / "capped", items)
+    from monother_ros.errors import MonotherError
+
+    with pytest.raises(MonotherError, match="none of the thermal frames has usable content.*nearly uniform"):
+        evaluate([bag], [], EvalOptions(progress=False, pictures=False), tmp_path / "o2", predictors=[ThermalDepth()])
+    metrics = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    entry = next(iter(metrics["bags"].values())) if isinstance(metrics["bags"], dict) else metrics["bags"][0]
+    assert entry["status"] == "empty" and entry["frames_blind"] == 5

@@ -657,13 +657,17 @@ def open_bag_info(bag: Any, options: EvalOptions, name: str) -> BagInfo:
     return info
 
 
-def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = None) -> Iterator[EvalFrame]:
+def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = None,
+                blind: list[str] | None = None) -> Iterator[EvalFrame]:
     """Thermal frames of an open ``BagReader`` (every ``options.every``-th, at most ``max_frames``) with
     their ground truth, in bag order.
 
     A thermal frame whose payload cannot be decoded (a corrupt or truncated PNG/JPEG, a malformed Image,
     a 16-bit payload whose format says 8 bits) is skipped, the reason appended to ``skipped`` (logged when
-    None), and reading goes on with the next frame.
+    None), and reading goes on with the next frame. A frame without usable content (a closed shutter,
+    lens cap, saturated or dead sensor, a driver repeating one frame: ``core.frame_health`` with the
+    thermal_depth node's default thresholds) is not scored either, as the node publishes no depth for it;
+    the reason goes to ``blind`` (logged when None).
 
     Raises:
         BagError: truncated / corrupt storage, undecodable messages, missing TF for LiDAR.
@@ -671,6 +675,7 @@ def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = N
     from monother_ros.eval.bag_reader import (
         camera_info_k, camera_info_to_pinhole, decoded_encoding, image_to_numpy, pointcloud2_to_array,
     )
+    from monother_ros.core.frame_health import FrameHealthChecker
     from monother_ros.eval.ground_truth import StampMatcher, depth_image_to_metres, project_points
 
     tree = bag.static_transforms(options.tf_topic) if options.lidar_topic else None
@@ -685,6 +690,7 @@ def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = N
     ordinal = 0
     taken = 0
     done = False
+    health = FrameHealthChecker()
 
     def resolve(item: Any, truth: Any, truth_stamp: int | None) -> EvalFrame:
         index, stamp, image, cam, frame_id = item
@@ -734,6 +740,14 @@ def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = N
             if image.ndim != 2:
                 raise BagError(f"bag {bag.path}: thermal frame {n} has encoding "
                                f"{decoded_encoding(message.msg, image)}; expected mono16/mono8")
+            verdict = health.check(image)
+            if verdict is not None:
+                reason = f"thermal frame {n} ({message.stamp_ns} ns) not scored, no usable content: {verdict.message}"
+                if blind is None:
+                    LOG.warning("bag %s: %s", bag.path, reason)
+                else:
+                    blind.append(reason)
+                continue
             matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
             taken += 1
             if options.max_frames and taken >= options.max_frames:
@@ -913,6 +927,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
             progress.set_description(name[:24])
         samples_at = _sample_positions(info.expected_frames, options.mosaic_frames)
         skipped: list[str] = []
+        blind: list[str] = []
         position = 0
         frames_read = 0
         # Scoring runs in one worker thread while the engine infers the next frame (numpy releases the
@@ -936,7 +951,7 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-score") as pool:
             try:
-                for frame in iter_frames(bag, options, skipped=skipped):
+                for frame in iter_frames(bag, options, skipped=skipped, blind=blind):
                     frames_read += 1
                     record_base = {"bag": name, "index": frame.index, "stamp_ns": frame.stamp_ns,
                                    "gt_stamp_ns": frame.gt_stamp_ns}
@@ -987,8 +1002,16 @@ def evaluate_bag(run: EvalRun, bag_path: Path, predictors: Sequence[Predictor], 
             msg = f"bag {name}: {len(skipped)} thermal frame(s) could not be decoded and were skipped; first: {skipped[0]}"
             run.errors.append(msg)
             LOG.error("%s", msg)
+        if blind:
+            # Blind frames are what a real thermal camera does (flat-field shutter): reported, not an error.
+            entry["frames_blind"] = len(blind)
+            LOG.warning("bag %s: %d thermal frame(s) without usable content were not scored; first: %s",
+                        name, len(blind), blind[0])
         if frames_read == 0 and entry["status"] == "ok":
-            entry.update(status="empty", error=f"bag {bag_path}: no thermal frame on {options.thermal_topic}")
+            error = f"bag {bag_path}: no thermal frame on {options.thermal_topic}"
+            if blind:
+                error = f"bag {bag_path}: none of the thermal frames has usable content ({blind[0]})"
+            entry.update(status="empty", error=error)
             run.errors.append(entry["error"])
 
 

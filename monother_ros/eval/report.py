@@ -13,7 +13,7 @@
       "bags":   {NAME: {"path", "status": "ok"|"error"|"empty", "error", "partial", "condition",
                         "condition_source": "metadata"|"/rig/info"|"option"|"none", "duration_s",
                         "thermal_messages", "expected_frames", "frames_read", "wall_s", "rig_info",
-                        "thermal_topic", "thermal_type", "ros_version": 1|2, "frames_skipped"?}},
+                        "thermal_topic", "thermal_type", "ros_version": 1|2, "frames_skipped"?, "frames_blind"?}},
       "results":      [GROUP + {"model", "bag", "condition"}],    # model x bag
       "by_condition": [GROUP + {"model", "condition"}],           # model x condition (all bags)
       "overall":      [GROUP + {"model"}],                        # model, all bags
