@@ -166,6 +166,33 @@ def test_tensorrt_rebuilds_are_rate_limited_refits_are_not():
     holder.close(5)
 
 
+def test_swaps_are_spaced_by_min_swap_interval_and_the_newest_waiting_folder_wins():
+    from monother_ros.runtime.engine_holder import EngineHolder, EngineSettings
+
+    loads = []
+
+    def loader(path, settings, current, **_):
+        loads.append((Path(path).name, time.monotonic()))
+        return _Engine(Path(path).name, backend="onnxruntime"), "load"
+
+    holder = EngineHolder(EngineSettings(min_swap_interval_s=1.0), "first", loader=loader)
+    t0 = time.monotonic()
+    holder.request("adapt-1")  # the first swap goes at once
+    assert holder.wait_idle(10)
+    holder.request("adapt-2")  # within the interval: waits
+    time.sleep(0.2)
+    assert holder.busy and holder.engine.name == "adapt-1"
+    holder.request("adapt-3")  # the learner wrote a newer checkpoint meanwhile: that one is loaded
+    assert holder.wait_idle(10)
+    names = [n for n, _ in loads]
+    assert names == ["first", "adapt-1", "adapt-3"] and holder.engine.name == "adapt-3"
+    times = dict(loads)
+    assert times["adapt-1"] - t0 < 0.5 and times["adapt-3"] - times["adapt-1"] >= 0.95
+    holder.close(5)
+    with pytest.raises(Exception, match="min_swap_interval_s"):
+        EngineSettings(min_swap_interval_s=-1.0)
+
+
 def _wait(pred, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

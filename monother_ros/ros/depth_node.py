@@ -195,6 +195,9 @@ DEPTH_PARAMETERS = ParamTable(
         ParamSpec("swap.min_rebuild_interval_s", float, 600.0,
                   "TensorRT: a hot swap that cannot refit the running engine rebuilds it at most this often, "
                   "seconds (refits are not limited)", non_negative),
+        ParamSpec("swap.min_interval_s", float, 0.0,
+                  "any hot swap at most this often, seconds; the newest waiting model is loaded (0 = no limit). "
+                  "On a CPU each swap exports an ONNX file (tens of CPU seconds)", non_negative),
         ParamSpec("teacher.enabled", bool, False,
                   "pair RGB frames and run the RGB teacher + confidence network (needs a dual model, torch)"),
         ParamSpec("teacher.slop_s", float, 0.05, "largest stamp difference of a thermal/RGB pair, seconds",
@@ -441,7 +444,7 @@ class ThermalDepthNode(Node):
             cache_dir=p["cache_dir"] or None, num_threads=p["num_threads"] or None,
             min_depth_m=p["min_depth_m"] or None, max_depth_m=p["max_depth_m"] or None,
             min_confidence=p["min_confidence"], teacher=p["teacher.enabled"],
-            min_rebuild_interval_s=p["swap.min_rebuild_interval_s"])
+            min_rebuild_interval_s=p["swap.min_rebuild_interval_s"], min_swap_interval_s=p["swap.min_interval_s"])
 
     @property
     def engine(self):

@@ -70,6 +70,10 @@ class EngineSettings:
         teacher: build a :class:`~monother_ros.runtime.pair_engine.PairEngine` (torch; dual model).
         min_rebuild_interval_s: TensorRT full rebuilds for swaps at most this often, seconds (refits are
             not limited).
+        min_swap_interval_s: any swap at most this often, seconds (0 = no limit): a newer request waits,
+            and the newest waiting folder is the one loaded. Bounds what swaps cost a CPU-only robot, where
+            each one exports an ONNX file (tens of CPU seconds) while online adaptation writes a
+            checkpoint every few seconds.
     """
 
     backend: BackendName = "auto"
@@ -83,6 +87,7 @@ class EngineSettings:
     min_confidence: float = 0.0
     teacher: bool = False
     min_rebuild_interval_s: float = DEFAULT_MIN_REBUILD_INTERVAL_S
+    min_swap_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.teacher and self.backend not in ("auto", "torch"):
@@ -90,6 +95,8 @@ class EngineSettings:
                               "(use auto or torch)")
         if self.min_rebuild_interval_s < 0:
             raise ConfigError(f"min_rebuild_interval_s must be >= 0, got {self.min_rebuild_interval_s}")
+        if self.min_swap_interval_s < 0:
+            raise ConfigError(f"min_swap_interval_s must be >= 0, got {self.min_swap_interval_s}")
 
 
 How = Literal["load", "refit", "rebuild", "teacher"]
@@ -347,6 +354,7 @@ class EngineHolder:
         self._thread: Optional[threading.Thread] = None
         # A TensorRT engine built just now counts as the last rebuild (the rate limit starts here).
         self._last_rebuild = clock() if getattr(engine, "built", False) else -float("inf")
+        self._last_swap = -float("inf")
         self.swaps = 0
         self.failures = 0
         self.last_outcome: Optional[SwapOutcome] = None
@@ -467,6 +475,27 @@ class EngineHolder:
         """Seconds until a full rebuild is allowed again."""
         return max(0.0, self._last_rebuild + self.settings.min_rebuild_interval_s - self._clock())
 
+    def _swap_wait(self) -> float:
+        """Seconds until the next swap is allowed (``min_swap_interval_s``)."""
+        return max(0.0, self._last_swap + self.settings.min_swap_interval_s - self._clock())
+
+    def _deferred(self, path: Path) -> bool:
+        """Wait out ``min_swap_interval_s`` before loading ``path``; True when the loop must start over
+        (shutting down, or a newer request replaced this one while waiting)."""
+        wait = self._swap_wait()
+        if wait <= 0:
+            return False
+        _logger.info("swap to %s deferred %.0f s (min_swap_interval_s)", path, wait)
+        with self._lock:
+            self._wake.wait_for(lambda: self._stopping or self._pending is not None, wait)
+            if self._stopping or self._pending is not None:
+                return True  # the newer request goes through the loop (and its own wait)
+        if self._swap_wait() > 0:  # woken early without a newer request: try again
+            with self._lock:
+                self._pending = self._pending or path
+            return True
+        return False
+
     def _loader_loop(self) -> None:
         _lower_thread_priority()
         while True:
@@ -480,6 +509,8 @@ class EngineHolder:
                 path, self._pending = self._pending, None
                 self._loading = path
             try:
+                if self._deferred(path):
+                    continue
                 rebuild = self._needs_rebuild(path, self.settings, self._engine, cancel=self._cancel)
                 wait = self._rebuild_wait() if rebuild else 0.0
                 if wait > 0:
@@ -496,6 +527,8 @@ class EngineHolder:
                             self._pending = self._pending or path
                         continue
                 outcome = self.swap(path)
+                if outcome.ok:
+                    self._last_swap = self._clock()
                 if rebuild and outcome.ok:
                     self._last_rebuild = self._clock()
             finally:
