@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default model (engines/default/) with the project's own training code.
 #
-# Two-stage MonoTher-Depth recipe on simulated-rig data (issue 4, FACTS.md §2), after a teacher pre-training:
+# Two-stage MonoTher-Depth recipe on simulated-rig data (issue 4, the reference implementation), after a teacher pre-training:
 #   stage 0  the RGB teacher alone, supervised on RGB + depth of both families by day (thermal terms off):
 #            the stand-in for the reference teacher's DepthAnything pre-training (config/train/stage0_*.yaml);
 #   stage 1  supervised, urban family by day (ground truth from /gt/depth), dual model

@@ -4,7 +4,7 @@
   global state; every node and executor of the test is created in it.
 * :class:`Spinner`: spins nodes in a background thread with a ``SingleThreadedExecutor``.
 * :func:`wait_for`, :func:`wait_for_subscribers`, :func:`wait_for_publishers`: poll a condition with a
-  timeout (discovery usually takes 50-80 ms but sometimes 2-2.7 s: FACTS.md §1), never a fixed sleep.
+  timeout (discovery usually takes 50-80 ms but sometimes 2-2.7 s: checked on the wheel build), never a fixed sleep.
 * :class:`Collector`: a subscription storing messages with their receive times.
 * :class:`NodeProcess`: run a node in another process (``python -m module``) and stop it cleanly.
 

@@ -22,7 +22,7 @@ def official_layout(
 ) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an official Depth Anything (v1/v2, relative or metric) state dict.
 
-    Written from the published layout (FACTS.md section 3), independent of the package's modules.
+    Written from the published layout (the reference DAv2 layout), independent of the package's modules.
     """
     c, f, oc = embed, features, out_channels
     lay: dict[str, tuple[int, ...]] = {

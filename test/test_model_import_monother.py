@@ -227,5 +227,5 @@ def test_full_size_student_layout_has_335_8_m_parameters():
     with torch.device("meta"):
         branch = DepthBranch(get_preset("monother-ms2-vitl"))
     n = sum(p.numel() for p in branch.parameters())
-    assert n == 335_797_535  # FACTS: ~335.8 M for thermal-only inference
+    assert n == 335_797_535  # the reference thermal-only branch: ~335.8 M
     assert sum(p.numel() for p in branch.bins_head.parameters()) == 481_886

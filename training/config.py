@@ -6,7 +6,7 @@ CLI overrides are ``key=value`` strings whose values are parsed as YAML scalars/
 (``epochs=2``, ``train_data=[a.mcap,b.mcap]``, ``distillation=none``). The resolved configuration is
 stored in every checkpoint (``TrainConfig.to_dict``) and in the run's ``config.yaml``.
 
-Defaults follow MonoTher-Depth / ZoeDepth (FACTS.md §2): AdamW lr 8.5e-5 with the encoder and DPT head at
+Defaults follow MonoTher-Depth / ZoeDepth (the reference implementation): AdamW lr 8.5e-5 with the encoder and DPT head at
 lr/50, weight decay 0.01, OneCycle (pct_start 0.7, div_factor 1, final_div_factor 1e4, momentum cycled
 0.85-0.95), gradient clip 0.1, frozen BatchNorm, 5 epochs, batch 4.
 """
@@ -32,7 +32,7 @@ Amp = Literal["off", "bf16", "fp16"]
 class LossWeights:
     """Weights of the loss terms (names as ``distill.losses.SupervisedWeights``); 0 switches a term off.
 
-    Defaults are the MS2 stage-1 weights (FACTS.md §2); the label-free stage uses ``consistency``,
+    Defaults are the MS2 stage-1 weights (the reference implementation); the label-free stage uses ``consistency``,
     ``smoothness`` and ``student_nll`` (the stage-2 YAML sets consistency 2, the ViViD label-free value).
     """
 

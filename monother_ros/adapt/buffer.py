@@ -23,7 +23,7 @@ Keyframe rule (:class:`KeyframeSelector`), checked in this order, cheapest first
    confidence over the consistency mask >= ``min_confidence`` and the mask covering at least
    ``min_mask_fraction`` of the RGB grid. At night or in fog the confidence network rates the RGB
    teacher low and the pair is refused: the node refrains from learning from an unreliable teacher.
-   Scale: the confidence is trained with the NLL ``mean(r c) - 0.002 mean(log c)`` (FACTS.md §2), whose
+   Scale: the confidence is trained with the NLL ``mean(r c) - 0.002 mean(log c)`` (as the reference implementation), whose
    minimiser is c = 0.002 / r for a teacher error r in metres: a threshold c0 means "expected teacher
    error below 0.002 / c0 metres" (0.002 -> 1 m); thresholds like 0.5 would refuse everything.
 

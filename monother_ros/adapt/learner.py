@@ -97,7 +97,7 @@ class LearnerConfig:
     confidence_gate: bool = True  # refuse pairs whose teacher confidence is low (off: motion only)
     # --- training ---
     distillation: Literal["no_confidence", "full"] = "full"
-    consistency_weight: float = 2.0  # label-free weights (FACTS.md §2: ViViD label-free 2)
+    consistency_weight: float = 2.0  # label-free weights (the reference ViViD label-free fine-tune uses 2)
     smoothness_weight: float = 0.01
     student_nll_weight: float = 0.1
     batch_size: int = 2

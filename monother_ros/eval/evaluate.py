@@ -692,6 +692,12 @@ def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = N
     done = False
     health = FrameHealthChecker()
 
+    def note(reason: str, into: list[str] | None) -> None:
+        if into is None:
+            LOG.warning("bag %s: %s", bag.path, reason)
+        else:
+            into.append(reason)
+
     def resolve(item: Any, truth: Any, truth_stamp: int | None) -> EvalFrame:
         index, stamp, image, cam, frame_id = item
         # A recorder may store camera_info just after its image (same stamp): use the latest one then.
@@ -731,22 +737,15 @@ def iter_frames(bag: Any, options: EvalOptions, *, skipped: list[str] | None = N
             try:
                 image = image_to_numpy(message.msg)
             except BagError as exc:
-                reason = f"thermal frame {n} ({message.stamp_ns} ns) skipped: {exc}"
-                if skipped is None:
-                    LOG.warning("bag %s: %s", bag.path, reason)
-                else:
-                    skipped.append(reason)
+                note(f"thermal frame {n} ({message.stamp_ns} ns) skipped: {exc}", skipped)
                 continue
             if image.ndim != 2:
                 raise BagError(f"bag {bag.path}: thermal frame {n} has encoding "
                                f"{decoded_encoding(message.msg, image)}; expected mono16/mono8")
             verdict = health.check(image)
             if verdict is not None:
-                reason = f"thermal frame {n} ({message.stamp_ns} ns) not scored, no usable content: {verdict.message}"
-                if blind is None:
-                    LOG.warning("bag %s: %s", bag.path, reason)
-                else:
-                    blind.append(reason)
+                note(f"thermal frame {n} ({message.stamp_ns} ns) not scored, no usable content: {verdict.message}",
+                     blind)
                 continue
             matcher.add_frame(message.stamp_ns, (n, message.stamp_ns, image, camera, message.msg.header.frame_id))
             taken += 1

@@ -1,7 +1,7 @@
 """Replay a rosbag2 bag into DDS with ``/clock`` and record what the depth node answers (``monother eval --live``).
 
 :class:`BagPlayer` reads the bag's raw CDR bytes with ``rosbags`` (no deserialisation: rosbags' CDR is
-byte-identical to rclpy's, FACTS.md §1) and publishes them through rclpy publishers of the bag's message
+byte-identical to rclpy's, checked on the wheel build) and publishes them through rclpy publishers of the bag's message
 types, paced by the bag's timestamps (``rate`` x real time), publishing ``/clock`` with the bag time before
 each message, as ``ros2 bag play --clock`` does. Latched topics (``/tf_static``) use transient-local QoS.
 
@@ -10,7 +10,7 @@ output with its receive time, keyed by the header stamp (= the thermal stamp).
 
 :func:`play_and_record` runs the real node graph (``ros.commands.start_rig``: the ``thermal_depth`` node
 from ``config/rig.yaml`` with ``use_sim_time``), the player and the recorder in one process on one
-single-threaded executor spun in a background thread (FACTS.md §1), and returns a :class:`LiveRecording`.
+single-threaded executor spun in a background thread (checked on the wheel build), and returns a :class:`LiveRecording`.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 The nodes come from ``monother_ros.ros.graph`` (the same list the launch file uses); each gets
 ``--ros-args --params-file <config>`` (plus ``model``, ``backend`` and ``device`` overrides from the options) as
 its ``cli_args``, so rclpy applies the params file's ``/**/<node>`` sections and the namespace exactly as
-on a ROS install. All nodes share one single-threaded executor (FACTS.md §1); the depth node infers in
+on a ROS install. All nodes share one single-threaded executor (checked on the wheel build); the depth node infers in
 its own worker thread and the simulated rig renders in its own threads.
 """
 from __future__ import annotations

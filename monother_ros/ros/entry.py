@@ -1,6 +1,6 @@
 """The shared console entry of every node: init, spin one node on a single-threaded executor, shut down.
 
-Single-threaded on purpose (FACTS.md §1: a MultiThreadedExecutor with images on 2 cores falls to 7-15 Hz);
+Single-threaded on purpose (checked on the wheel build: a MultiThreadedExecutor with images on 2 cores falls to 7-15 Hz);
 nodes run their heavy work in their own worker threads. try/finally rather than ``with rclpy.init()``: the
 context manager does not exist on Humble.
 

@@ -44,7 +44,7 @@ __all__ = [
 PACKAGE = "monother_ros"
 PARAMS_FILE = "rig.yaml"        # under config/
 RVIZ_CONFIG = "monother.rviz"   # under config/
-FASTDDS_PROFILE = "fastdds.xml"  # under config/: SHM segment large enough for images (FACTS.md §1)
+FASTDDS_PROFILE = "fastdds.xml"  # under config/: SHM segment large enough for images (checked on the wheel build)
 
 Condition = Literal["always", "sim", "adapt"]
 

@@ -1,6 +1,6 @@
 """Time pairing of several message streams with message_filters' ApproximateTime policy semantics.
 
-message_filters is not available as a wheel (FACTS.md §1), so this is our own implementation of the
+message_filters is not available as a wheel (checked on the wheel build), so this is our own implementation of the
 policy users know from ``message_filters::sync_policies::ApproximateTime`` (C++), on plain
 ``(stamp_ns, payload)`` pairs with no rclpy dependency:
 

@@ -1,6 +1,6 @@
 """Named QoS profiles for every topic of the monother_ros graph (one place to read and change them).
 
-Choices (FACTS.md §4, REP 2003 "sensor data"):
+Choices (ROS conventions, REP 2003 "sensor data"):
 
 * ``SENSOR``: camera images, camera_info, depth/confidence images and point clouds. Best effort, keep
   last 5, volatile: the same as ``rclpy.qos.qos_profile_sensor_data`` / rclcpp ``SensorDataQoS``, so RViz,
